@@ -1,0 +1,345 @@
+"""Graph -> torch.fx.GraphModule: one submodule per Caffe layer, named after it.
+
+Each layer is first built on the ``meta`` device and run on meta tensors to learn its top shapes
+(no second copy of shape formulas, no memory), then built for real and filled with Caffe's
+fillers. Learnable blobs are parameters, statistics are buffers; ``param { name }`` sharing makes
+layers hold the very same Parameter object.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from landmarknet.caffe import caffe_pb2
+from landmarknet.caffe.prototxt import ParsedNet, read_net
+from landmarknet.errors import GraphError, LandmarknetError, ShapeError
+from landmarknet.fillers import fill
+from landmarknet.graph import Graph, NetState, Node, build_graph, python_identifier
+from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, converter_for
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class LayerInfo:
+    """What the builder learnt about one layer: shapes, blobs, loss weights, lr multipliers."""
+
+    node: Node
+    bottom_shapes: list[Shape]
+    top_shapes: list[Shape]
+    blobs: list[BlobSlot]
+    loss_weights: list[float]
+    shared_from: dict[int, tuple[str, int]] = field(default_factory=dict)  # blob i -> (module, j)
+
+    def param_spec(self, i: int) -> caffe_pb2.ParamSpec:
+        """The ParamSpec of blob ``i`` (Caffe's defaults when the prototxt gives fewer)."""
+        specs = self.node.param.param
+        return specs[i] if i < len(specs) else caffe_pb2.ParamSpec()
+
+
+class CaffeNet(fx.GraphModule):
+    """A Caffe net as a GraphModule: ``forward(*inputs) -> {blob name: tensor}``.
+
+    Positional inputs follow ``input_names``; ``run`` takes a dict by Caffe blob names instead
+    and can also return intermediate blobs.
+    """
+
+    def __init__(self, root: nn.Module, graph: fx.Graph, caffe_graph: Graph,
+                 layers: dict[str, LayerInfo], blob_shapes: dict[str, Shape]) -> None:
+        super().__init__(root, graph, class_name="CaffeNet")
+        self.caffe_graph = caffe_graph
+        self.layers = layers
+        self.blob_shapes = blob_shapes
+        self.input_names = [i.name for i in caffe_graph.inputs]
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, torch.Tensor | np.ndarray],
+            blobs: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Run on inputs named by blob; return the outputs, or the named blobs when given."""
+        missing = [n for n in self.input_names if n not in inputs]
+        extra = [n for n in inputs if n not in self.input_names]
+        if missing or extra:
+            raise GraphError(f"inputs of the net are {self.input_names}; missing {missing}, "
+                             f"unknown {extra}")
+        device = next((b.device for b in self.buffers()), None) or \
+            next((p.device for p in self.parameters()), torch.device("cpu"))
+        args = [torch.as_tensor(inputs[n], device=device) for n in self.input_names]
+        if blobs is None:
+            return self(*args)
+        wanted = [self._ssa(b) for b in blobs]
+        env = _BlobRecorder(self, set(wanted)).run_recording(*args)
+        return {b: env[w] for b, w in zip(blobs, wanted)}
+
+    def _ssa(self, blob: str) -> str:
+        if blob in self.caffe_graph.latest:
+            return self.caffe_graph.latest[blob]
+        if blob in self.caffe_graph.blob_of:
+            return blob
+        raise GraphError(f"no blob named '{blob}' in this net; blobs are "
+                         f"{', '.join(sorted(self.caffe_graph.latest))}")
+
+    def loss(self, outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The net's objective: sum of loss_weight x sum(top) over weighted tops (Caffe's)."""
+        total = None
+        for info in self.layers.values():
+            for ssa, w in zip(info.node.tops, info.loss_weights):
+                if w:
+                    blob = self.caffe_graph.blob_of[ssa]
+                    term = w * outputs[blob].sum()
+                    total = term if total is None else total + term
+        if total is None:
+            raise GraphError("this net has no loss (no top with a loss_weight) in phase "
+                             f"{self.caffe_graph.state.phase}")
+        return total
+
+    # -- learning-rate multipliers -------------------------------------------------------------
+    def param_groups(self, base_lr: float = 1.0, weight_decay: float = 0.0) -> list[dict]:
+        """Optimizer parameter groups honouring Caffe's lr_mult and decay_mult per blob."""
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        seen: set[int] = set()
+        for module, info in self.layers.items():
+            sub = self.get_submodule(module)
+            for i, slot in enumerate(info.blobs):
+                if not slot.learnable or i in info.shared_from:
+                    continue
+                tensor = sub.get_parameter(slot.attr)
+                if id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                spec = info.param_spec(i)
+                groups.setdefault((spec.lr_mult, spec.decay_mult), []).append(tensor)
+        return [{"params": ps, "lr": base_lr * lr, "weight_decay": weight_decay * dm,
+                 "lr_mult": lr, "decay_mult": dm} for (lr, dm), ps in groups.items()]
+
+    def blob_tensor(self, module: str, i: int) -> torch.Tensor:
+        """The tensor holding Caffe blob ``i`` of layer (submodule) ``module``."""
+        info = self.layers[module]
+        return _get_tensor(self.get_submodule(module), info.blobs[i].attr)
+
+
+class _BlobRecorder(fx.Interpreter):
+    """Runs the graph and keeps the values of the requested SSA blobs."""
+
+    def __init__(self, gm: CaffeNet, wanted: set[str]) -> None:
+        super().__init__(gm)
+        self.wanted = wanted
+        self.kept: dict[str, torch.Tensor] = {}
+        self.ssa_of_node = {n.name: n.meta.get("ssa") for n in gm.graph.nodes}
+
+    def run_node(self, n: fx.Node):
+        value = super().run_node(n)
+        ssa = n.meta.get("ssa")
+        if ssa in self.wanted:
+            self.kept[ssa] = value
+        return value
+
+    def run_recording(self, *args) -> dict[str, torch.Tensor]:
+        self.run(*args)
+        return self.kept
+
+
+def _get_tensor(module: nn.Module, attr: str) -> torch.Tensor:
+    obj = module
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set_tensor(module: nn.Module, attr: str, value: torch.Tensor) -> None:
+    *parents, last = attr.split(".")
+    for part in parents:
+        module = getattr(module, part)
+    setattr(module, last, value)
+
+
+def _spec(node: Node, shapes: list[Shape], state: NetState) -> LayerSpec:
+    return LayerSpec(node.name, node.type, node.param, shapes, len(node.tops), state.phase,
+                     node.source)
+
+
+def _infer(node: Node, spec: LayerSpec) -> tuple[Built, list[Shape]]:
+    """Build the layer on meta and run it on meta tensors to learn its top shapes."""
+    conv = converter_for(spec)
+    with torch.device("meta"):
+        built = conv(spec)
+    if built.top_shapes is not None:
+        return built, [tuple(s) for s in built.top_shapes]
+    try:
+        with torch.no_grad():
+            out = built.module(*[torch.empty(s, device="meta") for s in spec.bottom_shapes])
+    except LandmarknetError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        raise spec.error(f"cannot run on bottoms of shape "
+                         f"{', '.join(str(list(s)) for s in spec.bottom_shapes)}: {exc}",
+                         shape=True) from None
+    outs = [] if out is None else list(out) if isinstance(out, (tuple, list)) else [out]
+    if len(outs) != spec.n_tops:
+        raise spec.error(f"produces {len(outs)} output(s) but the prototxt names "
+                         f"{spec.n_tops} top(s)")
+    return built, [tuple(o.shape) for o in outs]
+
+
+def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", level: int = 0,
+              stages: Iterable[str] = (), input_shapes: Mapping[str, Iterable[int]] | None = None,
+              seed: int = 0, device: str | torch.device = "cpu", strict: bool = True,
+              ) -> CaffeNet:
+    """Parse (if needed), filter, build and fill a net; TRAIN nets come back in train() mode."""
+    if isinstance(source, ParsedNet):
+        parsed = source
+    else:
+        parsed = read_net(source, strict=strict)
+    state = NetState(phase, level, tuple(stages))
+    shapes_in = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+    graph = build_graph(parsed, state, input_shapes=shapes_in)
+    blob_shapes: dict[str, Shape] = {}
+    for inp in graph.inputs:
+        if inp.shape is None or any(d <= 0 for d in inp.shape):
+            given = "unknown" if inp.shape is None else str(list(inp.shape))
+            raise GraphError(f"{inp.source}: the shape of input '{inp.name}' (from {inp.layer_type} "
+                             f"layer '{inp.layer}') is {given}; give it, e.g. --input-shape "
+                             f"{inp.name}=1,3,224,224 (input_shapes={{'{inp.name}': (1, 3, 224, "
+                             "224)} in Python)")
+        blob_shapes[inp.name] = inp.shape
+
+    # Pass 1: shapes, on meta.
+    infos: dict[str, LayerInfo] = {}
+    for node in graph.nodes:
+        spec = _spec(node, [blob_shapes[b] for b in node.bottoms], state)
+        built, tops = _infer(node, spec)
+        for t, s in zip(node.tops, tops):
+            blob_shapes[t] = s
+        weights = list(node.param.loss_weight)
+        if weights and len(weights) != len(node.tops):
+            raise GraphError(f"{node.source}: layer '{node.name}' has {len(node.tops)} tops but "
+                             f"{len(weights)} loss_weight values")
+        if not weights:
+            weights = [built.default_loss_weight if i == 0 else 0.0 for i in range(len(node.tops))]
+        infos[node.module] = LayerInfo(node, spec.bottom_shapes, tops, built.blobs, weights)
+
+    # Pass 2: the real modules, filled.
+    root = nn.Module()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for node in graph.nodes:
+        info = infos[node.module]
+        spec = _spec(node, info.bottom_shapes, state)
+        with torch.device(device):
+            built = converter_for(spec)(spec)
+        for slot in built.blobs:
+            tensor = _get_tensor(built.module, slot.attr)
+            if tuple(tensor.shape) != tuple(slot.shape):
+                raise spec.error(f"internal: blob {slot.attr} has shape {list(tensor.shape)}, "
+                                 f"declared {list(slot.shape)}")
+            if tensor.device.type == "cpu":
+                fill(tensor, slot.filler, gen)
+            else:  # fill on the CPU generator so results do not depend on the device
+                cpu = torch.empty(tensor.shape)
+                fill(cpu, slot.filler, gen)
+                with torch.no_grad():
+                    tensor.copy_(cpu)
+        info.blobs = built.blobs
+        root.add_module(node.module, built.module)
+    _share_params(root, infos)
+
+    fx_graph = _fx_graph(graph, infos)
+    net = CaffeNet(root, fx_graph, graph, infos, blob_shapes)
+    net.train(phase == "train")
+    return net
+
+
+def _share_params(root: nn.Module, infos: dict[str, LayerInfo]) -> None:
+    """``param { name: "w" }`` on several layers: the later ones hold the first one's tensor."""
+    owners: dict[str, tuple[str, int]] = {}
+    for module, info in infos.items():
+        for i, spec in enumerate(info.node.param.param):
+            if not spec.name or i >= len(info.blobs):
+                continue
+            if spec.name not in owners:
+                owners[spec.name] = (module, i)
+                continue
+            owner_mod, j = owners[spec.name]
+            owner_slot = infos[owner_mod].blobs[j]
+            slot = info.blobs[i]
+            strict = spec.share_mode == caffe_pb2.ParamSpec.STRICT
+            same = tuple(owner_slot.shape) == tuple(slot.shape)
+            if not same and (strict or math.prod(owner_slot.shape) != math.prod(slot.shape)):
+                raise ShapeError(
+                    f"{info.node.source}: layer '{info.node.name}' shares param '{spec.name}' "
+                    f"with layer '{infos[owner_mod].node.name}' but its blob {i} has shape "
+                    f"{list(slot.shape)} against {list(owner_slot.shape)}", layer=info.node.name)
+            if not same:
+                raise ShapeError(f"layer '{info.node.name}': PERMISSIVE sharing of blobs with "
+                                 "different shapes is not supported", layer=info.node.name)
+            shared = _get_tensor(root.get_submodule(owner_mod), owner_slot.attr)
+            _set_tensor(root.get_submodule(module), slot.attr, shared)
+            info.shared_from[i] = (owner_mod, j)
+
+
+def _fx_graph(graph: Graph, infos: dict[str, LayerInfo]) -> fx.Graph:
+    """The fx graph: placeholders for inputs, one call_module per layer, a dict of outputs."""
+    g = fx.Graph()
+    env: dict[str, fx.Node] = {}
+    used_idents: set[str] = set()
+    for inp in graph.inputs:
+        ident = python_identifier(inp.name)
+        while ident in used_idents:
+            ident += "_"
+        used_idents.add(ident)
+        env[inp.name] = g.placeholder(ident)
+        env[inp.name].meta["ssa"] = inp.name
+    for node in graph.nodes:
+        call = g.call_module(node.module, tuple(env[b] for b in node.bottoms))
+        if len(node.tops) == 1:
+            env[node.tops[0]] = call
+            call.meta["ssa"] = node.tops[0]
+        else:
+            for i, t in enumerate(node.tops):
+                item = g.call_function(_item, (call, i))
+                item.meta["ssa"] = t
+                env[t] = item
+    outputs = list(graph.outputs())
+    for info in infos.values():  # weighted loss tops are outputs even when consumed
+        outputs += [t for t, w in zip(info.node.tops, info.loss_weights) if w and t not in outputs]
+    g.output({graph.blob_of[t]: env[t] for t in outputs})
+    return g
+
+
+def _item(values, i: int):
+    """values[i], as a named function so generated code reads well."""
+    return values[i]
+
+
+fx.wrap("_item")
+
+
+def net_summary(net: CaffeNet) -> list[dict]:
+    """Per-layer rows: name, type, top shapes, parameter count (shared blobs counted once)."""
+    rows = []
+    for inp in net.caffe_graph.inputs:
+        rows.append({"name": inp.layer, "type": inp.layer_type, "tops": {inp.name: list(inp.shape)},
+                     "params": 0})
+    for module, info in net.layers.items():
+        n = sum(math.prod(s.shape) for i, s in enumerate(info.blobs)
+                if s.learnable and i not in info.shared_from)
+        rows.append({"name": info.node.name, "type": info.node.type,
+                     "tops": {net.caffe_graph.blob_of[t]: list(s)
+                              for t, s in zip(info.node.tops, info.top_shapes)},
+                     "params": int(n)})
+    return rows
+
+
+def count_params(net: CaffeNet) -> int:
+    """Learnable parameters, shared ones counted once."""
+    return int(sum(p.numel() for p in net.parameters()))
+
+
+def as_path(p: str | os.PathLike) -> Path:
+    """Path helper for callers that accept strings."""
+    return Path(p)

@@ -1,0 +1,76 @@
+"""``landmarknet build``: build a net from its prototxt and print its per-layer table."""
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from pathlib import Path
+
+from landmarknet.cli.common import add_net_arguments, build_from_args
+
+EXAMPLE = """\
+example:
+  landmarknet build prototxt/heatmap4_68_deploy.prototxt --input-shape data=1,3,112,112
+  landmarknet build deploy.prototxt --weights net.caffemodel --save net.pt --json
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser("build", help="build a net and print its layers, shapes and parameters",
+                       description=__doc__, epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_net_arguments(p)
+    p.add_argument("--weights", type=Path, help=".caffemodel, .h5 or .pt weights to load by "
+                   "layer name (a report says what was copied)")
+    p.add_argument("--strict-weights", action="store_true",
+                   help="fail unless every layer's blobs come from --weights and all fit")
+    p.add_argument("--random-weights", type=int, metavar="SEED",
+                   help="fill every blob with seeded random values of order one (for testing)")
+    p.add_argument("--save", type=Path, metavar="OUT",
+                   help="write the weights as .caffemodel, .h5 or .pt (by extension)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build, optionally load/randomise/save weights, print the table."""
+    from landmarknet.build import count_params, net_summary
+    from landmarknet.params import load_weights, randomize, save_weights
+
+    net = build_from_args(args)
+    report = None
+    if args.weights:
+        report = load_weights(net, args.weights, strict=args.strict_weights)
+    if args.random_weights is not None:
+        randomize(net, args.random_weights)
+    if args.save:
+        from landmarknet.caffe.prototxt import read_net
+        save_weights(net, args.save, read_net(args.prototxt, strict=not args.lenient).net)
+    rows = net_summary(net)
+    inputs = {i.name: list(i.shape) for i in net.caffe_graph.inputs}
+    outputs = {net.caffe_graph.blob_of[t]: list(net.blob_shapes[t])
+               for t in net.caffe_graph.outputs()}
+    total = count_params(net)
+    if args.json:
+        print(json.dumps({"inputs": inputs, "outputs": outputs, "layers": rows, "params": total},
+                         indent=1))
+    else:
+        print_table(rows, total, outputs)
+        if report is not None:
+            print(textwrap.indent(report.render(), "  "))
+        if args.save:
+            print(f"saved weights to {args.save}")
+    return 0
+
+
+def print_table(rows: list[dict], total: int, outputs: dict) -> None:
+    """The per-layer table for a terminal."""
+    name_w = min(max(len(r["name"]) for r in rows), 40) if rows else 10
+    type_w = max((len(r["type"]) for r in rows), default=4)
+    print(f"{'layer':<{name_w}}  {'type':<{type_w}}  {'params':>10}  top shapes")
+    for r in rows:
+        tops = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["tops"].items())
+        print(f"{r['name'][:40]:<{name_w}}  {r['type']:<{type_w}}  {r['params']:>10,}  {tops}")
+    print(f"{'total':<{name_w}}  {'':<{type_w}}  {total:>10,}  "
+          f"outputs: {', '.join(f'{k} {chr(120).join(map(str, v))}' for k, v in outputs.items())}")

@@ -1,0 +1,49 @@
+"""The exceptions landmarknet raises: each says where (file, line, layer, field) and what to do."""
+from __future__ import annotations
+
+
+class LandmarknetError(Exception):
+    """Base class: every error landmarknet raises on purpose derives from it."""
+
+
+class PrototxtError(LandmarknetError):
+    """A prototxt (net or solver) that cannot be read as Caffe would read it."""
+
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None,
+                 column: int | None = None, layer: str | None = None) -> None:
+        self.path, self.line, self.column, self.layer = path, line, column, layer
+        where = path or "<text>"
+        if line is not None:
+            where += f":{line}" + (f":{column}" if column is not None else "")
+        if layer:
+            where += f" (layer '{layer}')"
+        super().__init__(f"{where}: {message}")
+
+
+class GraphError(LandmarknetError):
+    """A net whose layers do not form a valid graph (missing bottoms, cycles, duplicates)."""
+
+
+class LayerError(LandmarknetError):
+    """A layer that cannot be built: unknown type, bad parameters, incompatible shapes."""
+
+    def __init__(self, message: str, *, layer: str | None = None, type: str | None = None) -> None:
+        self.layer, self.type = layer, type
+        prefix = f"layer '{layer}'" + (f" (type {type})" if type else "") + ": " if layer else ""
+        super().__init__(prefix + message)
+
+
+class ShapeError(LayerError):
+    """Input shapes a layer cannot accept."""
+
+
+class WeightsError(LandmarknetError):
+    """A weights file (.caffemodel, .h5, .pt) that is unreadable or does not fit the net."""
+
+
+class SolverError(LandmarknetError):
+    """A solver.prototxt with settings we cannot honour."""
+
+
+class DataError(LandmarknetError):
+    """A data file or data set is missing, unreadable or malformed."""

@@ -1,0 +1,242 @@
+"""From a parsed NetParameter to a graph of layers in SSA form, as Caffe's Net::Init sees it.
+
+Three things happen here, in Caffe's order: layers are filtered by their include/exclude rules
+against the net state (phase, level, stages); inputs are collected (Input layers and data layers
+become graph inputs); and every blob write gets a fresh name, so that an in-place layer (``top ==
+bottom``) produces a new version of the blob and later layers read the newest version while
+earlier ones keep the old. Names are given in layer order, never by looking at the end state.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from landmarknet.caffe import caffe_pb2
+from landmarknet.caffe.prototxt import ParsedNet, read_net
+from landmarknet.errors import GraphError, PrototxtError
+
+Shape = tuple[int, ...]
+
+#: Layer types that read data from outside the net: in the graph they are inputs.
+DATA_LAYER_TYPES = frozenset({"Input", "Data", "ImageData", "HDF5Data", "MemoryData",
+                              "WindowData", "AnnotatedData", "VideoData", "ImageLabelmapData"})
+
+_PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
+
+
+@dataclass
+class NetState:
+    """Caffe's NetState: which layers a net built from the prototxt contains."""
+
+    phase: str = "test"
+    level: int = 0
+    stages: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.phase not in _PHASES:
+            raise ValueError(f"phase must be 'train' or 'test', got {self.phase!r}")
+
+
+def _meets(state: NetState, rule: caffe_pb2.NetStateRule) -> bool:
+    """Caffe's Net::StateMeetsRule."""
+    if rule.HasField("phase") and rule.phase != _PHASES[state.phase]:
+        return False
+    if rule.HasField("min_level") and state.level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and state.level > rule.max_level:
+        return False
+    if any(s not in state.stages for s in rule.stage):
+        return False
+    return not any(s in state.stages for s in rule.not_stage)
+
+
+def layer_included(layer: caffe_pb2.LayerParameter, state: NetState) -> bool:
+    """Caffe's Net::FilterNet rule for one layer (include wins over exclude; never both)."""
+    if layer.include and layer.exclude:
+        raise PrototxtError("a layer may have include rules or exclude rules, not both",
+                            layer=layer.name)
+    included = not layer.include
+    if any(_meets(state, r) for r in layer.exclude):
+        included = False
+    if any(_meets(state, r) for r in layer.include):
+        included = True
+    return included
+
+
+def module_name(layer_name: str) -> str:
+    """A layer name made safe as a torch submodule name, reversibly ('.' and '%' escaped)."""
+    return layer_name.replace("%", "%25").replace(".", "%2E")
+
+
+def layer_name_of(module: str) -> str:
+    """Inverse of module_name."""
+    return module.replace("%2E", ".").replace("%25", "%")
+
+
+def python_identifier(name: str) -> str:
+    """A blob name made into a Python identifier (for fx placeholders and generated code)."""
+    ident = re.sub(r"\W", "_", name)
+    return ident if ident and not ident[0].isdigit() else "_" + ident
+
+
+@dataclass
+class Node:
+    """One layer of the filtered net, with its blobs renamed to SSA versions."""
+
+    index: int  # position among the layers of the original prototxt
+    name: str  # the Caffe layer name (may repeat in the file)
+    module: str  # unique, attribute-safe submodule name
+    type: str
+    param: caffe_pb2.LayerParameter
+    bottoms: list[str]  # SSA names of the inputs
+    tops: list[str]  # SSA names of the outputs
+    source: str | None  # "file:line"
+
+    @property
+    def bottom_blobs(self) -> list[str]:
+        """Caffe blob names of the bottoms."""
+        return list(self.param.bottom)
+
+    @property
+    def top_blobs(self) -> list[str]:
+        """Caffe blob names of the tops."""
+        return list(self.param.top)
+
+
+@dataclass
+class GraphInput:
+    """A blob that enters the net from outside: an Input layer's top or a data layer's top."""
+
+    name: str  # SSA name == Caffe blob name (inputs are the first version)
+    shape: Shape | None  # None when the prototxt does not say (data layers reading a DB)
+    layer: str  # the layer that declares it
+    layer_type: str
+    source: str | None
+
+
+@dataclass
+class Graph:
+    """The net as a DAG in SSA form."""
+
+    name: str
+    state: NetState
+    inputs: list[GraphInput]
+    nodes: list[Node]
+    blob_of: dict[str, str]  # SSA name -> Caffe blob name
+    latest: dict[str, str]  # Caffe blob name -> its last SSA version
+    data_layers: list[Node] = field(default_factory=list)  # data layers, kept for tools
+    path: str | None = None
+
+    def consumers(self) -> dict[str, list[Node]]:
+        """SSA name -> the nodes reading it."""
+        out: dict[str, list[Node]] = {}
+        for node in self.nodes:
+            for b in node.bottoms:
+                out.setdefault(b, []).append(node)
+        return out
+
+    def outputs(self) -> list[str]:
+        """SSA names no layer consumes (Caffe's net outputs), in the order they are produced."""
+        used = self.consumers()
+        outs = [t for n in self.nodes for t in n.tops if t not in used]
+        return outs
+
+
+def _unique_version(blob: str, layer: str, taken: set[str]) -> str:
+    candidate = f"{blob}@{layer}"
+    k = 2
+    while candidate in taken:
+        candidate = f"{blob}@{layer}#{k}"
+        k += 1
+    return candidate
+
+
+def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *,
+                input_shapes: dict[str, Shape] | None = None) -> Graph:
+    """Filter by phase/level/stage, collect inputs, rename blobs in layer order."""
+    if not isinstance(parsed, ParsedNet):
+        parsed = read_net(parsed)
+    from landmarknet.layers.data import data_top_shapes  # data layers know their own shapes
+
+    state = state or NetState()
+    input_shapes = dict(input_shapes or {})
+    inputs: list[GraphInput] = []
+    nodes: list[Node] = []
+    data_nodes: list[Node] = []
+    blob_of: dict[str, str] = {}
+    latest: dict[str, str] = {}
+    producer: dict[str, str] = {}  # Caffe blob -> layer that last wrote it (for messages)
+    taken_modules: set[str] = set()
+    excluded_tops: dict[str, str] = {}  # blob -> layer that would produce it in another phase
+
+    net = parsed.net
+    for index, layer in enumerate(net.layer):
+        source = parsed.source(index)
+        if not layer_included(layer, state):
+            for t in layer.top:
+                excluded_tops.setdefault(t, layer.name)
+            continue
+        # Bottoms read the latest version of each blob.
+        bottoms = []
+        for b in layer.bottom:
+            if b not in latest:
+                raise GraphError(_missing_bottom_message(parsed, index, layer, b, state,
+                                                         excluded_tops))
+            bottoms.append(latest[b])
+        mod = module_name(layer.name) if layer.name else f"layer{index}"
+        if mod in taken_modules:  # Caffe tolerates repeated layer names (HED has two 'crop')
+            k = 2
+            while f"{mod}#{k}" in taken_modules:
+                k += 1
+            mod = f"{mod}#{k}"
+        taken_modules.add(mod)
+        tops = []
+        seen_here: set[str] = set()
+        for i, t in enumerate(layer.top):
+            if t in seen_here:
+                raise GraphError(f"{source}: layer '{layer.name}' lists top '{t}' twice")
+            seen_here.add(t)
+            in_place = i < len(layer.bottom) and layer.bottom[i] == t
+            if t in latest and not in_place:
+                raise GraphError(
+                    f"{source}: top '{t}' of layer '{layer.name}' is already produced by layer "
+                    f"'{producer[t]}'. Caffe allows writing a blob twice only in place (the same "
+                    "name as the bottom at the same position); rename one of the tops")
+            ssa = t if t not in blob_of else _unique_version(t, layer.name, set(blob_of))
+            blob_of[ssa] = t
+            latest[t] = ssa
+            producer[t] = layer.name
+            tops.append(ssa)
+        node = Node(index, layer.name, mod, layer.type, layer, bottoms, tops, source)
+        if layer.type in DATA_LAYER_TYPES:
+            if layer.bottom:
+                raise GraphError(f"{source}: data layer '{layer.name}' cannot have bottoms")
+            shapes = data_top_shapes(layer, parsed.path)
+            for t, shape in zip(layer.top, shapes):
+                given = input_shapes.pop(t, None)
+                inputs.append(GraphInput(t, tuple(given) if given else shape, layer.name,
+                                         layer.type, source))
+            data_nodes.append(node)
+            continue
+        nodes.append(node)
+    if input_shapes:
+        known = ", ".join(i.name for i in inputs) or "none"
+        raise GraphError(f"--input-shape names {', '.join(input_shapes)}, which is not an input "
+                         f"of this net in phase {state.phase} (inputs: {known})")
+    return Graph(net.name, state, inputs, nodes, blob_of, latest, data_nodes, parsed.path)
+
+
+def _missing_bottom_message(parsed: ParsedNet, index: int, layer: caffe_pb2.LayerParameter,
+                            blob: str, state: NetState, excluded: dict[str, str]) -> str:
+    """Explain a bottom nobody produced: later layer (a cycle?), other phase, or a typo."""
+    where = parsed.source(index)
+    base = f"{where}: bottom '{blob}' of layer '{layer.name}' is not produced by any earlier layer"
+    later = [l.name for l in parsed.net.layer[index:] if blob in l.top]
+    if later:
+        return (base + f"; layer '{later[0]}' produces it later. Caffe needs layers in "
+                "topological order, so this is a cycle or a misordered file")
+    if blob in excluded:
+        return (base + f" in phase {state.phase.upper()}: layer '{excluded[blob]}', which "
+                "produces it, is excluded by its include/exclude rules (try --phase train?)")
+    return base + " (a typo in the blob name?)"

@@ -1,0 +1,229 @@
+"""Convolution-family layers: Convolution, Deconvolution, InnerProduct, Embed.
+
+Every blob is kept in Caffe's own shape: Convolution weights ``(O, C/g, kh, kw)``, Deconvolution
+weights ``(C, O/g, kh, kw)`` (torch's ConvTranspose2d layout), InnerProduct weights ``(N, K)``
+(``(K, N)`` with ``transpose: true``), Embed weights ``(input_dim, N)``; biases ``(O,)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landmarknet.caffe import caffe_pb2
+from landmarknet.layers.common import Geometry2d, canonical_axis, conv_geometry
+from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
+
+
+def _filler(msg, field: str) -> caffe_pb2.FillerParameter | None:
+    """The FillerParameter ``field`` of ``msg`` when the prototxt gives it, else None (constant 0)."""
+    return getattr(msg, field) if msg.HasField(field) else None
+
+
+def _conv_common(spec: LayerSpec) -> tuple[caffe_pb2.ConvolutionParameter, Geometry2d, int, int]:
+    """Checks shared by Convolution and Deconvolution; returns (param, geometry, C_in, group)."""
+    n = len(spec.bottom_shapes)
+    if n < 1:
+        raise spec.error("needs at least 1 bottom")
+    if spec.n_tops != n:
+        # Caffe applies the same filters to each bottom: N bottoms give N tops.
+        raise spec.error(f"needs one top per bottom, got {n} bottom(s) and {spec.n_tops} top(s)")
+    shape = spec.bottom_shapes[0]
+    for other in spec.bottom_shapes[1:]:
+        if tuple(other) != tuple(shape):
+            raise spec.error(f"all bottoms must have the same shape, got {tuple(shape)} and "
+                             f"{tuple(other)}", shape=True)
+    cp = spec.param.convolution_param
+    if len(shape) != 4:
+        raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got shape {tuple(shape)}; only 2-D "
+                         "convolution is supported", shape=True)
+    axis = canonical_axis(cp.axis, len(shape), spec, "axis")
+    if axis != 1:
+        raise spec.error(f"axis {cp.axis} is not supported: the channel axis must be 1 (NCHW)")
+    if not cp.HasField("num_output") or cp.num_output <= 0:
+        raise spec.error("num_output must be given and positive")
+    geom = conv_geometry(spec, cp)
+    group = cp.group
+    channels = shape[1]
+    if group <= 0:
+        raise spec.error("group must be positive")
+    if channels % group:
+        raise spec.error(f"the bottom's {channels} channels are not divisible by group {group}",
+                         shape=True)
+    if cp.num_output % group:
+        raise spec.error(f"num_output {cp.num_output} is not divisible by group {group}")
+    return cp, geom, channels, group
+
+
+class CaffeConvolution(nn.Module):
+    """2-D convolution with Caffe's blobs: weight (O, C/g, kh, kw), bias (O,)."""
+
+    def __init__(self, in_channels: int, out_channels: int, geom: Geometry2d, group: int,
+                 bias: bool) -> None:
+        super().__init__()
+        kh, kw = geom.kernel
+        self.stride, self.padding, self.dilation = geom.stride, geom.pad, geom.dilation
+        self.groups = group
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // group, kh, kw))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        ys = tuple(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                            self.groups) for x in xs)
+        return ys[0] if len(ys) == 1 else ys
+
+    def extra_repr(self) -> str:
+        return (f"weight={tuple(self.weight.shape)}, stride={self.stride}, pad={self.padding}, "
+                f"dilation={self.dilation}, group={self.groups}, bias={self.bias is not None}")
+
+
+class CaffeDeconvolution(nn.Module):
+    """2-D transposed convolution with Caffe's blobs: weight (C, O/g, kh, kw), bias (O,)."""
+
+    def __init__(self, in_channels: int, out_channels: int, geom: Geometry2d, group: int,
+                 bias: bool) -> None:
+        super().__init__()
+        kh, kw = geom.kernel
+        self.stride, self.padding, self.dilation = geom.stride, geom.pad, geom.dilation
+        self.groups = group
+        self.weight = nn.Parameter(torch.empty(in_channels, out_channels // group, kh, kw))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        # Caffe has no output_padding: out = s*(i-1) + d*(k-1) + 1 - 2p.
+        ys = tuple(F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, 0,
+                                      self.groups, self.dilation) for x in xs)
+        return ys[0] if len(ys) == 1 else ys
+
+    def extra_repr(self) -> str:
+        return (f"weight={tuple(self.weight.shape)}, stride={self.stride}, pad={self.padding}, "
+                f"dilation={self.dilation}, group={self.groups}, bias={self.bias is not None}")
+
+
+def _bias_blobs(cp, n_out: int, module: nn.Module) -> list[BlobSlot]:
+    if module.bias is None:
+        return []
+    return [BlobSlot("bias", (n_out,), _filler(cp, "bias_filler"))]
+
+
+@register("Convolution", family="conv")
+def convolution(spec: LayerSpec) -> Built:
+    """2-D convolution (group, dilation, kernel/stride/pad with _h/_w); weights (O, C/g, kh, kw)."""
+    cp, geom, channels, group = _conv_common(spec)
+    h, w = spec.bottom_shapes[0][2:]
+    for size, k, s, p, d, name in ((h, geom.kernel[0], geom.stride[0], geom.pad[0],
+                                    geom.dilation[0], "height"),
+                                   (w, geom.kernel[1], geom.stride[1], geom.pad[1],
+                                    geom.dilation[1], "width")):
+        extent = d * (k - 1) + 1
+        if size + 2 * p < extent:
+            raise spec.error(f"the dilated kernel ({extent}) is larger than the padded input "
+                             f"{name} ({size} + 2*{p})", shape=True)
+    module = CaffeConvolution(channels, cp.num_output, geom, group, cp.bias_term)
+    blobs = [BlobSlot("weight", tuple(module.weight.shape), _filler(cp, "weight_filler"))]
+    blobs += _bias_blobs(cp, cp.num_output, module)
+    return Built(module, blobs)
+
+
+@register("Deconvolution", family="conv")
+def deconvolution(spec: LayerSpec) -> Built:
+    """2-D transposed convolution; weights (C_in, O/g, kh, kw), out = s*(i-1)+d*(k-1)+1-2p."""
+    cp, geom, channels, group = _conv_common(spec)
+    h, w = spec.bottom_shapes[0][2:]
+    for size, k, s, p, d, name in ((h, geom.kernel[0], geom.stride[0], geom.pad[0],
+                                    geom.dilation[0], "height"),
+                                   (w, geom.kernel[1], geom.stride[1], geom.pad[1],
+                                    geom.dilation[1], "width")):
+        out = s * (size - 1) + d * (k - 1) + 1 - 2 * p
+        if out <= 0:
+            raise spec.error(f"output {name} would be {out} (pad {p} too large)", shape=True)
+    module = CaffeDeconvolution(channels, cp.num_output, geom, group, cp.bias_term)
+    blobs = [BlobSlot("weight", tuple(module.weight.shape), _filler(cp, "weight_filler"))]
+    blobs += _bias_blobs(cp, cp.num_output, module)
+    return Built(module, blobs)
+
+
+class CaffeInnerProduct(nn.Module):
+    """Fully connected layer: flattens from ``axis`` (NCHW order), weight (N, K) or (K, N)."""
+
+    def __init__(self, axis: int, k: int, n: int, transpose: bool, bias: bool) -> None:
+        super().__init__()
+        self.axis, self.transpose = axis, transpose
+        self.weight = nn.Parameter(torch.empty((k, n) if transpose else (n, k)))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(n))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(*x.shape[:self.axis], -1)
+        w = self.weight.t() if self.transpose else self.weight
+        return F.linear(flat, w, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"axis={self.axis}, weight={tuple(self.weight.shape)}, "
+                f"transpose={self.transpose}, bias={self.bias is not None}")
+
+
+@register("InnerProduct", family="conv")
+def inner_product(spec: LayerSpec) -> Built:
+    """Fully connected: flatten from axis in NCHW order; weights (N, K), or (K, N) if transpose."""
+    spec.expect_bottoms(1)
+    if spec.n_tops != 1:
+        raise spec.error(f"needs exactly 1 top, got {spec.n_tops}")
+    ip = spec.param.inner_product_param
+    if not ip.HasField("num_output") or ip.num_output <= 0:
+        raise spec.error("num_output must be given and positive")
+    shape = tuple(spec.bottom_shapes[0])
+    axis = canonical_axis(ip.axis, len(shape), spec, "axis")
+    k = math.prod(shape[axis:])
+    module = CaffeInnerProduct(axis, k, ip.num_output, ip.transpose, ip.bias_term)
+    blobs = [BlobSlot("weight", tuple(module.weight.shape), _filler(ip, "weight_filler"))]
+    blobs += _bias_blobs(ip, ip.num_output, module)
+    return Built(module, blobs)
+
+
+class CaffeEmbed(nn.Module):
+    """Table look-up: top = weight[int(x)] (+ bias); weight (input_dim, num_output)."""
+
+    def __init__(self, k: int, n: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(k, n))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(n))
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # static_cast<int>: truncation toward zero, as Caffe's EmbedLayer reads its indices.
+        idx = x.detach().trunc().to(torch.long)
+        y = F.embedding(idx, self.weight)
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
+
+
+@register("Embed", family="conv")
+def embed(spec: LayerSpec) -> Built:
+    """Look-up table: each bottom value (an integer index) becomes a row of weights (K, N)."""
+    spec.expect_bottoms(1)
+    if spec.n_tops != 1:
+        raise spec.error(f"needs exactly 1 top, got {spec.n_tops}")
+    ep = spec.param.embed_param
+    if ep.num_output <= 0:
+        raise spec.error("num_output must be given and positive")
+    if ep.input_dim <= 0:
+        raise spec.error("input_dim must be given and positive")
+    module = CaffeEmbed(ep.input_dim, ep.num_output, ep.bias_term)
+    blobs = [BlobSlot("weight", (ep.input_dim, ep.num_output), _filler(ep, "weight_filler"))]
+    blobs += _bias_blobs(ep, ep.num_output, module)
+    return Built(module, blobs)

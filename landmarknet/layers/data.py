@@ -1,0 +1,132 @@
+"""Data layers (graph inputs and their shapes), DummyData, and Caffe's ``Python`` layers.
+
+Data layers read from outside the net (LMDB, image lists, HDF5, memory); in landmarknet they are
+graph inputs that the data pipeline feeds. Their shapes come from the prototxt where Caffe's own
+reshape logic can tell them without the data; otherwise they must be given (--input-shape).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from landmarknet.caffe import caffe_pb2
+from landmarknet.errors import LayerError
+from landmarknet.fillers import fill
+from landmarknet.layers.registry import Built, LayerSpec, _REGISTRY, register
+
+Shape = tuple[int, ...]
+
+
+def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> list[Shape | None]:
+    """Shapes of a data layer's tops as far as the prototxt determines them (None: unknown)."""
+    n_tops = len(layer.top)
+    t = layer.type
+    crop = layer.transform_param.crop_size if layer.HasField("transform_param") else 0
+    if t == "Input":
+        shapes = [tuple(int(d) for d in s.dim) for s in layer.input_param.shape]
+        if len(shapes) not in (0, 1, n_tops):
+            raise LayerError(f"Input has {n_tops} tops but {len(shapes)} shapes (give 1 or "
+                             f"{n_tops})", layer=layer.name, type=t)
+        if len(shapes) == 1:
+            shapes = shapes * n_tops
+        return shapes or [None] * n_tops
+    if t == "MemoryData":
+        p = layer.memory_data_param
+        out: list[Shape | None] = [(p.batch_size, p.channels, p.height, p.width)]
+        return (out + [(p.batch_size,)])[:n_tops]
+    if t == "ImageData":
+        p = layer.image_data_param
+        c = 3 if p.is_color else 1
+        h, w = (crop, crop) if crop else (p.new_height, p.new_width)
+        image = (p.batch_size, c, h, w) if h and w else None
+        return ([image, (p.batch_size,)])[:n_tops]
+    if t == "Data":
+        n = layer.data_param.batch_size
+        # Channels live in the database, not the prototxt: the caller must say (--input-shape).
+        return ([None, (n,) if n else None])[:n_tops]
+    if t == "HDF5Data":
+        return _hdf5_shapes(layer, net_path)
+    return [None] * n_tops
+
+
+def _hdf5_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> list[Shape | None]:
+    """HDF5Data: each top is a dataset of that name in the listed files; batch from the param."""
+    p = layer.hdf5_data_param
+    candidates = [Path(p.source)]
+    if net_path:
+        candidates.append(Path(net_path).parent / p.source)
+    listing = next((c for c in candidates if c.is_file()), None)
+    if listing is None:
+        return [None] * len(layer.top)
+    files = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
+    if not files:
+        return [None] * len(layer.top)
+    import h5py
+    first = Path(files[0])
+    if not first.is_absolute() and not first.exists():
+        first = listing.parent / first
+    try:
+        with h5py.File(first, "r") as fh:
+            return [(p.batch_size, *fh[top].shape[1:]) if top in fh else None
+                    for top in layer.top]
+    except OSError:
+        return [None] * len(layer.top)
+
+
+class DummyData(nn.Module):
+    """Caffe's DummyData: tensors of fixed shapes filled by fillers on every forward."""
+
+    def __init__(self, shapes: list[Shape], fillers: list[caffe_pb2.FillerParameter | None]):
+        super().__init__()
+        self.shapes, self.fillers = shapes, fillers
+        # A zero-size buffer tells forward which device the net lives on.
+        self.register_buffer("anchor", torch.empty(0), persistent=False)
+
+    def forward(self) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outs = []
+        for shape, fp in zip(self.shapes, self.fillers):
+            t = torch.empty(shape, device=self.anchor.device)
+            if t.device.type != "meta":
+                fill(t, fp, torch.Generator(device=t.device))
+            outs.append(t)
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+@register("DummyData", family="data")
+def dummy_data(spec: LayerSpec) -> Built:
+    """Fixed-shape tensors from fillers (constant 0 by default), refilled on each forward."""
+    p = spec.param.dummy_data_param
+    n = spec.n_tops
+    if p.shape:
+        shapes = [tuple(int(d) for d in s.dim) for s in p.shape]
+    else:
+        legacy = [list(p.num), list(p.channels), list(p.height), list(p.width)]
+        if any(len(v) not in (1, n) for v in legacy):
+            raise spec.error("num/channels/height/width need 1 or one-per-top values each")
+        shapes = [tuple(v[i if len(v) > 1 else 0] for v in legacy) for i in range(n)]
+    if len(shapes) == 1:
+        shapes = shapes * n
+    if len(shapes) != n:
+        raise spec.error(f"{n} tops but {len(shapes)} shapes")
+    fillers = list(p.data_filler) or [None]
+    if len(fillers) not in (1, n):
+        raise spec.error(f"give 0, 1 or {n} data_filler entries, not {len(fillers)}")
+    if len(fillers) == 1:
+        fillers = fillers * n
+    return Built(DummyData(shapes, fillers))
+
+
+@register("Python", family="custom")
+def python_layer(spec: LayerSpec) -> Built:
+    """A Caffe ``Python`` layer, resolved through the registry (never by importing code)."""
+    pp = spec.param.python_param
+    keys = [f"Python:{pp.module}.{pp.layer}", f"Python:{pp.layer}"]
+    for key in keys:
+        if key in _REGISTRY:
+            return _REGISTRY[key].converter(spec)
+    raise spec.error(
+        f"Python layer {pp.module}.{pp.layer} is not registered. landmarknet never imports "
+        f"modules named in a prototxt; register a converter under '{keys[1]}' with "
+        "`@landmarknet.layers.register(...)` to support it")

@@ -1,0 +1,260 @@
+"""Weights between a built net and files: Caffe blobs by layer name, with a report.
+
+Caffe copies trained weights by matching layer names (Net::CopyTrainedLayersFrom): a layer of the
+file that the net lacks is ignored, a layer of the net that the file lacks keeps its fillers, and a
+blob whose shape differs is an error. ``load_blobs`` does the same and says what happened.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from landmarknet.build import CaffeNet
+from landmarknet.caffe import caffe_pb2
+from landmarknet.caffe.weights import LayerBlobs, read_weights, write_weights
+from landmarknet.errors import WeightsError
+
+PT_SUFFIXES = (".pt", ".pth")
+
+
+@dataclass
+class CopyReport:
+    """What a copy by layer name did."""
+
+    copied: list[str] = field(default_factory=list)
+    missing_in_file: list[str] = field(default_factory=list)  # net layers with blobs, not in file
+    unused_in_file: list[str] = field(default_factory=list)  # file layers the net does not have
+    mismatched: list[str] = field(default_factory=list)  # human-readable shape/count problems
+    reshaped: list[str] = field(default_factory=list)  # legacy shapes accepted by element count
+    skipped: list[str] = field(default_factory=list)  # layers left out on purpose (copy_layers)
+
+    @property
+    def ok(self) -> bool:
+        """True when every net layer got its blobs and nothing mismatched."""
+        return not (self.missing_in_file or self.mismatched)
+
+    def render(self) -> str:
+        """A short multi-line text for the terminal."""
+        lines = [f"copied {len(self.copied)} layer(s)"]
+        for title, items in (("missing in the file (keep their fillers)", self.missing_in_file),
+                             ("in the file but not in the net (ignored)", self.unused_in_file),
+                             ("shape or count mismatches (not copied)", self.mismatched),
+                             ("legacy shapes reshaped", self.reshaped),
+                             ("left out on request", self.skipped)):
+            if items:
+                lines.append(f"{title}: {len(items)}")
+                lines += [f"  - {x}" for x in items[:50]]
+                if len(items) > 50:
+                    lines.append(f"  ... and {len(items) - 50} more")
+        return "\n".join(lines)
+
+
+def net_blobs(net: CaffeNet) -> list[LayerBlobs]:
+    """The net's blobs as Caffe layers hold them (every layer with blobs, in net order)."""
+    out = []
+    for module, info in net.layers.items():
+        if not info.blobs:
+            continue
+        arrays = [net.blob_tensor(module, i).detach().cpu().numpy().astype(np.float32, copy=True)
+                  for i in range(len(info.blobs))]
+        out.append(LayerBlobs(info.node.name, info.node.type, arrays))
+    return out
+
+
+def _targets(net: CaffeNet) -> dict[str, str]:
+    """Caffe layer name -> module; the first layer of a repeated name wins, as in Caffe."""
+    out: dict[str, str] = {}
+    for module, info in net.layers.items():
+        out.setdefault(info.node.name, module)
+    return out
+
+
+def load_blobs(net: CaffeNet, layers: Iterable[LayerBlobs], *, strict: bool = False,
+               select: Callable[[str], bool] | None = None, source: str = "weights") -> CopyReport:
+    """Copy blobs into the net by layer name; ``strict`` raises unless the report is clean."""
+    report = CopyReport()
+    targets = _targets(net)
+    seen: set[str] = set()
+    for src in layers:
+        module = targets.get(src.name)
+        if module is None:
+            if src.blobs:
+                report.unused_in_file.append(src.name)
+            continue
+        if select is not None and not select(src.name):
+            report.skipped.append(src.name)
+            seen.add(src.name)
+            continue
+        info = net.layers[module]
+        seen.add(src.name)
+        if len(src.blobs) != len(info.blobs):
+            report.mismatched.append(f"{src.name}: the file has {len(src.blobs)} blob(s), the "
+                                     f"layer ({info.node.type}) has {len(info.blobs)}")
+            continue
+        pending = []
+        for i, (arr, slot) in enumerate(zip(src.blobs, info.blobs)):
+            want = tuple(slot.shape)
+            if tuple(arr.shape) != want:
+                if arr.size == math.prod(want) and _legacy_compatible(arr.shape, want):
+                    report.reshaped.append(f"{src.name}[{i}]: {list(arr.shape)} -> {list(want)}")
+                    arr = arr.reshape(want)
+                else:
+                    report.mismatched.append(f"{src.name}[{i}]: file {list(arr.shape)}, net "
+                                             f"{list(want)}")
+                    pending = None
+                    break
+            pending.append((i, arr))
+        if pending is None:
+            continue
+        with torch.no_grad():
+            for i, arr in pending:
+                t = net.blob_tensor(module, i)
+                t.copy_(torch.from_numpy(np.ascontiguousarray(arr)).to(t.dtype))
+        report.copied.append(src.name)
+    for module, info in net.layers.items():
+        name = info.node.name
+        if info.blobs and name not in seen and targets.get(name) == module:
+            if select is None or select(name):
+                report.missing_in_file.append(name)
+    if strict and not report.ok:
+        raise WeightsError(f"{source} does not fit the net (strict):\n{report.render()}")
+    return report
+
+
+def _legacy_compatible(file_shape: tuple[int, ...], net_shape: tuple[int, ...]) -> bool:
+    """Old files store 1-D and 2-D blobs as 4-D with leading ones, e.g. (1, 1, N, K)."""
+    squeeze = lambda s: tuple(d for d in s if d != 1)  # noqa: E731
+    return squeeze(file_shape) == squeeze(net_shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def _pt_to_layers(net: CaffeNet, path: Path) -> list[LayerBlobs]:
+    """A PyTorch state_dict file (loaded with weights_only=True) as Caffe layers."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files; say which file
+        raise WeightsError(f"{path}: not a loadable PyTorch state_dict ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state_dict (a dict of tensors), got "
+                           f"{type(state).__name__}")
+    out = []
+    used: set[str] = set()
+    for module, info in net.layers.items():
+        keys = [f"{module}.{slot.attr}" for slot in info.blobs]
+        if not keys:
+            continue
+        if not all(k in state for k in keys):
+            continue
+        used.update(keys)
+        out.append(LayerBlobs(info.node.name, info.node.type,
+                              [state[k].detach().cpu().float().numpy() for k in keys]))
+    for key in state:
+        if key not in used:
+            layer = key.rsplit(".", 1)[0]
+            out.append(LayerBlobs(layer, "?", [np.asarray(state[key].detach().cpu().float())]))
+    return out
+
+
+def read_net_weights(net: CaffeNet, path: str | os.PathLike) -> list[LayerBlobs]:
+    """Any supported weights file as Caffe layers (.caffemodel, .h5/.hdf5, .pt/.pth)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.suffix.lower() in PT_SUFFIXES:
+        return _pt_to_layers(net, path)
+    return read_weights(path)
+
+
+def load_weights(net: CaffeNet, path: str | os.PathLike, *, strict: bool = False,
+                 select: Callable[[str], bool] | None = None) -> CopyReport:
+    """Load a weights file into the net by layer name (see load_blobs)."""
+    return load_blobs(net, read_net_weights(net, path), strict=strict, select=select,
+                      source=str(path))
+
+
+def save_weights(net: CaffeNet, path: str | os.PathLike,
+                 net_param: caffe_pb2.NetParameter | None = None) -> None:
+    """Save the net's weights as .caffemodel, .h5/.hdf5 or .pt/.pth, by extension."""
+    path = Path(path)
+    if path.suffix.lower() in PT_SUFFIXES:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+        return
+    write_weights(path, net_blobs(net), net_param)
+
+
+def copy_selector(names: Iterable[str] | None = None, upto: str | None = None,
+                  net: CaffeNet | None = None) -> Callable[[str], bool]:
+    """Which layers to copy: the named ones, or every layer up to and including ``upto``."""
+    if names is not None:
+        wanted = set(names)
+        return lambda name: name in wanted
+    if upto is not None:
+        if net is None:
+            raise ValueError("copy up to a layer needs the target net")
+        order = [info.node.name for info in net.layers.values()]
+        if upto not in order:
+            raise WeightsError(f"--copy-layers: no layer named '{upto}' in the target net")
+        keep = set(order[:order.index(upto) + 1])
+        return lambda name: name in keep
+    return lambda name: True
+
+
+# ---------------------------------------------------------------------------------------------
+# Random weights for testing
+
+
+@torch.no_grad()
+def randomize(net: CaffeNet, seed: int) -> None:
+    """Seeded random blobs keeping activations of order one, whatever the fillers say.
+
+    He-style weights, small biases, BatchNorm statistics with variances in [0.5, 1.5] stored
+    with a scale factor other than 1 (so readers that ignore Caffe's third blob get it wrong).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    for module, info in net.layers.items():
+        for i, slot in enumerate(info.blobs):
+            if i in info.shared_from:
+                continue
+            t = net.blob_tensor(module, i)
+            shape = tuple(t.shape)
+            value = _random_blob(info.node.type, i, shape, gen)
+            t.copy_(value.to(t.dtype))
+        if info.node.type == "BatchNorm" and len(info.blobs) == 3:
+            factor = net.blob_tensor(module, 2)
+            s = float(factor.reshape(-1)[0])
+            net.blob_tensor(module, 0).mul_(s)
+            net.blob_tensor(module, 1).mul_(s)
+
+
+def _random_blob(layer_type: str, i: int, shape: tuple[int, ...], gen: torch.Generator,
+                 ) -> torch.Tensor:
+    u = lambda lo, hi: torch.empty(shape).uniform_(lo, hi, generator=gen)  # noqa: E731
+    if layer_type == "BatchNorm":
+        return [torch.randn(shape, generator=gen) * 0.1, u(0.5, 1.5),
+                torch.full(shape, 0.5 + torch.rand((), generator=gen).item())][i]
+    if layer_type in ("Scale", "Normalize") and i == 0:
+        return u(0.5, 1.5)
+    if layer_type == "PReLU":
+        return u(0.0, 0.3)
+    if len(shape) <= 1:
+        return u(-0.1, 0.1)
+    if layer_type == "Deconvolution":
+        # (C_in, C_out/g, kh, kw): each output sums over C_out/g-sized slices of the kernel.
+        fan_in = max(shape[1] * math.prod(shape[2:]), 1)
+    else:
+        fan_in = max(math.prod(shape) // max(shape[0], 1), 1)
+    return torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
