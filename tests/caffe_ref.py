@@ -980,9 +980,10 @@ def prior_box(feature, image, *, min_size, max_size=(), aspect_ratio=(), flip=Tr
     ``feature`` and ``image`` are the two bottoms (arrays, or shapes, or (H, W) pairs).
     Aspect ratios: 1 first, then each new ratio (|ar - existing| >= 1e-6) and, with ``flip``,
     its inverse. Per cell (row-major), per min_size s: box s x s; then, if max sizes, a box
-    sqrt(s*max) square; then each ratio != 1: ``s*sqrt(ar) x s/sqrt(ar)`` (with max sizes the
-    base is sqrt(s*max) - as in this version of the C++). NOTE: the C++ stores min/max sizes
-    in ``int`` variables, so fractional sizes are TRUNCATED. Centres ``((w + offset) * step_w,
+    sqrt(s*max) square; then each ratio != 1: ``s*sqrt(ar) x s/sqrt(ar)`` (the ssd branch; one
+    stored variant of the file bases the ratio boxes on sqrt(s*max) instead when max sizes are
+    given - not followed here, nor by OpenCV). NOTE: the C++ stores min/max sizes in ``int``
+    variables, so fractional sizes are TRUNCATED. Centres ``((w + offset) * step_w,
     (h + offset) * step_h)``; step defaults to image/feature extent (float). Coordinates are
     divided by the image extent, optionally clipped to [0, 1]. Output (1, 2, H*W*P*4): channel
     0 the boxes (xmin, ymin, xmax, ymax), channel 1 the variances (one value repeated, or the 4).
@@ -1042,8 +1043,7 @@ def prior_box(feature, image, *, min_size, max_size=(), aspect_ratio=(), flip=Tr
                     if abs(ar - 1.0) < 1e-6:
                         continue
                     r = math.sqrt(ar)
-                    base = math.sqrt(smin * int(maxs[s_idx])) if maxs else smin
-                    add(base * r, base / r)
+                    add(smin * r, smin / r)
     top = np.asarray(boxes, dtype=np.float32).reshape(-1)
     if clip:
         top = np.clip(top, 0.0, 1.0)

@@ -63,6 +63,9 @@ PathLike = str | os.PathLike
 class LayerBlobs:
     """One layer's learned blobs, as a weights file stores them.
 
+    Two LayerBlobs are equal when name, type and every blob's shape and values are (NaN equals
+    NaN; float32 vs float64 compares values).
+
     ``name`` and ``type`` are the layer's name and type string (V2 spelling, e.g.
     ``"Convolution"``; legacy V1/V0 files are mapped the way Caffe's ``upgrade_proto.cpp`` does;
     ``""`` where the file does not say, as in HDF5 files written by Caffe).
@@ -70,7 +73,8 @@ class LayerBlobs:
     ``blobs`` are float32 arrays in Caffe's blob shape: ``shape.dim`` when the blob has no legacy
     4-D fields, else ``(num, channels, height, width)`` (Caffe's ``Blob::FromProto`` gives the
     legacy fields precedence, and so do we). Blobs stored as ``double_data`` are read as
-    float32 (precision beyond float32 is lost), as Caffe's float nets do.
+    float32 (precision beyond float32 is lost, values beyond its range become +-inf), as Caffe's
+    float nets do.
     """
 
     name: str
@@ -84,10 +88,7 @@ class LayerBlobs:
             self.name == other.name
             and self.type == other.type
             and len(self.blobs) == len(other.blobs)
-            and all(
-                np.shape(a) == np.shape(b) and np.array_equal(a, b)
-                for a, b in zip(self.blobs, other.blobs)
-            )
+            and all(_same_values(a, b) for a, b in zip(self.blobs, other.blobs))
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable
@@ -95,6 +96,17 @@ class LayerBlobs:
     def __repr__(self) -> str:
         shapes = ", ".join(str(tuple(np.shape(b))) for b in self.blobs)
         return f"LayerBlobs(name={self.name!r}, type={self.type!r}, blobs=[{shapes}])"
+
+
+def _same_values(a, b) -> bool:
+    """Same shape and values, NaN equal to NaN (weights, not arithmetic)."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return False
+    try:
+        return bool(np.array_equal(a, b, equal_nan=True))
+    except TypeError:  # NaN test undefined for the dtype
+        return bool(np.array_equal(a, b))
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,10 +456,11 @@ def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> tuple[tuple[int, ..
                    f"{n_values}", start)
     out = np.empty(shape, np.float32)  # owns its memory, aligned
     flat = out.reshape(-1)  # a view of out
-    if len(chunks) == 1:
-        np.copyto(flat, chunks[0], casting="same_kind")  # the one copy out of the file
-    elif chunks:
-        np.concatenate(chunks, out=flat, casting="same_kind")
+    with np.errstate(over="ignore"):  # doubles beyond float32's range become +-inf, as in Caffe
+        if len(chunks) == 1:
+            np.copyto(flat, chunks[0], casting="same_kind")  # the one copy out of the file
+        elif chunks:
+            np.concatenate(chunks, out=flat, casting="same_kind")
     return shape, out
 
 
@@ -545,9 +558,10 @@ def read_caffemodel(path: PathLike) -> list[LayerBlobs]:
                     if wt != _LEN:
                         raise _Bad(f"NetParameter.{what} has wire type {_WIRE_NAMES[wt]}, "
                                    "expected length-delimited", t)
+                    layer = _RawLayer(len(raws), t, None, "", [])
                     s, pos = _length(buf, pos, size, f"a {what}")
                     kinds.add(fnum)
-                    layer = _RawLayer(len(raws), s, None, "", [])
+                    layer.offset = s
                     _scan_layer(buf, s, pos, fnum == 2, layer)
                     raws.append(layer)
                     layer = None

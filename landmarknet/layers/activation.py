@@ -1,0 +1,367 @@
+"""Neuron layers: one bottom, one top of the same shape, computed elementwise.
+
+Caffe runs most of these in place (``top == bottom``); here every module is out-of-place and the
+graph renames in-place blobs. Formulas follow the C++ (``relu_layer.cpp``, ``prelu_layer.cpp``,
+``power_layer.cpp`` ...), including the gradients at the kinks (ReLU and PReLU give the negative
+slope at exactly 0, BNLL gives 0.5).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landmarknet.caffe import caffe_pb2
+from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
+
+_FAMILY = "activation"
+
+
+def _neuron(spec: LayerSpec) -> None:
+    """Caffe's NeuronLayer contract: exactly one bottom and one top."""
+    spec.expect_bottoms(1)
+    if spec.n_tops != 1:
+        raise spec.error(f"needs exactly 1 top, got {spec.n_tops}")
+
+
+class ReLU(nn.Module):
+    """``max(x, 0) + negative_slope * min(x, 0)``."""
+
+    def __init__(self, negative_slope: float = 0.0) -> None:
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.negative_slope == 0.0:
+            return F.relu(x)
+        # Gradient at 0 is negative_slope, as in ReLULayer::Backward_cpu.
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}"
+
+
+@register("ReLU", family=_FAMILY)
+def relu(spec: LayerSpec) -> Built:
+    """Rectifier max(x, 0) + negative_slope * min(x, 0) (leaky when negative_slope != 0)."""
+    _neuron(spec)
+    return Built(ReLU(spec.param.relu_param.negative_slope))
+
+
+class ReLU6(nn.Module):
+    """``min(max(x, 0), 6)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, 0.0, 6.0)
+
+
+@register("ReLU6", family=_FAMILY, origin="Caffe forks (MobileNet-v2 ports; read by OpenCV DNN)")
+def relu6(spec: LayerSpec) -> Built:
+    """Rectifier clipped at 6: min(max(x, 0), 6); no parameters."""
+    _neuron(spec)
+    if spec.param.HasField("relu_param") and spec.param.relu_param.negative_slope != 0:
+        raise spec.error("ReLU6 has no negative slope; remove relu_param.negative_slope")
+    return Built(ReLU6())
+
+
+class PReLU(nn.Module):
+    """``max(x, 0) + a_c * min(x, 0)`` with a learned slope per channel (axis 1) or one shared."""
+
+    def __init__(self, channels: int, channel_shared: bool) -> None:
+        super().__init__()
+        self.channel_shared = channel_shared
+        # Caffe's blob: shape (C,), or a 0-axis blob (one value) when channel_shared.
+        self.weight = nn.Parameter(torch.empty(() if channel_shared else (channels,)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # F.prelu's gradient is Caffe's: slope where x <= 0, and x * (x <= 0) for the slope.
+        return F.prelu(x, self.weight.reshape(1) if self.channel_shared else self.weight)
+
+    def extra_repr(self) -> str:
+        return f"weight={tuple(self.weight.shape)}, channel_shared={self.channel_shared}"
+
+
+def _default_prelu_filler() -> caffe_pb2.FillerParameter:
+    fp = caffe_pb2.FillerParameter()
+    fp.type = "constant"
+    fp.value = 0.25  # prelu_layer.cpp's default when no filler is given
+    return fp
+
+
+@register("PReLU", family=_FAMILY)
+def prelu(spec: LayerSpec) -> Built:
+    """Parametric ReLU: learned negative slope per channel (C,) or shared (); default 0.25."""
+    _neuron(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    if len(shape) < 2:
+        raise spec.error(f"needs a bottom with at least 2 axes, got shape {shape}", shape=True)
+    pp = spec.param.prelu_param
+    module = PReLU(shape[1], pp.channel_shared)
+    filler = pp.filler if pp.HasField("filler") else _default_prelu_filler()
+    return Built(module, [BlobSlot("weight", tuple(module.weight.shape), filler)])
+
+
+class ELU(nn.Module):
+    """``x`` if x > 0 else ``alpha * (exp(x) - 1)``."""
+
+    def __init__(self, alpha: float) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.elu(x, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+@register("ELU", family=_FAMILY)
+def elu(spec: LayerSpec) -> Built:
+    """Exponential linear unit: x if x > 0 else alpha * (exp(x) - 1)."""
+    _neuron(spec)
+    return Built(ELU(spec.param.elu_param.alpha))
+
+
+class Sigmoid(nn.Module):
+    """``1 / (1 + exp(-x))``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Caffe evaluates 0.5*tanh(0.5x)+0.5 in double and rounds to float: the correctly
+        # rounded logistic, which torch.sigmoid gives in float32 to within an ulp.
+        return torch.sigmoid(x)
+
+
+@register("Sigmoid", family=_FAMILY)
+def sigmoid(spec: LayerSpec) -> Built:
+    """Logistic function 1 / (1 + exp(-x))."""
+    _neuron(spec)
+    return Built(Sigmoid())
+
+
+class TanH(nn.Module):
+    """Hyperbolic tangent."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(x)
+
+
+@register("TanH", family=_FAMILY)
+def tanh(spec: LayerSpec) -> Built:
+    """Hyperbolic tangent."""
+    _neuron(spec)
+    return Built(TanH())
+
+
+class AbsVal(nn.Module):
+    """``|x|`` (gradient sign(x), 0 at 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.abs(x)
+
+
+@register("AbsVal", family=_FAMILY)
+def absval(spec: LayerSpec) -> Built:
+    """Absolute value |x|."""
+    _neuron(spec)
+    return Built(AbsVal())
+
+
+class BNLL(nn.Module):
+    """``log(1 + exp(x))``, computed as Caffe does: ``x + log(1 + exp(-x))`` for x > 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # softplus is log1p(exp(x)) below its threshold and x above it; both agree with
+        # Caffe's two-branch formula to float precision, and its gradient is sigmoid(x)
+        # everywhere (0.5 at 0, as BNLLLayer::Backward_cpu gives).
+        return F.softplus(x, beta=1.0, threshold=20.0)
+
+
+@register("BNLL", family=_FAMILY)
+def bnll(spec: LayerSpec) -> Built:
+    """Binomial normal log likelihood log(1 + exp(x)), computed stably."""
+    _neuron(spec)
+    return Built(BNLL())
+
+
+class Power(nn.Module):
+    """``(shift + scale * x) ** power``."""
+
+    def __init__(self, power: float, scale: float, shift: float) -> None:
+        super().__init__()
+        self.power, self.scale, self.shift = float(power), float(scale), float(shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale == 0.0 or self.power == 0.0:
+            # power_layer.cpp: a constant, whatever x holds (even inf/nan).
+            value = 1.0 if self.power == 0.0 else math.pow(self.shift, self.power)
+            return torch.full_like(x, value)
+        y = x * self.scale if self.scale != 1.0 else x
+        if self.shift != 0.0:
+            y = y + self.shift
+        return y if self.power == 1.0 else torch.pow(y, self.power)
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}, scale={self.scale}, shift={self.shift}"
+
+
+@register("Power", family=_FAMILY)
+def power(spec: LayerSpec) -> Built:
+    """(shift + scale * x) ^ power."""
+    _neuron(spec)
+    p = spec.param.power_param
+    return Built(Power(p.power, p.scale, p.shift))
+
+
+class Exp(nn.Module):
+    """``base ** (shift + scale * x)`` as ``outer * exp(inner * x)`` (exp_layer.cpp)."""
+
+    def __init__(self, base: float, scale: float, shift: float) -> None:
+        super().__init__()
+        log_base = 1.0 if base == -1 else math.log(base)
+        self.inner_scale = log_base * scale
+        if shift == 0:
+            self.outer_scale = 1.0
+        else:
+            self.outer_scale = math.exp(shift) if base == -1 else math.pow(base, shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.exp(x * self.inner_scale if self.inner_scale != 1.0 else x)
+        return y * self.outer_scale if self.outer_scale != 1.0 else y
+
+    def extra_repr(self) -> str:
+        return f"inner_scale={self.inner_scale}, outer_scale={self.outer_scale}"
+
+
+@register("Exp", family=_FAMILY)
+def exp(spec: LayerSpec) -> Built:
+    """base ^ (shift + scale * x); base -1 (the default) means e."""
+    _neuron(spec)
+    p = spec.param.exp_param
+    if p.base != -1 and p.base <= 0:
+        raise spec.error(f"base must be -1 (e) or positive, got {p.base}")
+    return Built(Exp(p.base, p.scale, p.shift))
+
+
+class Log(nn.Module):
+    """``log_base(shift + scale * x)`` (log_layer.cpp)."""
+
+    def __init__(self, base: float, scale: float, shift: float) -> None:
+        super().__init__()
+        self.base_scale = 1.0 if base == -1 else 1.0 / math.log(base)
+        self.scale, self.shift = float(scale), float(shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x * self.scale if self.scale != 1.0 else x
+        if self.shift != 0.0:
+            y = y + self.shift
+        y = torch.log(y)
+        return y * self.base_scale if self.base_scale != 1.0 else y
+
+    def extra_repr(self) -> str:
+        return f"base_scale={self.base_scale}, scale={self.scale}, shift={self.shift}"
+
+
+@register("Log", family=_FAMILY)
+def log(spec: LayerSpec) -> Built:
+    """log_base(shift + scale * x); base -1 (the default) means e."""
+    _neuron(spec)
+    p = spec.param.log_param
+    if p.base != -1 and (p.base <= 0 or p.base == 1):
+        raise spec.error(f"base must be -1 (e) or positive and not 1, got {p.base}")
+    return Built(Log(p.base, p.scale, p.shift))
+
+
+class Clip(nn.Module):
+    """``min(max(x, min), max)``; gradient 1 where min <= x <= max (clip_layer.cpp)."""
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__()
+        self.min, self.max = float(low), float(high)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x, self.min, self.max)
+
+    def extra_repr(self) -> str:
+        return f"min={self.min}, max={self.max}"
+
+
+@register("Clip", family=_FAMILY)
+def clip(spec: LayerSpec) -> Built:
+    """Clamp to [min, max] (both required)."""
+    _neuron(spec)
+    cp = spec.param.clip_param
+    if not spec.param.HasField("clip_param") or not (cp.HasField("min") and cp.HasField("max")):
+        raise spec.error("clip_param needs both min and max")
+    if cp.min > cp.max:
+        raise spec.error(f"min ({cp.min}) is larger than max ({cp.max})")
+    return Built(Clip(cp.min, cp.max))
+
+
+class Swish(nn.Module):
+    """``x * sigmoid(beta * x)``."""
+
+    def __init__(self, beta: float) -> None:
+        super().__init__()
+        self.beta = float(beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x * self.beta if self.beta != 1.0 else x)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta}"
+
+
+@register("Swish", family=_FAMILY)
+def swish(spec: LayerSpec) -> Built:
+    """x * sigmoid(beta * x)."""
+    _neuron(spec)
+    return Built(Swish(spec.param.swish_param.beta))
+
+
+class Threshold(nn.Module):
+    """1 where ``x > threshold`` (strictly), else 0; no gradient (Caffe has no backward)."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.threshold = float(threshold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x > self.threshold).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
+@register("Threshold", family=_FAMILY)
+def threshold(spec: LayerSpec) -> Built:
+    """Step function: 1 where x > threshold, else 0."""
+    _neuron(spec)
+    return Built(Threshold(spec.param.threshold_param.threshold))
+
+
+class Dropout(nn.Module):
+    """Inverted dropout: in training keep with p = 1 - ratio and scale by 1/(1-ratio)."""
+
+    def __init__(self, ratio: float) -> None:
+        super().__init__()
+        self.ratio = float(ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.ratio == 0.0:
+            return x  # Caffe's TEST phase: the identity
+        return F.dropout(x, self.ratio, training=True)
+
+    def extra_repr(self) -> str:
+        return f"dropout_ratio={self.ratio}"
+
+
+@register("Dropout", family=_FAMILY)
+def dropout(spec: LayerSpec) -> Built:
+    """Dropout: identity in eval(); in train() zeroes with dropout_ratio, scales by 1/(1-ratio)."""
+    _neuron(spec)
+    ratio = spec.param.dropout_param.dropout_ratio
+    if not 0.0 <= ratio < 1.0:
+        raise spec.error(f"dropout_ratio must be in [0, 1), got {ratio}")
+    return Built(Dropout(ratio))

@@ -1,0 +1,285 @@
+"""Loss and metric layers: EuclideanLoss, SoftmaxWithLoss, SigmoidCrossEntropyLoss,
+MultinomialLogisticLoss, HingeLoss and Accuracy.
+
+Every loss top is a 0-axis tensor (Caffe's ``vector<int> loss_shape(0)``) and the first top's
+default loss weight is 1. Labels arrive as float blobs and are read as ``static_cast<int>``
+(truncation toward zero). Normalisation follows ``LossParameter`` as each C++ layer reads it:
+SoftmaxWithLoss defaults to VALID, SigmoidCrossEntropyLoss to BATCH_SIZE, and the legacy
+``normalize`` bool only counts when ``normalization`` is absent. Gradients are Caffe's, including
+where the forward clamps a probability (the clamp changes the value, never the gradient).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landmarknet.layers.common import canonical_axis
+from landmarknet.layers.registry import Built, LayerSpec, register
+
+_FAMILY = "loss"
+_FLT_MIN = float(torch.finfo(torch.float32).tiny)  # softmax_loss_layer.cpp: max(p, FLT_MIN)
+_LOG_THRESHOLD = 1e-20  # multinomial_logistic_loss_layer.cpp: kLOG_THRESHOLD
+_FULL, _VALID, _BATCH_SIZE, _NONE = 0, 1, 2, 3
+_MODE_NAMES = {_FULL: "FULL", _VALID: "VALID", _BATCH_SIZE: "BATCH_SIZE", _NONE: "NONE"}
+
+
+def _loss_tops(spec: LayerSpec, most: int = 1) -> None:
+    if not 1 <= spec.n_tops <= most:
+        want = "1 top" if most == 1 else f"1 to {most} tops"
+        raise spec.error(f"needs {want}, got {spec.n_tops}")
+
+
+def _normalization(spec: LayerSpec, default: int) -> int:
+    """The layer's normalisation mode: ``normalization`` if given, else legacy ``normalize``
+    (true VALID, false BATCH_SIZE), else the layer's own default."""
+    lp = spec.param.loss_param
+    if lp.HasField("normalization"):
+        return lp.normalization
+    if lp.HasField("normalize"):
+        return _VALID if lp.normalize else _BATCH_SIZE
+    return default
+
+
+def _ignore_label(spec: LayerSpec) -> int | None:
+    lp = spec.param.loss_param
+    return int(lp.ignore_label) if lp.HasField("ignore_label") else None
+
+
+def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor) -> torch.Tensor | float:
+    """Caffe's get_normalizer: max(1, FULL outer*inner | VALID count | BATCH_SIZE outer | 1)."""
+    if mode == _FULL:
+        return float(max(1, outer * inner))
+    if mode == _VALID:
+        return valid.sum().to(torch.float32).clamp(min=1.0)
+    if mode == _BATCH_SIZE:
+        return float(max(1, outer))
+    return 1.0
+
+
+class EuclideanLoss(nn.Module):
+    """``sum((a - b)^2) / (2 N)``, N = a.shape[0]."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        diff = a.reshape(a.shape[0], -1) - b.reshape(b.shape[0], -1)
+        return (diff * diff).sum() / (2.0 * a.shape[0])
+
+
+@register("EuclideanLoss", family=_FAMILY)
+def euclidean_loss(spec: LayerSpec) -> Built:
+    """sum((a - b)^2) / (2N), N the batch size; both bottoms hold the same count per sample."""
+    spec.expect_bottoms(2)
+    _loss_tops(spec)
+    a, b = (tuple(s) for s in spec.bottom_shapes)
+    if not a or not b or a[0] != b[0] or math.prod(a[1:]) != math.prod(b[1:]):
+        raise spec.error(f"bottoms must have the same count per sample, got {a} and {b}",
+                         shape=True)
+    return Built(EuclideanLoss(), default_loss_weight=1.0)
+
+
+class SoftmaxWithLoss(nn.Module):
+    """Softmax along ``axis`` then ``-sum log(max(p[label], FLT_MIN)) / normalizer``."""
+
+    def __init__(self, axis: int, ignore_label: int | None, mode: int, n_tops: int) -> None:
+        super().__init__()
+        self.axis, self.ignore_label, self.mode, self.n_tops = axis, ignore_label, mode, n_tops
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor):
+        outer = math.prod(x.shape[:self.axis])
+        c = x.shape[self.axis]
+        inner = math.prod(x.shape[self.axis + 1:])
+        prob = torch.softmax(x, dim=self.axis)
+        logp = torch.log_softmax(x.reshape(outer, c, inner), dim=1)
+        lab = label.detach().reshape(outer, inner).to(torch.int64)  # static_cast<int>
+        valid = torch.ones_like(lab, dtype=torch.bool) if self.ignore_label is None \
+            else lab != self.ignore_label
+        index = torch.where(valid, lab, torch.zeros_like(lab)).unsqueeze(1)
+        p_true = prob.reshape(outer, c, inner).gather(1, index).squeeze(1)
+        lp_true = logp.gather(1, index).squeeze(1)
+        # The value is Caffe's log(max(p, FLT_MIN)); the gradient is log_softmax's, i.e.
+        # Caffe's (p - onehot), which stays right where p underflows and the clamp bites.
+        lp_caffe = torch.log(torch.clamp(p_true.detach(), min=_FLT_MIN))
+        lp = lp_true + (lp_caffe - lp_true).detach()
+        total = -torch.where(valid, lp, torch.zeros_like(lp)).sum()
+        loss = total / _normalizer(self.mode, outer, inner, valid)
+        return (loss, prob) if self.n_tops == 2 else loss
+
+    def extra_repr(self) -> str:
+        return (f"axis={self.axis}, ignore_label={self.ignore_label}, "
+                f"normalization={_MODE_NAMES[self.mode]}")
+
+
+def _label_count(spec: LayerSpec, axis: int) -> tuple[int, int]:
+    shape = tuple(spec.bottom_shapes[0])
+    outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    n_labels = math.prod(spec.bottom_shapes[1])
+    if n_labels != outer * inner:
+        raise spec.error(f"needs one label per prediction: bottom {shape} with axis {axis} "
+                         f"needs {outer * inner} labels, got {n_labels} "
+                         f"(shape {tuple(spec.bottom_shapes[1])})", shape=True)
+    return outer, inner
+
+
+@register("SoftmaxWithLoss", family=_FAMILY)
+def softmax_with_loss(spec: LayerSpec) -> Built:
+    """Softmax + multinomial log loss with ignore_label and normalization; top 2 = probabilities."""
+    spec.expect_bottoms(2)
+    _loss_tops(spec, 2)
+    axis = canonical_axis(spec.param.softmax_param.axis, len(spec.bottom_shapes[0]), spec)
+    _label_count(spec, axis)
+    module = SoftmaxWithLoss(axis, _ignore_label(spec), _normalization(spec, _VALID),
+                             spec.n_tops)
+    return Built(module, default_loss_weight=1.0)
+
+
+class SigmoidCrossEntropyLoss(nn.Module):
+    """Per element ``-(x (t - [x>=0]) - log(1 + exp(-|x|)))``, summed and normalised."""
+
+    def __init__(self, ignore_label: int | None, mode: int) -> None:
+        super().__init__()
+        self.ignore_label, self.mode = ignore_label, mode
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        outer = x.shape[0]
+        inner = math.prod(x.shape[1:])
+        x = x.reshape(outer, inner)
+        t = target.detach().reshape(outer, inner).to(x.dtype)
+        pos = (x >= 0).to(x.dtype).detach()
+        # Caffe's stable form for the value; softplus(x) - x t for the gradient, which is
+        # exactly sigmoid(x) - t (0.5 - t at x = 0, where |x| has no useful derivative).
+        value = -(x * (t - pos) - torch.log1p(torch.exp(-torch.abs(x))))
+        grad_form = F.softplus(x) - x * t
+        per = grad_form + (value - grad_form).detach()
+        if self.ignore_label is None:
+            valid = torch.ones_like(t, dtype=torch.bool)
+        else:
+            valid = t.to(torch.int64) != self.ignore_label
+            per = torch.where(valid, per, torch.zeros_like(per))
+        return per.sum() / _normalizer(self.mode, outer, inner, valid)
+
+    def extra_repr(self) -> str:
+        return f"ignore_label={self.ignore_label}, normalization={_MODE_NAMES[self.mode]}"
+
+
+@register("SigmoidCrossEntropyLoss", family=_FAMILY)
+def sigmoid_cross_entropy_loss(spec: LayerSpec) -> Built:
+    """Stable sigmoid cross-entropy; ignore_label; normalization defaults to BATCH_SIZE."""
+    spec.expect_bottoms(2)
+    _loss_tops(spec)
+    x, t = (tuple(s) for s in spec.bottom_shapes)
+    if not x or math.prod(x) != math.prod(t):
+        raise spec.error(f"bottoms must have the same count, got {x} and {t}", shape=True)
+    module = SigmoidCrossEntropyLoss(_ignore_label(spec), _normalization(spec, _BATCH_SIZE))
+    return Built(module, default_loss_weight=1.0)
+
+
+class MultinomialLogisticLoss(nn.Module):
+    """``-sum log(max(p[label], 1e-20)) / N`` over probabilities ``p`` (N, C[, 1, 1])."""
+
+    def forward(self, p: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        n = p.shape[0]
+        flat = p.reshape(n, -1)
+        lab = label.detach().reshape(n, 1).to(torch.int64)
+        chosen = flat.gather(1, lab).squeeze(1)
+        # Caffe's gradient is -1/max(p, threshold): clamp the value, keep a unit derivative.
+        clamped = chosen + (torch.clamp(chosen.detach(), min=_LOG_THRESHOLD) - chosen).detach()
+        return -torch.log(clamped).sum() / n
+
+
+@register("MultinomialLogisticLoss", family=_FAMILY)
+def multinomial_logistic_loss(spec: LayerSpec) -> Built:
+    """-sum log(max(p[label], 1e-20)) / N for probabilities p (N, C[,1,1]) and labels (N,)."""
+    spec.expect_bottoms(2)
+    _loss_tops(spec)
+    p, lab = (tuple(s) for s in spec.bottom_shapes)
+    if len(p) < 1 or math.prod(lab) != p[0] or (lab and lab[0] != p[0]):
+        raise spec.error(f"needs one label per sample: probabilities {p}, labels {lab}",
+                         shape=True)
+    return Built(MultinomialLogisticLoss(), default_loss_weight=1.0)
+
+
+class HingeLoss(nn.Module):
+    """One-vs-all hinge: ``sum max(0, 1 - s x)`` (s = +1 for the label, -1 otherwise) / N."""
+
+    def __init__(self, squared: bool) -> None:
+        super().__init__()
+        self.squared = squared
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        flat = x.reshape(n, -1)
+        lab = label.detach().reshape(n).to(torch.int64)
+        classes = torch.arange(flat.shape[1], device=flat.device)
+        onehot = (lab.unsqueeze(1) == classes).to(x.dtype)
+        margin = F.relu(1.0 + flat * (1.0 - 2.0 * onehot))
+        return ((margin * margin) if self.squared else margin).sum() / n
+
+    def extra_repr(self) -> str:
+        return f"norm={'L2' if self.squared else 'L1'}"
+
+
+@register("HingeLoss", family=_FAMILY)
+def hinge_loss(spec: LayerSpec) -> Built:
+    """One-vs-all hinge loss, L1 (default) or squared L2, divided by the batch size."""
+    spec.expect_bottoms(2)
+    _loss_tops(spec)
+    x, lab = (tuple(s) for s in spec.bottom_shapes)
+    if len(x) < 1 or math.prod(lab) != x[0]:
+        raise spec.error(f"needs one label per sample: scores {x}, labels {lab}", shape=True)
+    norm = spec.param.hinge_loss_param.norm
+    if norm not in (1, 2):
+        raise spec.error(f"norm must be L1 or L2, got {norm}")
+    return Built(HingeLoss(norm == 2), default_loss_weight=1.0)
+
+
+class Accuracy(nn.Module):
+    """Top-k accuracy; optional second top the per-class accuracy (C,)."""
+
+    def __init__(self, axis: int, top_k: int, ignore_label: int | None, n_tops: int) -> None:
+        super().__init__()
+        self.axis, self.top_k, self.ignore_label, self.n_tops = axis, top_k, ignore_label, n_tops
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor):
+        x = x.detach()
+        outer = math.prod(x.shape[:self.axis])
+        c = x.shape[self.axis]
+        inner = math.prod(x.shape[self.axis + 1:])
+        scores = x.reshape(outer, c, inner)
+        lab = label.detach().reshape(outer, inner).to(torch.int64)
+        valid = torch.ones_like(lab, dtype=torch.bool) if self.ignore_label is None \
+            else lab != self.ignore_label
+        index = torch.where(valid, lab, torch.zeros_like(lab))
+        true_score = scores.gather(1, index.unsqueeze(1))
+        # accuracy_layer.cpp: correct when fewer than top_k OTHER classes score >= the true one.
+        n_ge = (scores >= true_score).sum(dim=1)
+        correct = (n_ge <= self.top_k) & valid
+        count = valid.sum().to(x.dtype)
+        acc = torch.where(count > 0, correct.sum().to(x.dtype) / count.clamp(min=1),
+                          torch.zeros_like(count))
+        if self.n_tops == 1:
+            return acc
+        onehot = (index.unsqueeze(-1) == torch.arange(c, device=x.device)).to(x.dtype)
+        seen = (onehot * valid.unsqueeze(-1).to(x.dtype)).sum(dim=(0, 1))
+        hits = (onehot * correct.unsqueeze(-1).to(x.dtype)).sum(dim=(0, 1))
+        per_class = torch.where(seen > 0, hits / seen.clamp(min=1), torch.zeros_like(seen))
+        return acc, per_class
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, top_k={self.top_k}, ignore_label={self.ignore_label}"
+
+
+@register("Accuracy", family=_FAMILY)
+def accuracy(spec: LayerSpec) -> Built:
+    """Top-k classification accuracy (ties count against); second top: per-class accuracy."""
+    spec.expect_bottoms(2)
+    _loss_tops(spec, 2)
+    ap = spec.param.accuracy_param
+    shape = tuple(spec.bottom_shapes[0])
+    axis = canonical_axis(ap.axis, len(shape), spec)
+    _label_count(spec, axis)
+    if ap.top_k < 1 or ap.top_k > shape[axis]:
+        raise spec.error(f"top_k must be between 1 and the {shape[axis]} classes, got {ap.top_k}")
+    ignore = int(ap.ignore_label) if ap.HasField("ignore_label") else None
+    return Built(Accuracy(axis, ap.top_k, ignore, spec.n_tops))

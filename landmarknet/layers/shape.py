@@ -1,0 +1,804 @@
+"""Blob plumbing: layers that combine, cut, reorder or reduce blobs without learned weights
+(except Parameter), plus Softmax and ArgMax, and the fork layers of the same kind (Permute,
+ShuffleChannel, Upsample, Interp, Axpy).
+
+Output shapes are computed in ``forward`` from the runtime bottoms with Caffe's own rules, so a
+module built for one batch size runs on another; the converters apply the same rules to the
+declared bottom shapes first, so bad parameters fail at build time with the layer's name.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landmarknet.layers.common import canonical_axis
+from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
+
+_FAMILY = "shape"
+Shape = tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------------------------
+# fork parameters: one place that knows how they are reached
+# ----------------------------------------------------------------------------------------------
+
+def fork_param(spec: LayerSpec, field: str, fork: str):
+    """The fork-specific parameter message ``field`` of the layer, or a LayerError naming it.
+
+    Fork messages (``permute_param``, ``prior_box_param``, ``interp_param`` ...) are not BVLC
+    Caffe's; they exist only when our schema declares them, so every fork layer reaches its
+    parameters through here.
+    """
+    if field not in spec.param.DESCRIPTOR.fields_by_name:
+        raise spec.error(f"landmarknet's Caffe schema has no field '{field}' ({fork}); "
+                         f"declare it in landmarknet/caffe/caffe.proto to use {spec.type} layers")
+    return getattr(spec.param, field)
+
+
+def has_field(msg, name: str) -> bool:
+    """Whether ``msg`` declares field ``name`` and the prototxt set it (repeated: non-empty)."""
+    fd = msg.DESCRIPTOR.fields_by_name.get(name)
+    if fd is None:
+        return False
+    if fd.label == fd.LABEL_REPEATED:
+        return len(getattr(msg, name)) > 0
+    return msg.HasField(name)
+
+
+def field_values(msg, name: str) -> list:
+    """The values of ``name`` as a list, whether the schema declares it repeated or optional."""
+    fd = msg.DESCRIPTOR.fields_by_name.get(name)
+    if fd is None:
+        return []
+    if fd.label == fd.LABEL_REPEATED:
+        return list(getattr(msg, name))
+    return [getattr(msg, name)] if msg.HasField(name) else []
+
+
+def _one_top(spec: LayerSpec) -> None:
+    if spec.n_tops != 1:
+        raise spec.error(f"needs exactly 1 top, got {spec.n_tops}")
+
+
+def _same_rank(spec: LayerSpec, shapes: Sequence[Shape]) -> None:
+    ranks = {len(s) for s in shapes}
+    if len(ranks) > 1:
+        raise spec.error("all bottoms must have the same number of axes, got shapes "
+                         + ", ".join(str(tuple(s)) for s in shapes), shape=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Eltwise
+# ----------------------------------------------------------------------------------------------
+
+_PROD, _SUM, _MAX = 0, 1, 2
+
+
+class Eltwise(nn.Module):
+    """Elementwise SUM (with a coefficient per bottom), PROD or MAX of any number of bottoms."""
+
+    def __init__(self, operation: int, coeffs: Sequence[float]) -> None:
+        super().__init__()
+        self.operation = operation
+        self.coeffs = [float(c) for c in coeffs]
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.operation == _SUM:
+            y = None
+            for x, c in zip(xs, self.coeffs):
+                term = x if c == 1.0 else x * c
+                y = term if y is None else y + term
+            return y
+        if self.operation == _PROD:
+            y = xs[0] * xs[1]
+            for x in xs[2:]:
+                y = y * x
+            return y
+        # MAX, with Caffe's tie rule (eltwise_layer.cpp): between the first two bottoms the
+        # second wins unless the first is strictly larger; later bottoms win only when strictly
+        # larger. torch.where sends the whole gradient to the winner, like Caffe's mask.
+        y = torch.where(xs[0] > xs[1], xs[0], xs[1])
+        for x in xs[2:]:
+            y = torch.where(x > y, x, y)
+        return y
+
+    def extra_repr(self) -> str:
+        name = {_PROD: "PROD", _SUM: "SUM", _MAX: "MAX"}[self.operation]
+        return f"operation={name}" + (f", coeff={self.coeffs}" if self.operation == _SUM else "")
+
+
+@register("Eltwise", family=_FAMILY)
+def eltwise(spec: LayerSpec) -> Built:
+    """Elementwise SUM (coeff per bottom), PROD or MAX over two or more same-shape bottoms."""
+    n = len(spec.bottom_shapes)
+    if n < 2:
+        raise spec.error(f"needs at least 2 bottoms, got {n}")
+    _one_top(spec)
+    first = tuple(spec.bottom_shapes[0])
+    for s in spec.bottom_shapes[1:]:
+        if tuple(s) != first:
+            raise spec.error(f"all bottoms must have the same shape, got {first} and {tuple(s)}",
+                             shape=True)
+    ep = spec.param.eltwise_param
+    op = ep.operation
+    coeffs = list(ep.coeff)
+    if coeffs and op != _SUM:
+        raise spec.error("coeff is only allowed with operation SUM")
+    if coeffs and len(coeffs) != n:
+        raise spec.error(f"needs one coeff per bottom: {n} bottoms, {len(coeffs)} coeff(s)")
+    return Built(Eltwise(op, coeffs or [1.0] * n))
+
+
+# ----------------------------------------------------------------------------------------------
+# Concat, Slice, Split
+# ----------------------------------------------------------------------------------------------
+
+class Concat(nn.Module):
+    """Concatenation along one axis."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return xs[0] if len(xs) == 1 else torch.cat(xs, dim=self.axis)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}"
+
+
+def _legacy_axis(spec: LayerSpec, msg, legacy: str, ndim: int) -> int:
+    """``axis``, or the deprecated unsigned ``concat_dim``/``slice_dim`` (never both)."""
+    if msg.HasField(legacy):
+        if msg.HasField("axis"):
+            raise spec.error(f"give either axis or {legacy}, not both")
+        axis = int(getattr(msg, legacy))
+        if axis >= ndim:
+            raise spec.error(f"{legacy} {axis} is out of range for a {ndim}-D bottom", shape=True)
+        return axis
+    return canonical_axis(msg.axis, ndim, spec)
+
+
+@register("Concat", family=_FAMILY)
+def concat(spec: LayerSpec) -> Built:
+    """Concatenate bottoms along axis (default 1; legacy concat_dim accepted)."""
+    spec.expect_bottoms(1, 1 << 30)
+    _one_top(spec)
+    shapes = [tuple(s) for s in spec.bottom_shapes]
+    _same_rank(spec, shapes)
+    axis = _legacy_axis(spec, spec.param.concat_param, "concat_dim", len(shapes[0]))
+    for s in shapes[1:]:
+        if any(a != b for i, (a, b) in enumerate(zip(s, shapes[0])) if i != axis):
+            raise spec.error(f"bottoms must match on every axis but {axis}, got {shapes[0]} and "
+                             f"{s}", shape=True)
+    return Built(Concat(axis))
+
+
+class Slice(nn.Module):
+    """Cut one axis at fixed points, or into equal parts."""
+
+    def __init__(self, axis: int, points: Sequence[int], n_tops: int) -> None:
+        super().__init__()
+        self.axis, self.points, self.n_tops = axis, [int(p) for p in points], n_tops
+
+    def sizes(self, extent: int) -> list[int]:
+        """The extent of each top along the sliced axis."""
+        if self.points:
+            edges = [0, *self.points, extent]
+            return [b - a for a, b in zip(edges, edges[1:])]
+        return [extent // self.n_tops] * self.n_tops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.n_tops == 1:
+            return x
+        return tuple(torch.split(x, self.sizes(x.shape[self.axis]), dim=self.axis))
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, slice_point={self.points}, tops={self.n_tops}"
+
+
+@register("Slice", family=_FAMILY)
+def slice_(spec: LayerSpec) -> Built:
+    """Cut a bottom along axis at slice_point(s), or into n_tops equal parts."""
+    spec.expect_bottoms(1)
+    shape = tuple(spec.bottom_shapes[0])
+    sp = spec.param.slice_param
+    axis = _legacy_axis(spec, sp, "slice_dim", len(shape))
+    extent = shape[axis]
+    n = spec.n_tops
+    if n < 1:
+        raise spec.error("needs at least 1 top")
+    points = [int(p) for p in sp.slice_point]
+    if points:
+        if len(points) != n - 1:
+            raise spec.error(f"{len(points)} slice_point(s) give {len(points) + 1} tops, but the "
+                             f"layer has {n}")
+        prev = 0
+        for p in points:
+            if p <= prev:
+                raise spec.error(f"slice_point values must be increasing and positive, got "
+                                 f"{points}")
+            prev = p
+        if prev >= extent:
+            raise spec.error(f"slice_point {prev} is not inside axis {axis} of extent {extent}",
+                             shape=True)
+    elif extent % n:
+        raise spec.error(f"axis {axis} of extent {extent} does not split into {n} equal tops; "
+                         "give slice_point", shape=True)
+    return Built(Slice(axis, points, n))
+
+
+class Split(nn.Module):
+    """The bottom, once per top (gradients of the tops add up, as in Caffe's Split)."""
+
+    def __init__(self, n_tops: int) -> None:
+        super().__init__()
+        self.n_tops = n_tops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return x if self.n_tops == 1 else tuple(x for _ in range(self.n_tops))
+
+
+@register("Split", family=_FAMILY)
+def split(spec: LayerSpec) -> Built:
+    """Copy one bottom to every top."""
+    spec.expect_bottoms(1)
+    if spec.n_tops < 1:
+        raise spec.error("needs at least 1 top")
+    return Built(Split(spec.n_tops))
+
+
+# ----------------------------------------------------------------------------------------------
+# Flatten, Reshape, Crop
+# ----------------------------------------------------------------------------------------------
+
+class Flatten(nn.Module):
+    """Merge axes ``axis..end_axis`` into one."""
+
+    def __init__(self, axis: int, end_axis: int) -> None:
+        super().__init__()
+        self.axis, self.end_axis = axis, end_axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(x, self.axis, self.end_axis)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, end_axis={self.end_axis}"
+
+
+@register("Flatten", family=_FAMILY)
+def flatten(spec: LayerSpec) -> Built:
+    """Merge axes axis..end_axis (default 1..-1) into one."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    ndim = len(spec.bottom_shapes[0])
+    fp = spec.param.flatten_param
+    start = canonical_axis(fp.axis, ndim, spec, "axis")
+    end = canonical_axis(fp.end_axis, ndim, spec, "end_axis")
+    if start > end:
+        raise spec.error(f"axis ({fp.axis}) comes after end_axis ({fp.end_axis})")
+    return Built(Flatten(start, end))
+
+
+def reshape_top_shape(in_shape: Sequence[int], dims: Sequence[int], axis: int,
+                      num_axes: int) -> Shape:
+    """Caffe's ReshapeLayer::Reshape: replace bottom axes [start, end) by ``dims``.
+
+    ``start = axis`` (negative: ``ndim + axis + 1``), ``end = ndim`` when num_axes is -1 else
+    ``start + num_axes``; in ``dims`` a 0 copies the bottom extent at the same position and one
+    -1 is inferred from the count. Raises ValueError with a message for bad parameters.
+    """
+    in_shape = [int(d) for d in in_shape]
+    ndim = len(in_shape)
+    dims = [int(d) for d in dims]
+    if dims.count(-1) > 1:
+        raise ValueError(f"shape {dims} has more than one -1")
+    if any(d < -1 for d in dims):
+        raise ValueError(f"shape {dims} has a dimension below -1")
+    start = axis if axis >= 0 else ndim + axis + 1
+    if not 0 <= start <= ndim:
+        raise ValueError(f"axis {axis} is out of range for a {ndim}-D bottom")
+    if num_axes < -1:
+        raise ValueError(f"num_axes must be >= -1, got {num_axes}")
+    end = ndim if num_axes == -1 else start + num_axes
+    if end > ndim:
+        raise ValueError(f"axis {axis} with num_axes {num_axes} goes past the bottom's {ndim} "
+                         "axes")
+    top = in_shape[:start] + dims + in_shape[end:]
+    for i, d in enumerate(dims):
+        if d == 0:
+            if start + i >= ndim:
+                raise ValueError(f"shape dim {i} is 0 (copy) but the bottom has no axis "
+                                 f"{start + i}")
+            top[start + i] = in_shape[start + i]
+    total = math.prod(in_shape)
+    if -1 in dims:
+        pos = start + dims.index(-1)
+        known = math.prod(d for j, d in enumerate(top) if j != pos)
+        if known == 0 or total % known:
+            raise ValueError(f"cannot infer the -1 of shape {dims} from bottom {tuple(in_shape)} "
+                             f"({total} elements)")
+        top[pos] = total // known
+    if math.prod(top) != total:
+        raise ValueError(f"shape {tuple(top)} has {math.prod(top)} elements but the bottom "
+                         f"{tuple(in_shape)} has {total}")
+    return tuple(top)
+
+
+class Reshape(nn.Module):
+    """Caffe's Reshape (0 copies a dim, -1 infers one, axis/num_axes pick the replaced range)."""
+
+    def __init__(self, dims: Sequence[int], axis: int, num_axes: int) -> None:
+        super().__init__()
+        self.dims, self.axis, self.num_axes = [int(d) for d in dims], axis, num_axes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(reshape_top_shape(x.shape, self.dims, self.axis, self.num_axes))
+
+    def extra_repr(self) -> str:
+        return f"shape={self.dims}, axis={self.axis}, num_axes={self.num_axes}"
+
+
+@register("Reshape", family=_FAMILY)
+def reshape(spec: LayerSpec) -> Built:
+    """Change the shape (0 = copy a dim, -1 = infer one; axis/num_axes select the range)."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    rp = spec.param.reshape_param
+    dims = [int(d) for d in rp.shape.dim]
+    try:
+        reshape_top_shape(spec.bottom_shapes[0], dims, rp.axis, rp.num_axes)
+    except ValueError as exc:
+        raise spec.error(str(exc), shape=True) from None
+    return Built(Reshape(dims, rp.axis, rp.num_axes))
+
+
+class Crop(nn.Module):
+    """Crop bottom 0 to bottom 1's extent on the axes from ``axis``, at the given offsets."""
+
+    def __init__(self, axis: int, offsets: Sequence[int]) -> None:
+        super().__init__()
+        self.axis, self.offsets = axis, [int(o) for o in offsets]
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        for i in range(self.axis, x.dim()):
+            x = x.narrow(i, self.offsets[i - self.axis], ref.shape[i])
+        return x
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, offsets={self.offsets}"
+
+
+@register("Crop", family=_FAMILY)
+def crop(spec: LayerSpec) -> Built:
+    """Crop bottom 0 to bottom 1's shape from axis (default 2), offsets: none, one, or per axis."""
+    spec.expect_bottoms(2)
+    _one_top(spec)
+    big, ref = (tuple(s) for s in spec.bottom_shapes)
+    if len(big) != len(ref):
+        raise spec.error(f"both bottoms need the same number of axes, got {big} and {ref}",
+                         shape=True)
+    cp = spec.param.crop_param
+    axis = canonical_axis(cp.axis, len(big), spec, "axis")
+    n_crop = len(big) - axis
+    given = [int(o) for o in cp.offset]
+    if len(given) == 0:
+        offsets = [0] * n_crop
+    elif len(given) == 1:
+        offsets = given * n_crop
+    elif len(given) == n_crop:
+        offsets = given
+    else:
+        raise spec.error(f"give 0, 1 or {n_crop} offsets (one per cropped axis), got "
+                         f"{len(given)}")
+    for i in range(axis, len(big)):
+        if big[i] - offsets[i - axis] < ref[i]:
+            raise spec.error(f"axis {i}: offset {offsets[i - axis]} + extent {ref[i]} exceeds "
+                             f"the bottom's {big[i]}", shape=True)
+    return Built(Crop(axis, offsets))
+
+
+# ----------------------------------------------------------------------------------------------
+# Softmax, Reduction, ArgMax
+# ----------------------------------------------------------------------------------------------
+
+class Softmax(nn.Module):
+    """Softmax along one axis."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(x, dim=self.axis)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}"
+
+
+@register("Softmax", family=_FAMILY)
+def softmax(spec: LayerSpec) -> Built:
+    """Softmax along axis (default 1)."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    axis = canonical_axis(spec.param.softmax_param.axis, len(spec.bottom_shapes[0]), spec)
+    return Built(Softmax(axis))
+
+
+_R_SUM, _R_ASUM, _R_SUMSQ, _R_MEAN = 1, 2, 3, 4
+
+
+class Reduction(nn.Module):
+    """SUM / ASUM / SUMSQ / MEAN over all axes from ``axis``, times coeff; top = shape[:axis]."""
+
+    def __init__(self, operation: int, axis: int, coeff: float) -> None:
+        super().__init__()
+        self.operation, self.axis, self.coeff = operation, axis, float(coeff)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(*x.shape[:self.axis], -1)
+        if self.operation == _R_ASUM:
+            y = flat.abs().sum(-1)
+        elif self.operation == _R_SUMSQ:
+            y = (flat * flat).sum(-1)
+        else:
+            y = flat.sum(-1)
+        coeff = self.coeff
+        if self.operation == _R_MEAN:
+            # reduction_layer.cpp: coeff_ /= dim_, in the blob's float precision.
+            coeff = float(np.float32(coeff) / np.float32(flat.shape[-1]))
+        return y if coeff == 1.0 else y * coeff
+
+    def extra_repr(self) -> str:
+        name = {_R_SUM: "SUM", _R_ASUM: "ASUM", _R_SUMSQ: "SUMSQ", _R_MEAN: "MEAN"}[self.operation]
+        return f"operation={name}, axis={self.axis}, coeff={self.coeff}"
+
+
+@register("Reduction", family=_FAMILY)
+def reduction(spec: LayerSpec) -> Built:
+    """SUM, ASUM, SUMSQ or MEAN over all axes from axis (default 0), times coeff."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    rp = spec.param.reduction_param
+    axis = canonical_axis(rp.axis, len(spec.bottom_shapes[0]), spec)
+    if rp.operation not in (_R_SUM, _R_ASUM, _R_SUMSQ, _R_MEAN):
+        raise spec.error(f"unknown reduction operation {rp.operation}")
+    return Built(Reduction(rp.operation, axis, rp.coeff))
+
+
+def _topk_caffe(x: torch.Tensor, k: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k along ``dim`` ordered as std::greater on (value, index): ties, larger index first."""
+    n = x.shape[dim]
+    flipped = torch.flip(x, dims=(dim,))
+    vals, idx = torch.sort(flipped, dim=dim, descending=True, stable=True)
+    vals, idx = vals.narrow(dim, 0, k), idx.narrow(dim, 0, k)
+    return vals, (n - 1) - idx
+
+
+class ArgMax(nn.Module):
+    """Indices (and/or values) of the top_k largest entries, with Caffe's output layout."""
+
+    def __init__(self, top_k: int, out_max_val: bool, axis: int | None) -> None:
+        super().__init__()
+        self.top_k, self.out_max_val, self.axis = top_k, out_max_val, axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach()  # Caffe's ArgMax has no backward
+        if self.axis is not None:
+            vals, idx = _topk_caffe(x, self.top_k, self.axis)
+            return vals if self.out_max_val else idx.to(x.dtype)
+        n = x.shape[0]
+        vals, idx = _topk_caffe(x.reshape(n, -1), self.top_k, 1)
+        parts = [idx.to(x.dtype)] + ([vals] if self.out_max_val else [])
+        y = torch.stack(parts, dim=1)  # (N, 1 or 2, top_k)
+        # argmax_layer.cpp: max(ndim, 3) axes, (N, 1|2, top_k, 1, ...).
+        return y.reshape(n, len(parts), self.top_k, *([1] * (max(x.dim(), 3) - 3)))
+
+    def extra_repr(self) -> str:
+        return f"top_k={self.top_k}, out_max_val={self.out_max_val}, axis={self.axis}"
+
+
+@register("ArgMax", family=_FAMILY)
+def argmax(spec: LayerSpec) -> Built:
+    """Top-k indices (or values with out_max_val) along axis, or per sample when axis is unset."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    ap = spec.param.argmax_param
+    k = ap.top_k
+    if k < 1:
+        raise spec.error("top_k must be at least 1")
+    if ap.HasField("axis"):
+        axis = canonical_axis(ap.axis, len(shape), spec)
+        if k > shape[axis]:
+            raise spec.error(f"top_k {k} exceeds the extent {shape[axis]} of axis {axis}",
+                             shape=True)
+        return Built(ArgMax(k, ap.out_max_val, axis))
+    per_sample = math.prod(shape[1:])
+    if k > per_sample:
+        raise spec.error(f"top_k {k} exceeds the {per_sample} values per sample", shape=True)
+    return Built(ArgMax(k, ap.out_max_val, None))
+
+
+# ----------------------------------------------------------------------------------------------
+# Silence, Tile, Parameter
+# ----------------------------------------------------------------------------------------------
+
+class Silence(nn.Module):
+    """Consumes its bottoms and produces nothing."""
+
+    def forward(self, *xs: torch.Tensor) -> tuple:
+        return ()
+
+
+@register("Silence", family=_FAMILY)
+def silence(spec: LayerSpec) -> Built:
+    """Swallow bottoms so that they are not net outputs; no tops."""
+    spec.expect_bottoms(1, 1 << 30)
+    if spec.n_tops != 0:
+        raise spec.error(f"has no tops, got {spec.n_tops}")
+    return Built(Silence())
+
+
+class Tile(nn.Module):
+    """Repeat the whole block from ``axis`` on ``tiles`` times along ``axis``."""
+
+    def __init__(self, axis: int, tiles: int) -> None:
+        super().__init__()
+        self.axis, self.tiles = axis, tiles
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reps = [1] * x.dim()
+        reps[self.axis] = self.tiles
+        return x.repeat(*reps)
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}, tiles={self.tiles}"
+
+
+@register("Tile", family=_FAMILY)
+def tile(spec: LayerSpec) -> Built:
+    """Repeat the bottom tiles times along axis (numpy.tile on one axis)."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    tp = spec.param.tile_param
+    axis = canonical_axis(tp.axis, len(spec.bottom_shapes[0]), spec)
+    if tp.tiles < 1:
+        raise spec.error(f"tiles must be positive, got {tp.tiles}")
+    return Built(Tile(axis, tp.tiles))
+
+
+class Parameter(nn.Module):
+    """A learnable blob, output as the layer's top."""
+
+    def __init__(self, shape: Shape) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(shape))
+
+    def forward(self) -> torch.Tensor:
+        return self.weight
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.weight.shape)}"
+
+
+@register("Parameter", family=_FAMILY)
+def parameter(spec: LayerSpec) -> Built:
+    """A learnable blob of parameter_param.shape as the top (initialised to 0, as Caffe does)."""
+    spec.expect_bottoms(0)
+    _one_top(spec)
+    shape = tuple(int(d) for d in spec.param.parameter_param.shape.dim)
+    if any(d < 1 for d in shape):
+        raise spec.error(f"parameter_param.shape must have positive dims, got {list(shape)}")
+    module = Parameter(shape)
+    return Built(module, [BlobSlot("weight", shape, None)])
+
+
+# ----------------------------------------------------------------------------------------------
+# fork layers: Permute (SSD), ShuffleChannel, Upsample, Interp (PSPNet), Axpy (SENet)
+# ----------------------------------------------------------------------------------------------
+
+class Permute(nn.Module):
+    """Reorder the axes."""
+
+    def __init__(self, order: Sequence[int]) -> None:
+        super().__init__()
+        self.order = [int(o) for o in order]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.order)
+
+    def extra_repr(self) -> str:
+        return f"order={self.order}"
+
+
+@register("Permute", family=_FAMILY, origin="SSD (weiliu89/caffe)")
+def permute(spec: LayerSpec) -> Built:
+    """Reorder axes by permute_param.order; axes left out follow in increasing order."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    pp = fork_param(spec, "permute_param", "SSD")
+    ndim = len(spec.bottom_shapes[0])
+    order: list[int] = []
+    for o in pp.order:
+        if not 0 <= o < ndim:
+            raise spec.error(f"order {o} is out of range for a {ndim}-D bottom", shape=True)
+        if o in order:
+            raise spec.error(f"order {list(pp.order)} repeats axis {o}")
+        order.append(int(o))
+    order += [i for i in range(ndim) if i not in order]
+    return Built(Permute(order))
+
+
+class ShuffleChannel(nn.Module):
+    """Channels read as a (group, C/group) matrix are written transposed."""
+
+    def __init__(self, group: int) -> None:
+        super().__init__()
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        rest = x.shape[2:]
+        return x.reshape(n, self.group, c // self.group, *rest).transpose(1, 2).reshape(x.shape)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}"
+
+
+@register("ShuffleChannel", family=_FAMILY, origin="ShuffleNet Caffe forks (read by OpenCV DNN)")
+def shuffle_channel(spec: LayerSpec) -> Built:
+    """ShuffleNet channel shuffle: out channel j*group + i = in channel i*(C/group) + j."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    group = int(fork_param(spec, "shuffle_channel_param", "ShuffleNet forks").group)
+    if len(shape) < 2:
+        raise spec.error(f"needs a bottom with a channel axis, got shape {shape}", shape=True)
+    if group < 1 or shape[1] % group:
+        raise spec.error(f"{shape[1]} channels do not split into {group} groups", shape=True)
+    return Built(ShuffleChannel(group))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling by integer factors: ``y[h, w] = x[h // sh, w // sw]``."""
+
+    def __init__(self, scale_h: int, scale_w: int) -> None:
+        super().__init__()
+        self.scale_h, self.scale_w = scale_h, scale_w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.repeat_interleave(self.scale_h, dim=-2) if self.scale_h != 1 else x
+        return y.repeat_interleave(self.scale_w, dim=-1) if self.scale_w != 1 else y
+
+    def extra_repr(self) -> str:
+        return f"scale=({self.scale_h}, {self.scale_w})"
+
+
+@register("Upsample", family=_FAMILY, origin="YOLOv3 Caffe forks (nearest-neighbour Upsample)")
+def upsample(spec: LayerSpec) -> Built:
+    """Nearest-neighbour upsampling by integer upsample_param.scale (YOLOv3 ports)."""
+    if len(spec.bottom_shapes) == 2:
+        raise spec.error("a two-bottom Upsample is SegNet's max-unpooling (bottom 1 = pooling "
+                         "mask), which landmarknet does not implement; this Upsample is the "
+                         "one-bottom nearest-neighbour layer of the YOLOv3 Caffe ports")
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    if len(shape) != 4:
+        raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got {shape}", shape=True)
+    up = fork_param(spec, "upsample_param", "YOLOv3 Caffe forks")
+    scale = int(up.scale) if has_field(up, "scale") else 1
+    sh = int(up.scale_h) if has_field(up, "scale_h") else scale
+    sw = int(up.scale_w) if has_field(up, "scale_w") else scale
+    if sh < 1 or sw < 1:
+        raise spec.error(f"scale must be a positive integer, got ({sh}, {sw})")
+    return Built(Upsample(sh, sw))
+
+
+def interp_top_hw(h: int, w: int, *, zoom: int | None, shrink: int | None,
+                  height: int | None, width: int | None, pad_beg: int = 0,
+                  pad_end: int = 0) -> tuple[int, int]:
+    """Output (height, width) of PSPNet's InterpLayer::Reshape, in its order of precedence:
+    shrink only, zoom only, explicit height+width, shrink then zoom. ValueError if none."""
+    he, we = h + pad_beg + pad_end, w + pad_beg + pad_end
+    if shrink is not None and zoom is None:
+        oh, ow = (he - 1) // shrink + 1, (we - 1) // shrink + 1
+    elif zoom is not None and shrink is None:
+        oh, ow = he + (he - 1) * (zoom - 1), we + (we - 1) * (zoom - 1)
+    elif height is not None and width is not None:
+        oh, ow = height, width
+    elif zoom is not None and shrink is not None:
+        oh, ow = (he - 1) // shrink + 1, (we - 1) // shrink + 1
+        oh, ow = oh + (oh - 1) * (zoom - 1), ow + (ow - 1) * (zoom - 1)
+    else:
+        raise ValueError("interp_param needs zoom_factor, shrink_factor, or height and width")
+    if he <= 0 or we <= 0:
+        raise ValueError(f"pads {pad_beg}, {pad_end} crop away the whole {h}x{w} input")
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"the output would be {oh}x{ow}")
+    return int(oh), int(ow)
+
+
+class Interp(nn.Module):
+    """Bilinear resize with align-corners sampling of the (cropped) input (PSPNet's Interp)."""
+
+    def __init__(self, zoom: int | None, shrink: int | None, height: int | None,
+                 width: int | None, pad_beg: int, pad_end: int) -> None:
+        super().__init__()
+        self.zoom, self.shrink, self.height, self.width = zoom, shrink, height, width
+        self.pad_beg, self.pad_end = pad_beg, pad_end
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        oh, ow = interp_top_hw(h, w, zoom=self.zoom, shrink=self.shrink, height=self.height,
+                               width=self.width, pad_beg=self.pad_beg, pad_end=self.pad_end)
+        he, we = h + self.pad_beg + self.pad_end, w + self.pad_beg + self.pad_end
+        # caffe_cpu_interp2 reads the window from (-pad_beg, -pad_beg) on BOTH axes.
+        src = x[:, :, -self.pad_beg:-self.pad_beg + he, -self.pad_beg:-self.pad_beg + we]
+        if (he, we) == (oh, ow):
+            return src
+        return F.interpolate(src, size=(oh, ow), mode="bilinear", align_corners=True)
+
+    def extra_repr(self) -> str:
+        return (f"zoom_factor={self.zoom}, shrink_factor={self.shrink}, height={self.height}, "
+                f"width={self.width}, pad_beg={self.pad_beg}, pad_end={self.pad_end}")
+
+
+@register("Interp", family=_FAMILY, origin="PSPNet (hszhao/PSPNet)")
+def interp(spec: LayerSpec) -> Built:
+    """Bilinear align-corners resize by zoom_factor, shrink_factor or height/width; pads crop."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    if len(shape) != 4:
+        raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got {shape}", shape=True)
+    ip = fork_param(spec, "interp_param", "PSPNet")
+    opt = lambda name: int(getattr(ip, name)) if has_field(ip, name) else None  # noqa: E731
+    zoom, shrink = opt("zoom_factor"), opt("shrink_factor")
+    if zoom is not None and zoom < 1:
+        raise spec.error(f"zoom_factor must be at least 1, got {zoom}")
+    if shrink is not None and shrink < 1:
+        raise spec.error(f"shrink_factor must be at least 1, got {shrink}")
+    pad_beg, pad_end = int(ip.pad_beg), int(ip.pad_end)
+    if pad_beg > 0 or pad_end > 0:
+        raise spec.error("pad_beg and pad_end must be <= 0 (Interp only crops)")
+    module = Interp(zoom, shrink, opt("height"), opt("width"), pad_beg, pad_end)
+    try:
+        interp_top_hw(shape[2], shape[3], zoom=zoom, shrink=shrink, height=module.height,
+                      width=module.width, pad_beg=pad_beg, pad_end=pad_end)
+    except ValueError as exc:
+        raise spec.error(str(exc), shape=True) from None
+    return Built(module)
+
+
+class Axpy(nn.Module):
+    """``a * x + y`` with a per-(sample, channel) scale ``a`` of shape (N, C) or (N, C, 1, 1)."""
+
+    def forward(self, a: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        scale = a.reshape(x.shape[0], x.shape[1], *([1] * (x.dim() - 2)))
+        return scale * x + y
+
+
+@register("Axpy", family=_FAMILY, origin="SENet Caffe forks (hujie's Axpy)")
+def axpy(spec: LayerSpec) -> Built:
+    """F = a * X + Y: bottom 0 the scale (N, C[, 1, 1]), bottoms 1 and 2 X and Y (same shape)."""
+    spec.expect_bottoms(3)
+    _one_top(spec)
+    a, x, y = (tuple(s) for s in spec.bottom_shapes)
+    if len(x) < 2 or len(a) < 2 or a[:2] != x[:2]:
+        raise spec.error(f"bottom 0 must be (N, C) of bottom 1 {x}, got {a}", shape=True)
+    if len(a) == 4 and a[2:] != (1, 1):
+        raise spec.error(f"a 4-D bottom 0 must be (N, C, 1, 1), got {a}", shape=True)
+    if math.prod(a) != a[0] * a[1]:
+        raise spec.error(f"bottom 0 must hold one scale per (sample, channel), got {a}",
+                         shape=True)
+    if x != y:
+        raise spec.error(f"bottoms 1 and 2 must have the same shape, got {x} and {y}",
+                         shape=True)
+    return Built(Axpy())
