@@ -198,7 +198,7 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
         parsed = read_net(source, strict=strict)
     state = NetState(phase, level, tuple(stages))
     shapes_in = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-    graph = build_graph(parsed, state, input_shapes=shapes_in)
+    graph = build_graph(parsed, state, input_shapes=shapes_in, reserved=reserved_names())
     blob_shapes: dict[str, Shape] = {}
     for inp in graph.inputs:
         if inp.shape is None or any(d <= 0 for d in inp.shape):
@@ -252,6 +252,13 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
     net = CaffeNet(root, fx_graph, graph, infos, blob_shapes)
     net.train(phase == "train")
     return net
+
+
+def reserved_names() -> frozenset[str]:
+    """Attribute names of CaffeNet that a submodule must not shadow (see graph.module_name)."""
+    # Instance attributes set in __init__ and by nn.Module/GraphModule are reserved too.
+    return frozenset(dir(CaffeNet)) | {"caffe_graph", "layers", "blob_shapes", "input_names",
+                                       "graph", "code", "meta", "training"}
 
 
 def _share_params(root: nn.Module, infos: dict[str, LayerInfo]) -> None:

@@ -53,7 +53,10 @@ def fill(t: torch.Tensor, fp: caffe_pb2.FillerParameter | None, gen: torch.Gener
             raise LayerError(f"bilinear filler needs a square 4-D kernel, got shape {shape}")
         k = shape[3]
         f = math.ceil(k / 2.0)
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        # Two versions of this line exist in Caffe forks, (2f - 1 - f % 2) / 2f and (k - 1) / 2f;
+        # they agree for every upsampling kernel k = 2 * factor - factor % 2. We use the one
+        # that is symmetric for all k.
+        c = (k - 1) / (2.0 * f)
         idx = torch.arange(k, dtype=torch.float64)
         w1 = 1 - torch.abs(idx / f - c)
         t.copy_((w1[:, None] * w1[None, :]).expand(shape).to(t.dtype))

@@ -64,13 +64,21 @@ def layer_included(layer: caffe_pb2.LayerParameter, state: NetState) -> bool:
     return included
 
 
-def module_name(layer_name: str) -> str:
-    """A layer name made safe as a torch submodule name, reversibly ('.' and '%' escaped)."""
-    return layer_name.replace("%", "%25").replace(".", "%2E")
+def module_name(layer_name: str, reserved: frozenset[str] = frozenset()) -> str:
+    """A layer name made safe as a torch submodule name, reversibly.
+
+    '%' and '.' are escaped ('%25', '%2E'); a name that would shadow an attribute of the module
+    class (a layer called 'loss', 'train' or 'forward') gets a trailing '%', which cannot occur
+    otherwise because every '%' of the original is escaped.
+    """
+    escaped = layer_name.replace("%", "%25").replace(".", "%2E")
+    return escaped + "%" if escaped in reserved else escaped
 
 
 def layer_name_of(module: str) -> str:
     """Inverse of module_name."""
+    if module.endswith("%"):
+        module = module[:-1]
     return module.replace("%2E", ".").replace("%25", "%")
 
 
@@ -153,7 +161,8 @@ def _unique_version(blob: str, layer: str, taken: set[str]) -> str:
 
 
 def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *,
-                input_shapes: dict[str, Shape] | None = None) -> Graph:
+                input_shapes: dict[str, Shape] | None = None,
+                reserved: frozenset[str] = frozenset()) -> Graph:
     """Filter by phase/level/stage, collect inputs, rename blobs in layer order."""
     if not isinstance(parsed, ParsedNet):
         parsed = read_net(parsed)
@@ -184,7 +193,7 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
                 raise GraphError(_missing_bottom_message(parsed, index, layer, b, state,
                                                          excluded_tops))
             bottoms.append(latest[b])
-        mod = module_name(layer.name) if layer.name else f"layer{index}"
+        mod = module_name(layer.name, reserved) if layer.name else f"layer{index}"
         if mod in taken_modules:  # Caffe tolerates repeated layer names (HED has two 'crop')
             k = 2
             while f"{mod}#{k}" in taken_modules:

@@ -99,7 +99,7 @@ def pool_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0,
         out = math.floor(span / stride) + 1
     else:
         raise ValueError(f"unknown round_mode {round_mode!r}")
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if False:
         out -= 1
     return out
 
@@ -1170,7 +1170,8 @@ def _blob_proto(arr: np.ndarray, legacy_shape: bool) -> bytes:
     if not legacy_shape:
         # BlobProto.shape = 7 -> BlobShape.dim = 1 (packed int64)
         dims = b"".join(_varint(int(d)) for d in arr.shape)
-        out += _len_field(7, _len_field(1, dims))
+        # an empty packed field is omitted, as protobuf serialisers do (0-axis blob)
+        out += _len_field(7, _len_field(1, dims) if dims else b"")
     return out
 
 

@@ -323,6 +323,12 @@ def test_hdf5_errors(tmp):
     bad(lambda f: f.create_dataset("data/conv/1", data=np.ones(2)), "/data/conv", "[1]")
     bad(lambda f: f.create_dataset("data/conv/0", data=np.array([b"ab"])), "data/conv/0")
     bad(lambda f: f.create_group("data"), "no layer")
+
+    def soft_loop(f):
+        f.create_dataset("data/a/0", data=np.ones(2))
+        f["data/a/loop"] = h5py.SoftLink("/data")
+
+    bad(soft_loop, "/data/a/loop", "SoftLink")
     not_h5 = tmp / "not.h5"
     not_h5.write_bytes(b"<!DOCTYPE html>")
     with pytest.raises(WeightsError, match="not.h5"):
@@ -450,6 +456,9 @@ def _model_with_blob(blob: bytes, name: bytes = b"conv1") -> bytes:
     (key(5, 0) + varint(3), ["wire type"]),
     # shape but no data at all
     (ld(7, ld(1, varint(4))), ["holds 4 values", "has 0"]),
+    # unpacked float / double cut short inside the blob
+    (ld(7, ld(1, varint(2))) + key(5, 5) + b"\0\0\0\0" + key(5, 5) + b"\0\0", ["float runs past"]),
+    (ld(7, ld(1, varint(1))) + key(8, 1) + b"\0" * 7, ["double runs past"]),
 ])
 def test_bad_blobs(tmp, blob, words):
     path = tmp / "blob.caffemodel"
@@ -633,3 +642,11 @@ def test_layerblobs_equality_and_repr():
     assert a != LayerBlobs("c", "Convolution", [np.ones((3, 2), np.float32)])
     assert a != LayerBlobs("c", "Convolution", [])
     assert "(2, 3)" in repr(a) and "1.0" not in repr(a)
+
+
+def test_absurd_shapes_are_weights_errors(tmp):
+    path = tmp / "shape.caffemodel"
+    for dims in ([0, 2**62, 2**62], [1] * 33):
+        blob = ld(7, ld(1, b"".join(varint(d) for d in dims)))
+        path.write_bytes(_model_with_blob(blob))
+        _expect_weights_error(path, "shape" if len(dims) == 3 else "axes")

@@ -8,9 +8,15 @@ PyTorch files (``.pt``/``.pth``) are not read or written here either.
 ``.caffemodel`` files are read by a small protobuf wire-format scanner rather than by protobuf
 itself: the file is memory-mapped, the top level of the ``NetParameter`` and each layer's
 fields are walked in Python (a few dozen fields per layer), and every blob's packed float data is
-taken with one ``numpy.frombuffer`` slice and one copy. A 550 MB VGG-16 loads in about the time
-it takes to copy 550 MB (see ``benchmarks/bench_load.py``). ``read_caffemodel_net`` parses the
-whole message with protobuf, for the rare caller who wants every field.
+taken with one ``numpy.frombuffer`` slice and one copy. A 553 MB VGG-16 loads in about the time
+it takes to copy 553 MB: ~0.2 s here, against ~2-4 s for ``cv2.dnn.readNetFromCaffe`` (see
+``benchmarks/bench_load.py``). Unpacked encodings, which protobuf also accepts, are decoded with
+numpy too. ``read_caffemodel_net`` parses the whole message with protobuf, for the rare caller
+who wants every field.
+
+Writing goes the other way: protobuf serialises each layer's parameters without blobs, and the
+blobs are spliced in as raw wire bytes written straight from the arrays. With the same
+``NetParameter`` the output is byte-identical to what Caffe (protobuf) writes.
 
 Every malformed input raises :class:`~landmarknet.errors.WeightsError` naming the file, the byte
 offset and, where known, the layer; no other exception type escapes the readers.
@@ -180,6 +186,7 @@ _VARINT, _FIXED64, _LEN, _SGROUP, _EGROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 3: "start-group",
                4: "end-group", 5: "fixed32"}
 _U64 = (1 << 64) - 1
+_MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 
 
 class _Bad(Exception):
@@ -369,11 +376,10 @@ def _unpacked_run(u8: np.ndarray, pos: int, end: int, key: int, width: int) -> i
     return n
 
 
-def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> tuple[tuple[int, ...], np.ndarray]:
-    """Decode one BlobProto; return (shape, float32 array of its values, owned)."""
+def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Decode one BlobProto into a float32 array of its shape that owns its memory."""
     legacy = [None, None, None, None]
     dims: list[int] = []
-    has_shape = False
     floats: list[np.ndarray] = []  # views into the file, or small copies
     doubles: list[np.ndarray] = []
     pos = start
@@ -382,21 +388,22 @@ def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> tuple[tuple[int, ..
         fnum, wt, pos = _tag(buf, pos, end)
         if 1 <= fnum <= 4 and wt == _VARINT:
             v, pos = _varint(buf, pos, end)
-            legacy[fnum - 1] = _signed(v)
+            v &= 0xFFFFFFFF  # int32 fields keep the low 32 bits, as protobuf does
+            legacy[fnum - 1] = v - (1 << 32) if v >= 1 << 31 else v
         elif fnum == 5 and wt == _LEN:
             s, pos = _length(buf, pos, end, "the blob's data")
             if (pos - s) % 4:
                 raise _Bad(f"packed float data has {pos - s} bytes, not a multiple of 4", t)
             floats.append(np.frombuffer(buf, "<f4", (pos - s) // 4, s))
         elif fnum == 5 and wt == _FIXED32:
+            if pos + 4 > end:
+                raise _Bad("a float runs past the end of the blob", t, truncated=True)
             if buf[t] == 0x2D and pos - t == 1:  # canonical one-byte key: take the whole run
-                n = _unpacked_run(u8, t, end, 0x2D, 4)
+                n = _unpacked_run(u8, t, end, 0x2D, 4)  # >= 1
                 recs = u8[t: t + 5 * n].reshape(n, 5)[:, 1:]
                 floats.append(np.ascontiguousarray(recs).view("<f4").reshape(n))
                 pos = t + 5 * n
             else:
-                if pos + 4 > end:
-                    raise _Bad("a float runs past the end of the blob", t, truncated=True)
                 floats.append(np.frombuffer(buf, "<f4", 1, pos).copy())
                 pos += 4
         elif fnum == 8 and wt == _LEN:
@@ -405,18 +412,17 @@ def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> tuple[tuple[int, ..
                 raise _Bad(f"packed double data has {pos - s} bytes, not a multiple of 8", t)
             doubles.append(np.frombuffer(buf, "<f8", (pos - s) // 8, s))
         elif fnum == 8 and wt == _FIXED64:
+            if pos + 8 > end:
+                raise _Bad("a double runs past the end of the blob", t, truncated=True)
             if buf[t] == 0x41 and pos - t == 1:
-                n = _unpacked_run(u8, t, end, 0x41, 8)
+                n = _unpacked_run(u8, t, end, 0x41, 8)  # >= 1
                 recs = u8[t: t + 9 * n].reshape(n, 9)[:, 1:]
                 doubles.append(np.ascontiguousarray(recs).view("<f8").reshape(n))
                 pos = t + 9 * n
             else:
-                if pos + 8 > end:
-                    raise _Bad("a double runs past the end of the blob", t, truncated=True)
                 doubles.append(np.frombuffer(buf, "<f8", 1, pos).copy())
                 pos += 8
         elif fnum == 7 and wt == _LEN:
-            has_shape = True
             s, pos = _length(buf, pos, end, "the blob's shape")
             p = s
             while p < pos:
@@ -445,6 +451,9 @@ def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> tuple[tuple[int, ..
         shape = tuple(dims)
     if any(d < 0 for d in shape):
         raise _Bad(f"the blob's shape {shape} has a negative dimension", start)
+    if len(shape) > _MAX_BLOB_AXES:
+        raise _Bad(f"the blob has {len(shape)} axes; Caffe allows at most {_MAX_BLOB_AXES}",
+                   start)
     count = 1
     for d in shape:
         count *= d
@@ -454,14 +463,18 @@ def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> tuple[tuple[int, ..
         which = "double_data" if doubles else "data"
         raise _Bad(f"the blob's shape {shape} holds {count} values but its {which} has "
                    f"{n_values}", start)
-    out = np.empty(shape, np.float32)  # owns its memory, aligned
+    try:
+        out = np.empty(shape, np.float32)  # owns its memory, aligned
+    except ValueError as exc:  # e.g. (0, 2**62, 2**62): "array is too big"
+        raise _Bad(f"the blob's shape {shape} is not a valid array shape ({exc})", start) \
+            from None
     flat = out.reshape(-1)  # a view of out
     with np.errstate(over="ignore"):  # doubles beyond float32's range become +-inf, as in Caffe
         if len(chunks) == 1:
             np.copyto(flat, chunks[0], casting="same_kind")  # the one copy out of the file
         elif chunks:
             np.concatenate(chunks, out=flat, casting="same_kind")
-    return shape, out
+    return out
 
 
 def _hint(head: bytes) -> str:
@@ -516,9 +529,8 @@ def _mapped(path: PathLike) -> Iterator[tuple[object, int]]:
                 raise WeightsError(f"{os.fspath(path)}: the file is empty (0 bytes); "
                                    "a .caffemodel holds at least one layer")
             try:
-                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-                buf = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
-            except (ValueError, OSError, AttributeError, TypeError):
+                buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            except (ValueError, OSError):  # not mappable (a pipe, a special file)
                 buf = f.read()
                 size = len(buf)
         except OSError as exc:
@@ -582,7 +594,7 @@ def read_caffemodel(path: PathLike) -> list[LayerBlobs]:
             blobs = []
             for j, (s, e) in enumerate(raw.blob_spans):
                 try:
-                    _, arr = _scan_blob(buf, u8, s, e)
+                    arr = _scan_blob(buf, u8, s, e)
                 except _Bad as err:
                     raise _fail(path, size, head, err, raw, f" (blob {j})") from None
                 blobs.append(arr)
@@ -814,6 +826,10 @@ def read_caffe_hdf5(path: PathLike) -> list[LayerBlobs]:
                 subgroups = []
                 for key in group.keys():
                     where = f"{group.name}/{key}"
+                    link = group.get(key, getlink=True)
+                    if not isinstance(link, h5py.HardLink):
+                        raise WeightsError(f"{p}: {where} is a {type(link).__name__}; Caffe "
+                                           "weights files hold plain groups and datasets")
                     try:
                         obj = group[key]
                     except (KeyError, OSError, RuntimeError) as exc:
@@ -845,8 +861,8 @@ def read_caffe_hdf5(path: PathLike) -> list[LayerBlobs]:
                     if isinstance(ltype, bytes):
                         ltype = ltype.decode("utf-8", "replace")
                     idx = int(group.attrs[_ATTR_INDEX]) if marked else None
-                    found.append((idx, len(found),
-                                  LayerBlobs(rel, str(ltype), [blobs[i] for i in range(len(blobs))])))
+                    ordered = [blobs[i] for i in range(len(blobs))]
+                    found.append((idx, len(found), LayerBlobs(rel, str(ltype), ordered)))
                 for key, sub in subgroups:
                     walk(sub, f"{rel}/{key}" if rel else key)
 

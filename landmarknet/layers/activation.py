@@ -61,8 +61,11 @@ class ReLU6(nn.Module):
 def relu6(spec: LayerSpec) -> Built:
     """Rectifier clipped at 6: min(max(x, 0), 6); no parameters."""
     _neuron(spec)
-    if spec.param.HasField("relu_param") and spec.param.relu_param.negative_slope != 0:
-        raise spec.error("ReLU6 has no negative slope; remove relu_param.negative_slope")
+    for field in ("relu_param", "relu6_param"):
+        if field in spec.param.DESCRIPTOR.fields_by_name and spec.param.HasField(field) \
+                and getattr(spec.param, field).negative_slope != 0:
+            raise spec.error(f"a negative slope in {field} is not supported for ReLU6 "
+                             "(landmarknet's ReLU6 is min(max(x, 0), 6))")
     return Built(ReLU6())
 
 

@@ -45,7 +45,7 @@ def has_field(msg, name: str) -> bool:
     fd = msg.DESCRIPTOR.fields_by_name.get(name)
     if fd is None:
         return False
-    if fd.label == fd.LABEL_REPEATED:
+    if fd.is_repeated:
         return len(getattr(msg, name)) > 0
     return msg.HasField(name)
 
@@ -55,7 +55,7 @@ def field_values(msg, name: str) -> list:
     fd = msg.DESCRIPTOR.fields_by_name.get(name)
     if fd is None:
         return []
-    if fd.label == fd.LABEL_REPEATED:
+    if fd.is_repeated:
         return list(getattr(msg, name))
     return [getattr(msg, name)] if msg.HasField(name) else []
 
@@ -693,7 +693,11 @@ def upsample(spec: LayerSpec) -> Built:
     if len(shape) != 4:
         raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got {shape}", shape=True)
     up = fork_param(spec, "upsample_param", "YOLOv3 Caffe forks")
-    scale = int(up.scale) if has_field(up, "scale") else 1
+    for name in ("upsample_h", "upsample_w", "pad_out_h", "pad_out_w"):
+        if has_field(up, name):
+            raise spec.error(f"upsample_param.{name} belongs to SegNet's max-unpooling Upsample, "
+                             "which landmarknet does not implement")
+    scale = int(up.scale)  # the schema's default when absent
     sh = int(up.scale_h) if has_field(up, "scale_h") else scale
     sw = int(up.scale_w) if has_field(up, "scale_w") else scale
     if sh < 1 or sw < 1:

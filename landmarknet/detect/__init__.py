@@ -1,0 +1,76 @@
+"""Face detection: MTCNN through landmarknet's own Caffe importer, OpenCV's Haar cascade as fallback.
+
+A detector takes a BGR ``uint8`` image (H, W, 3) and returns :class:`Face` records: a box
+``(x, y, w, h)`` in pixels (pixel centres at integer coordinates), a score and, for MTCNN, five
+points (CelebA order: image-left eye, image-right eye, nose, left and right mouth corners).
+
+``get_detector("mtcnn" | "haar")`` gives a shared, ready instance. ``detector_box_stats`` measures a
+detector against annotated samples (miss rate, IoU) for the evaluation tooling.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+
+from landmarknet.errors import LandmarknetError
+
+#: The detectors ``get_detector`` knows, in the order the CLI lists them.
+DETECTORS = ("mtcnn", "haar")
+
+
+class DetectError(LandmarknetError):
+    """A detector or an input image that cannot be used; the message says what to do."""
+
+
+class ImageError(DetectError):
+    """An input file that is missing, empty or not a decodable image or video."""
+
+
+@dataclass
+class Face:
+    """One detected face: box (x, y, w, h), detector score and optional (K, 2) points."""
+
+    box: np.ndarray
+    score: float
+    points: Optional[np.ndarray] = None
+
+    def __post_init__(self) -> None:
+        self.box = np.asarray(self.box, dtype=np.float64).reshape(4)
+        self.score = float(self.score)
+        if self.points is not None:
+            self.points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
+
+
+class Detector(Protocol):
+    """What every detector offers."""
+
+    name: str
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in a BGR uint8 image, best score first."""
+        ...
+
+
+@functools.lru_cache(maxsize=8)
+def get_detector(name: str = "mtcnn", **options) -> Detector:
+    """A (cached) detector by name: 'mtcnn' (default) or 'haar'; options go to its constructor."""
+    if name == "mtcnn":
+        from landmarknet.detect.mtcnn import MTCNN
+        return MTCNN(**options)
+    if name == "haar":
+        from landmarknet.detect.haar import HaarDetector
+        return HaarDetector(**options)
+    raise DetectError(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+
+
+def detector_box_stats(samples, detector, **options):
+    """Miss rate and IoU of a detector's boxes against annotated samples (see detect.evaluate)."""
+    from landmarknet.detect.evaluate import detector_box_stats as _stats
+    return _stats(samples, detector, **options)
+
+
+__all__ = ["DETECTORS", "DetectError", "ImageError", "Face", "Detector", "get_detector",
+           "detector_box_stats"]

@@ -1,0 +1,256 @@
+"""MTCNN (Zhang et al. 2016) run by landmarknet: P-Net, R-Net, O-Net from their original Caffe files.
+
+The three nets are built from ``weights/mtcnn/det{1,2,3}.prototxt`` by :func:`build_net` and filled
+by :func:`load_weights` (strict). Everything around them follows the authors' MATLAB code
+(``code/codes/MTCNNv2/detect_face.m``), vectorised:
+
+* image pyramid: scales ``12 / min_face * factor**k`` while the short side stays >= 12 px;
+  each level is resized with area averaging (what MATLAB's ``imResample`` does when shrinking);
+* P-Net on every level (one net, any size: it is fully convolutional), candidates where the face
+  probability >= ``thresholds[0]``, 12x12 windows at stride 2, NMS 0.5 per level, NMS 0.7 over all,
+  box regression, square-ing;
+* R-Net on all candidates at once (24x24 crops, zero padding outside the image), threshold, NMS
+  0.7, regression, square-ing; O-Net likewise (48x48), which also gives five points; final NMS 0.7
+  on the smaller area ("Min").
+
+The transposed-input convention: the weights were trained from MATLAB, whose column-major arrays
+reach Caffe with rows and columns swapped. Every crop therefore goes in as ``N x 3 x W x H``
+(RGB, ``(v - 127.5) * 0.0078125``), and P-Net's output maps are indexed ``[x, y]``.
+
+Internally boxes are MATLAB's 1-based inclusive pixel corners (x1, y1, x2, y2); the public result
+is converted to ``(x, y, w, h)`` with ``x = x1 - 1`` and ``w = x2 - x1 + 1``, the frame in which
+O-Net's points are expressed (``x = x1 - 1 + p * w``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from landmarknet.detect import DetectError, Face
+from landmarknet.detect.boxes import nms
+from landmarknet.paths import REPO_ROOT
+
+#: Where the original MTCNN prototxts and caffemodels live (MIT licence beside them).
+DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "mtcnn"
+MEAN, SCALE = 127.5, 0.0078125
+
+
+def _load_net(folder: Path, stem: str, size: int):
+    """Build det{n} at its own input size and load its caffemodel strictly."""
+    from landmarknet.build import build_net
+    from landmarknet.params import load_weights
+
+    proto, model = folder / f"{stem}.prototxt", folder / f"{stem}.caffemodel"
+    for f in (proto, model):
+        if not f.is_file():
+            raise DetectError(f"MTCNN file {f} is missing; the repository ships weights/mtcnn/ "
+                              "(det1..det3 .prototxt and .caffemodel); restore it from git")
+    net = build_net(proto, phase="test", input_shapes={"data": (1, 3, size, size)})
+    load_weights(net, model, strict=True)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def _fix(x: np.ndarray) -> np.ndarray:
+    """MATLAB's fix: round towards zero."""
+    return np.trunc(x)
+
+
+def _square(boxes: np.ndarray) -> np.ndarray:
+    """MATLAB rerec: grow each box to a square of side max(w, h) about its centre (w = x2 - x1)."""
+    out = boxes.copy()
+    w = boxes[:, 2] - boxes[:, 0]
+    h = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(w, h)
+    out[:, 0] = boxes[:, 0] + w * 0.5 - side * 0.5
+    out[:, 1] = boxes[:, 1] + h * 0.5 - side * 0.5
+    out[:, 2] = out[:, 0] + side
+    out[:, 3] = out[:, 1] + side
+    return out
+
+
+def _regress(boxes: np.ndarray, reg: np.ndarray, inclusive: bool) -> np.ndarray:
+    """Apply (dx1, dy1, dx2, dy2) offsets in units of the box size (MATLAB bbreg)."""
+    one = 1.0 if inclusive else 0.0
+    w = boxes[:, 2] - boxes[:, 0] + one
+    h = boxes[:, 3] - boxes[:, 1] + one
+    out = boxes.copy()
+    out[:, :4] = boxes[:, :4] + reg[:, :4] * np.stack([w, h, w, h], axis=1)
+    return out
+
+
+def crop_boxes(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Cut integer 1-based inclusive boxes out of ``image`` (zeros outside), resized to size x size.
+
+    Returns float32 (N, size, size, C). This is MATLAB's ``pad`` + ``imResample``: the part of
+    each box inside the image is copied into a zero canvas of the box's size, then resampled
+    (area averaging when shrinking, bilinear when enlarging).
+    """
+    h_img, w_img = image.shape[:2]
+    b = boxes[:, :4].astype(np.int64)
+    out = np.zeros((len(b), size, size, image.shape[2]), dtype=np.float32)
+    # Vectorised clipping of every box against the image (0-based, end-exclusive slices).
+    x1, y1, x2, y2 = b[:, 0] - 1, b[:, 1] - 1, b[:, 2], b[:, 3]
+    bw, bh = x2 - x1, y2 - y1
+    sx1, sy1 = np.clip(x1, 0, w_img), np.clip(y1, 0, h_img)
+    sx2, sy2 = np.clip(x2, 0, w_img), np.clip(y2, 0, h_img)
+    for k in range(len(b)):  # one cv2.resize per box: crops differ in size
+        if bw[k] <= 0 or bh[k] <= 0 or sx2[k] <= sx1[k] or sy2[k] <= sy1[k]:
+            continue
+        canvas = np.zeros((bh[k], bw[k], image.shape[2]), dtype=image.dtype)
+        canvas[sy1[k] - y1[k]:sy2[k] - y1[k], sx1[k] - x1[k]:sx2[k] - x1[k]] = \
+            image[sy1[k]:sy2[k], sx1[k]:sx2[k]]
+        interp = cv2.INTER_AREA if bw[k] > size or bh[k] > size else cv2.INTER_LINEAR
+        out[k] = cv2.resize(canvas, (size, size), interpolation=interp).reshape(size, size, -1)
+    return out
+
+
+def to_blob(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) RGB pixel values -> normalised N x 3 x W x H tensor (transposed, see module doc)."""
+    x = (np.asarray(images, dtype=np.float32) - MEAN) * SCALE
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 2, 1)))
+
+
+class MTCNN:
+    """The MTCNN face detector; ``detect(bgr_image) -> [Face]`` with five points per face."""
+
+    name = "mtcnn"
+
+    def __init__(self, weights_dir: str | os.PathLike | None = None, *, min_face: float = 20.0,
+                 factor: float = 0.709, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+                 max_input_side: int = 1280, device: str = "cpu") -> None:
+        """Load the nets. ``min_face``: smallest face side searched (px). ``max_input_side``:
+        the pyramid's largest level is at most this long, so on very large images the smallest
+        face searched grows to ``12 * long_side / max_input_side`` px (keeps time bounded)."""
+        if not 0 < factor < 1:
+            raise DetectError(f"MTCNN pyramid factor must be in (0, 1), got {factor}")
+        if len(thresholds) != 3:
+            raise DetectError(f"MTCNN needs three thresholds (P, R, O nets), got {thresholds}")
+        if min_face < 12:
+            raise DetectError(f"MTCNN min_face must be at least 12 px, got {min_face}")
+        folder = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS
+        self.device = torch.device(device)
+        self.pnet = _load_net(folder, "det1", 12).to(self.device)
+        self.rnet = _load_net(folder, "det2", 24).to(self.device)
+        self.onet = _load_net(folder, "det3", 48).to(self.device)
+        self.min_face = float(min_face)
+        self.factor = float(factor)
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.max_input_side = int(max_input_side)
+
+    # -- the three stages ----------------------------------------------------------------------
+    def scales(self, height: int, width: int) -> list[float]:
+        """The pyramid's scales for an image of this size (MATLAB's loop, with the size cap)."""
+        min_face = max(self.min_face, 12.0 * max(height, width) / self.max_input_side)
+        m = 12.0 / min_face
+        side = min(height, width) * m
+        out = []
+        k = 0
+        while side >= 12:
+            out.append(m * self.factor ** k)
+            side *= self.factor
+            k += 1
+        return out
+
+    def _run(self, net, blob: torch.Tensor, chunk: int = 512) -> dict[str, np.ndarray]:
+        outs: dict[str, list[np.ndarray]] = {}
+        with torch.inference_mode():
+            for i in range(0, blob.shape[0], chunk):
+                for k, v in net(blob[i:i + chunk].to(self.device)).items():
+                    outs.setdefault(k, []).append(v.float().cpu().numpy())
+        return {k: np.concatenate(v) for k, v in outs.items()}
+
+    def stage1(self, rgb: np.ndarray) -> np.ndarray:
+        """P-Net over the pyramid: (N, 9) rows x1, y1, x2, y2, score, dx1, dy1, dx2, dy2."""
+        h, w = rgb.shape[:2]
+        found = []
+        for scale in self.scales(h, w):
+            hs, ws = int(math.ceil(h * scale)), int(math.ceil(w * scale))
+            level = cv2.resize(rgb, (ws, hs), interpolation=cv2.INTER_AREA)
+            out = self._run(self.pnet, to_blob(level[None]))
+            prob = out["prob1"][0, 1]  # indexed [x, y]: transposed input
+            reg = out["conv4-2"][0]
+            xs, ys = np.nonzero(prob >= self.thresholds[0])
+            if xs.size == 0:
+                continue
+            boxes = np.empty((xs.size, 9), dtype=np.float64)
+            boxes[:, 0] = _fix((2 * xs + 1) / scale)
+            boxes[:, 1] = _fix((2 * ys + 1) / scale)
+            boxes[:, 2] = _fix((2 * xs + 12) / scale)
+            boxes[:, 3] = _fix((2 * ys + 12) / scale)
+            boxes[:, 4] = prob[xs, ys]
+            boxes[:, 5:9] = reg[:, xs, ys].T
+            keep = nms(boxes[:, :4], boxes[:, 4], 0.5, "union", inclusive=True)
+            found.append(boxes[keep])
+        if not found:
+            return np.zeros((0, 9))
+        boxes = np.concatenate(found)
+        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7, "union", inclusive=True)]
+        boxes = _regress(boxes, boxes[:, 5:9], inclusive=False)
+        boxes = _square(boxes)
+        boxes[:, :4] = _fix(boxes[:, :4])
+        return boxes
+
+    def stage2(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """R-Net on all candidates at once: (N, 5) rows x1, y1, x2, y2, score."""
+        if len(boxes) == 0:
+            return np.zeros((0, 5))
+        out = self._run(self.rnet, to_blob(crop_boxes(rgb, boxes, 24)))
+        score = out["prob1"][:, 1]
+        keep = score > self.thresholds[1]
+        boxes = np.concatenate([boxes[keep, :4], score[keep, None]], axis=1)
+        reg = out["conv5-2"][keep]
+        if len(boxes) == 0:
+            return boxes
+        pick = nms(boxes[:, :4], boxes[:, 4], 0.7, "union", inclusive=True)
+        boxes = _regress(boxes[pick], reg[pick], inclusive=True)
+        return _square(boxes)
+
+    def stage3(self, rgb: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """O-Net: (N, 5) boxes x1, y1, x2, y2, score and (N, 5, 2) points (0-based pixels)."""
+        if len(boxes) == 0:
+            return np.zeros((0, 5)), np.zeros((0, 5, 2))
+        boxes = boxes.copy()
+        boxes[:, :4] = _fix(boxes[:, :4])
+        out = self._run(self.onet, to_blob(crop_boxes(rgb, boxes, 48)))
+        score = out["prob1"][:, 1]
+        keep = score > self.thresholds[2]
+        boxes = np.concatenate([boxes[keep, :4], score[keep, None]], axis=1)
+        reg, pts = out["conv6-2"][keep], out["conv6-3"][keep]
+        if len(boxes) == 0:
+            return boxes, np.zeros((0, 5, 2))
+        bw = boxes[:, 2] - boxes[:, 0] + 1
+        bh = boxes[:, 3] - boxes[:, 1] + 1
+        px = bw[:, None] * pts[:, 0:5] + boxes[:, 0:1] - 1
+        py = bh[:, None] * pts[:, 5:10] + boxes[:, 1:2] - 1
+        points = np.stack([px, py], axis=2)
+        boxes = _regress(boxes, reg, inclusive=True)
+        pick = nms(boxes[:, :4], boxes[:, 4], 0.7, "min", inclusive=True)
+        return boxes[pick], points[pick]
+
+    # -- public -------------------------------------------------------------------------------
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in a BGR uint8 image (H, W, 3), best score first."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise DetectError(f"MTCNN expects a BGR uint8 image (H, W, 3), got {image.dtype} "
+                              f"{image.shape}; read images with landmarknet.detect.images.read_image")
+        rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        boxes = self.stage1(rgb)
+        boxes = self.stage2(rgb, boxes)
+        boxes, points = self.stage3(rgb, boxes)
+        order = np.argsort(-boxes[:, 4], kind="stable")
+        faces = []
+        for i in order:
+            x1, y1, x2, y2, s = boxes[i]
+            faces.append(Face(np.array([x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1]), float(s),
+                              points[i]))
+        return faces

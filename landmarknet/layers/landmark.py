@@ -1,0 +1,455 @@
+"""The face-landmark layers of this project, as Caffe ``Python`` layers.
+
+Each is written in a prototxt as ``type: "Python"`` with ``python_param { module:
+"landmarknet.layers.landmark" layer: "<Name>" param_str: "<JSON>" }``, so the files stay loadable
+by Caffe's own tools; landmarknet resolves them through the registry (key ``Python:<Name>``) and
+never imports the module a prototxt names.
+
+Coordinate convention shared by all of them: a point is ``(u, v)`` in *unit coordinates* of the
+image it refers to, ``u = (x + 0.5) / W`` and ``v = (y + 0.5) / H`` for pixel coordinates whose
+pixel centres are the integers: (0, 0) is the top-left corner of the image, (1, 1) the
+bottom-right one. Point vectors are interleaved: ``(N, 2K) = u0, v0, u1, v1, ...``.
+
+Layers:
+
+``RegionWeightedEuclideanLoss``  bottoms: prediction (N, 2K), target (N, 2K), [region weights
+    (N, R)]; tops: loss, [the normalised weights (N, R)]. Caffe's EuclideanLoss with the squared
+    error of each region multiplied by that region's weight. The weights are normalised inside
+    the layer, per sample, to ``w~ = m + (1 - m) * R * w / sum(w)``: they average exactly one
+    whatever the attention branch outputs, so they cannot all shrink to zero, and no region
+    falls below the floor ``m`` (param ``min_weight``). With uniform weights it *is*
+    EuclideanLoss: sum of squared errors / 2N.
+``RegionPool``  bottoms: features (N, C, H, W), region logits (N, R, H, W); top (N, R, C): for
+    each region a softmax over the H*W positions of its logit map, and the features averaged
+    with those weights (a learned spatial attention: "that region's features").
+``RegionFusion``  bottoms: global points (N, 2K) in point order, local points (N, 2K) in region
+    order, [gate logits (N, K)]; top: fused points (N, 2K), [gates (N, K)]. Per point
+    ``g * global + (1 - g) * local`` with ``g = sigmoid(logit)``; without a third bottom the
+    logits are a learned blob (K,) of the layer, starting at 0 (g = 0.5).
+``AffineAlign``  bottoms: image (N, C, H, W), box (N, 4) = (cx, cy, w, h) in unit coordinates,
+    angle (N, 1) in radians; tops: the aligned face (N, C, height, width) and theta (N, 6), the
+    affine map from aligned to original unit coordinates ``[a00 a01 b0 a10 a11 b1]``. The
+    aligned image samples the original (bilinear, grid_sample) on the box rotated by ``angle``
+    (positive = clockwise on screen, x right and y down), so a face rotated by ``angle`` comes
+    out upright; differentiable in box and angle.
+``InverseAffinePoints``  bottoms: points (N, 2K) in aligned unit coordinates, theta (N, 6);
+    top: the points in the original image's unit coordinates ``A p + b``.
+``HeatmapToPoints``  bottom: heatmaps (N, C, h, w); top: points (N, 2K) with K = C - 1 when
+    the last channel is the background map (param ``background``, default true).
+    ``mode: "soft"`` (default): soft-argmax, the expectation of the position under
+    ``softmax(beta * map)`` (differentiable); ``mode: "argmax"``: the peak, moved a quarter pixel
+    towards the higher neighbour (the usual sub-pixel decoding; no gradient).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landmarknet.caffe import caffe_pb2
+from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
+
+_FAMILY = "landmark"
+_ORIGIN = "landmarknet"
+
+
+# ---------------------------------------------------------------------------------------------
+# param_str and common checks
+
+
+def layer_params(spec: LayerSpec, allowed: Sequence[str]) -> dict[str, Any]:
+    """The layer's param_str as a JSON object, with unknown keys refused."""
+    text = spec.param.python_param.param_str.strip()
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise spec.error(f"param_str is not valid JSON ({exc.msg} at character {exc.pos}): "
+                         f"{text[:80]!r}") from None
+    if not isinstance(params, dict):
+        raise spec.error("param_str must be a JSON object, e.g. {\"regions\": ...}")
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise spec.error(f"param_str has unknown key(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(allowed) or 'none'}")
+    return params
+
+
+def parse_regions(spec: LayerSpec, raw: Any, n_points: int) -> list[tuple[int, ...]]:
+    """Regions from param_str (``{"name": [indices]}`` or ``[[indices], ...]``), checked to
+    cover the points 0..K-1 exactly once."""
+    if raw is None:
+        raise spec.error("param_str needs \"regions\" (point indices per region)")
+    groups = list(raw.values()) if isinstance(raw, dict) else list(raw)
+    try:
+        regions = [tuple(int(i) for i in g) for g in groups]
+    except (TypeError, ValueError):
+        raise spec.error("\"regions\" must hold lists of point indices") from None
+    if not regions or any(not r for r in regions):
+        raise spec.error("\"regions\" must be non-empty lists of point indices")
+    flat = sorted(i for r in regions for i in r)
+    if flat != list(range(n_points)):
+        raise spec.error(f"\"regions\" must cover the {n_points} points 0..{n_points - 1} "
+                         f"exactly once (the bottoms have {2 * n_points} coordinates)",
+                         shape=True)
+    return regions
+
+
+def _flat2(spec: LayerSpec, shape: tuple[int, ...], what: str) -> int:
+    """(N, D) or (N, D, 1, 1): returns D."""
+    if len(shape) < 2 or math.prod(shape[2:]) != 1:
+        raise spec.error(f"{what} must be (N, D) (or (N, D, 1, 1)), got {list(shape)}",
+                         shape=True)
+    return int(shape[1])
+
+
+def _points_dim(spec: LayerSpec, shape: tuple[int, ...], what: str) -> int:
+    d = _flat2(spec, shape, what)
+    if d % 2:
+        raise spec.error(f"{what} has {d} values; points need an even count (u, v pairs)",
+                         shape=True)
+    return d // 2
+
+
+def _expect_tops(spec: LayerSpec, low: int, high: int) -> None:
+    if not low <= spec.n_tops <= high:
+        want = str(low) if low == high else f"{low} or {high}"
+        raise spec.error(f"needs {want} top(s), got {spec.n_tops}")
+
+
+def _membership(regions: Sequence[Sequence[int]], n_points: int, like: torch.Tensor,
+                ) -> torch.Tensor:
+    """(2K, R) one-hot matrix: coordinate j belongs to region r."""
+    m = torch.zeros(2 * n_points, len(regions), dtype=like.dtype, device=like.device)
+    for r, idx in enumerate(regions):
+        for i in idx:
+            m[2 * i, r] = 1
+            m[2 * i + 1, r] = 1
+    return m
+
+
+# ---------------------------------------------------------------------------------------------
+# RegionWeightedEuclideanLoss
+
+
+class RegionWeightedEuclideanLoss(nn.Module):
+    """sum_n sum_r w~[n, r] * ||pred - target||^2 over region r / (2N), w~ normalised."""
+
+    def __init__(self, regions: Sequence[Sequence[int]], n_points: int, min_weight: float,
+                 weight_grad_scale: float, weights_top: bool) -> None:
+        super().__init__()
+        self.regions = [tuple(r) for r in regions]
+        self.n_points, self.min_weight = n_points, float(min_weight)
+        self.weight_grad_scale = float(weight_grad_scale)
+        self.weights_top = weights_top
+
+    def normalise(self, w: torch.Tensor) -> torch.Tensor:
+        """Mean-one weights with a floor: m + (1 - m) * R * w / sum(w) (w clamped at 0)."""
+        s = self.weight_grad_scale
+        if s != 1.0:  # scale (or stop, or reverse) the gradient reaching the attention branch
+            w = w * s + w.detach() * (1.0 - s)
+        w = w.clamp(min=0)
+        r = w.shape[1]
+        share = r * w / (w.sum(dim=1, keepdim=True) + 1e-12)
+        return self.min_weight + (1.0 - self.min_weight) * share
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor,
+                weights: torch.Tensor | None = None):
+        n = pred.shape[0]
+        d2 = (pred.reshape(n, -1) - target.reshape(n, -1)) ** 2
+        per_region = d2 @ _membership(self.regions, self.n_points, d2)  # (N, R)
+        if weights is None:
+            w = torch.ones_like(per_region)
+        else:
+            w = self.normalise(weights.reshape(n, -1).to(per_region.dtype))
+        loss = (w * per_region).sum() / (2 * n)
+        return (loss, w) if self.weights_top else loss
+
+    def extra_repr(self) -> str:
+        return (f"regions={[len(r) for r in self.regions]}, min_weight={self.min_weight}, "
+                f"weight_grad_scale={self.weight_grad_scale}")
+
+
+@register("Python:RegionWeightedEuclideanLoss", family=_FAMILY, origin=_ORIGIN)
+def region_weighted_euclidean_loss(spec: LayerSpec) -> Built:
+    """Euclidean loss re-weighted per region by attention weights normalised to mean one."""
+    p = layer_params(spec, ("regions", "min_weight", "weight_grad_scale"))
+    spec.expect_bottoms(2, 3)
+    _expect_tops(spec, 1, 2)
+    pred, target = (tuple(s) for s in spec.bottom_shapes[:2])
+    k = _points_dim(spec, pred, "bottom 0 (prediction)")
+    if math.prod(target) != math.prod(pred) or target[0] != pred[0]:
+        raise spec.error(f"prediction {list(pred)} and target {list(target)} differ in size",
+                         shape=True)
+    regions = parse_regions(spec, p.get("regions"), k)
+    if len(spec.bottom_shapes) == 3:
+        r = _flat2(spec, tuple(spec.bottom_shapes[2]), "bottom 2 (region weights)")
+        if r != len(regions) or spec.bottom_shapes[2][0] != pred[0]:
+            raise spec.error(f"bottom 2 must be (N, {len(regions)}) region weights, got "
+                             f"{list(spec.bottom_shapes[2])}", shape=True)
+    elif spec.n_tops == 2:
+        raise spec.error("the weights top needs the region weights bottom")
+    m = float(p.get("min_weight", 0.0))
+    if not 0.0 <= m < 1.0:
+        raise spec.error(f"min_weight must be in [0, 1), got {m}")
+    module = RegionWeightedEuclideanLoss(regions, k, m, float(p.get("weight_grad_scale", 1.0)),
+                                         spec.n_tops == 2)
+    return Built(module, default_loss_weight=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# RegionPool
+
+
+class RegionPool(nn.Module):
+    """(N, C, H, W) features, (N, R, H, W) logits -> (N, R, C) attention-pooled features."""
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        n, c = features.shape[:2]
+        r = logits.shape[1]
+        attn = torch.softmax(logits.reshape(n, r, -1), dim=2)
+        return torch.einsum("nrp,ncp->nrc", attn, features.reshape(n, c, -1))
+
+
+@register("Python:RegionPool", family=_FAMILY, origin=_ORIGIN)
+def region_pool(spec: LayerSpec) -> Built:
+    """Per-region spatial softmax attention pooling: features (N,C,H,W) -> (N,R,C)."""
+    layer_params(spec, ())
+    spec.expect_bottoms(2)
+    _expect_tops(spec, 1, 1)
+    f, g = (tuple(s) for s in spec.bottom_shapes)
+    if len(f) != 4 or len(g) != 4 or f[0] != g[0] or f[2:] != g[2:]:
+        raise spec.error(f"needs features (N, C, H, W) and logits (N, R, H, W) of the same N, "
+                         f"H, W; got {list(f)} and {list(g)}", shape=True)
+    return Built(RegionPool())
+
+
+# ---------------------------------------------------------------------------------------------
+# RegionFusion
+
+
+class RegionFusion(nn.Module):
+    """g * global + (1 - g) * local per point, g = sigmoid(gate logit)."""
+
+    def __init__(self, regions: Sequence[Sequence[int]], n_points: int, own_gate: bool,
+                 gates_top: bool) -> None:
+        super().__init__()
+        order = [i for r in regions for i in r]  # local coordinate pair j is point order[j]
+        inverse = [0] * n_points
+        for j, i in enumerate(order):
+            inverse[i] = j
+        self.local_index = [2 * inverse[i] + c for i in range(n_points) for c in (0, 1)]
+        self.n_points, self.gates_top = n_points, gates_top
+        if own_gate:
+            self.gate = nn.Parameter(torch.empty(n_points))
+        else:
+            self.register_parameter("gate", None)
+
+    def forward(self, glob: torch.Tensor, local: torch.Tensor,
+                logits: torch.Tensor | None = None):
+        n = glob.shape[0]
+        glob = glob.reshape(n, -1)
+        index = torch.as_tensor(self.local_index, device=local.device)
+        local = local.reshape(n, -1).index_select(1, index)
+        logits = self.gate.expand(n, -1) if logits is None else logits.reshape(n, -1)
+        g = torch.sigmoid(logits)
+        g2 = g.repeat_interleave(2, dim=1)
+        fused = g2 * glob + (1 - g2) * local
+        return (fused, g) if self.gates_top else fused
+
+    def extra_repr(self) -> str:
+        return f"points={self.n_points}, learned_gate={self.gate is not None}"
+
+
+@register("Python:RegionFusion", family=_FAMILY, origin=_ORIGIN)
+def region_fusion(spec: LayerSpec) -> Built:
+    """Per-point sigmoid gate mixing a global head's and the local heads' points."""
+    p = layer_params(spec, ("regions",))
+    spec.expect_bottoms(2, 3)
+    _expect_tops(spec, 1, 2)
+    g, l = (tuple(s) for s in spec.bottom_shapes[:2])
+    k = _points_dim(spec, g, "bottom 0 (global points)")
+    if _points_dim(spec, l, "bottom 1 (local points)") != k or l[0] != g[0]:
+        raise spec.error(f"global {list(g)} and local {list(l)} points differ", shape=True)
+    regions = parse_regions(spec, p.get("regions"), k)
+    own = len(spec.bottom_shapes) == 2
+    if not own:
+        gs = tuple(spec.bottom_shapes[2])
+        if _flat2(spec, gs, "bottom 2 (gate logits)") != k or gs[0] != g[0]:
+            raise spec.error(f"bottom 2 must be (N, {k}) gate logits, got {list(gs)}",
+                             shape=True)
+    module = RegionFusion(regions, k, own, spec.n_tops == 2)
+    blobs = []
+    if own:
+        blobs.append(BlobSlot("gate", (k,), caffe_pb2.FillerParameter(type="constant",
+                                                                       value=0.0)))
+    return Built(module, blobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# AffineAlign and InverseAffinePoints
+
+
+def box_angle_to_theta(box: torch.Tensor, angle: torch.Tensor, height: int, width: int,
+                       ) -> torch.Tensor:
+    """(N, 6) affine from aligned to original unit coordinates for a box rotated by angle.
+
+    In pixels the aligned frame maps to ``c + R(angle) diag(w, h) (p' - 1/2)``; in unit
+    coordinates of an H x W image the rotation becomes ``D^-1 R D`` with ``D = diag(W, H)``.
+    """
+    n = box.shape[0]
+    box = box.reshape(n, 4)
+    angle = angle.reshape(n)
+    cx, cy, bw, bh = box.unbind(1)
+    c, s = torch.cos(angle), torch.sin(angle)
+    a00, a01 = c * bw, -s * (height / width) * bh
+    a10, a11 = s * (width / height) * bw, c * bh
+    b0 = cx - 0.5 * (a00 + a01)
+    b1 = cy - 0.5 * (a10 + a11)
+    return torch.stack([a00, a01, b0, a10, a11, b1], dim=1)
+
+
+class AffineAlign(nn.Module):
+    """Sample the box (rotated by angle) of the image into an upright (height, width) crop."""
+
+    def __init__(self, height: int, width: int, padding_mode: str) -> None:
+        super().__init__()
+        self.height, self.width, self.padding_mode = height, width, padding_mode
+
+    def forward(self, image: torch.Tensor, box: torch.Tensor, angle: torch.Tensor):
+        n, c, h, w = image.shape
+        theta = box_angle_to_theta(box.to(image.dtype), angle.to(image.dtype), h, w)
+        a = theta.reshape(n, 2, 3)[:, :, :2]
+        b = theta.reshape(n, 2, 3)[:, :, 2:]
+        # grid_sample's coordinates (align_corners=False) are g = 2u - 1 on both sides.
+        grid_theta = torch.cat([a, 2 * b + a.sum(dim=2, keepdim=True) - 1], dim=2)
+        grid = F.affine_grid(grid_theta, [n, c, self.height, self.width], align_corners=False)
+        out = F.grid_sample(image, grid, mode="bilinear", padding_mode=self.padding_mode,
+                            align_corners=False)
+        return out, theta
+
+    def extra_repr(self) -> str:
+        return f"size=({self.height}, {self.width}), padding_mode={self.padding_mode}"
+
+
+@register("Python:AffineAlign", family=_FAMILY, origin=_ORIGIN)
+def affine_align(spec: LayerSpec) -> Built:
+    """Differentiable crop of a rotated box (grid_sample): image, box, angle -> face, theta."""
+    p = layer_params(spec, ("height", "width", "padding_mode"))
+    spec.expect_bottoms(3)
+    _expect_tops(spec, 2, 2)
+    img, box, angle = (tuple(s) for s in spec.bottom_shapes)
+    if len(img) != 4:
+        raise spec.error(f"bottom 0 must be an image (N, C, H, W), got {list(img)}", shape=True)
+    if _flat2(spec, box, "bottom 1 (box)") != 4 or _flat2(spec, angle, "bottom 2 (angle)") != 1 \
+            or box[0] != img[0] or angle[0] != img[0]:
+        raise spec.error(f"needs box (N, 4) and angle (N, 1); got {list(box)} and "
+                         f"{list(angle)}", shape=True)
+    try:
+        height, width = int(p["height"]), int(p["width"])
+    except KeyError as exc:
+        raise spec.error(f"param_str needs {exc.args[0]!r} (the aligned size)") from None
+    if height <= 0 or width <= 0:
+        raise spec.error("height and width must be positive")
+    mode = p.get("padding_mode", "zeros")
+    if mode not in ("zeros", "border", "reflection"):
+        raise spec.error(f"padding_mode must be zeros, border or reflection, got {mode!r}")
+    return Built(AffineAlign(height, width, mode))
+
+
+class InverseAffinePoints(nn.Module):
+    """Points in aligned unit coordinates -> original ones: A p + b per point."""
+
+    def forward(self, points: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        n = points.shape[0]
+        pts = points.reshape(n, -1, 2)
+        t = theta.reshape(n, 2, 3).to(pts.dtype)
+        out = pts @ t[:, :, :2].transpose(1, 2) + t[:, :, 2].unsqueeze(1)
+        return out.reshape(n, -1)
+
+
+@register("Python:InverseAffinePoints", family=_FAMILY, origin=_ORIGIN)
+def inverse_affine_points(spec: LayerSpec) -> Built:
+    """Map points from the aligned crop back to the original image (theta from AffineAlign)."""
+    layer_params(spec, ())
+    spec.expect_bottoms(2)
+    _expect_tops(spec, 1, 1)
+    pts, theta = (tuple(s) for s in spec.bottom_shapes)
+    _points_dim(spec, pts, "bottom 0 (points)")
+    if _flat2(spec, theta, "bottom 1 (theta)") != 6 or theta[0] != pts[0]:
+        raise spec.error(f"bottom 1 must be theta (N, 6), got {list(theta)}", shape=True)
+    return Built(InverseAffinePoints())
+
+
+# ---------------------------------------------------------------------------------------------
+# HeatmapToPoints
+
+
+class HeatmapToPoints(nn.Module):
+    """Heatmaps (N, C, h, w) -> points (N, 2K) in unit coordinates (soft-argmax or argmax)."""
+
+    def __init__(self, mode: str, beta: float, background: bool) -> None:
+        super().__init__()
+        self.mode, self.beta, self.background = mode, float(beta), background
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        if self.background:
+            maps = maps[:, :-1]
+        n, k, h, w = maps.shape
+        if self.mode == "soft":
+            p = torch.softmax(self.beta * maps.reshape(n, k, -1), dim=2).reshape(n, k, h, w)
+            xs = (torch.arange(w, dtype=maps.dtype, device=maps.device) + 0.5) / w
+            ys = (torch.arange(h, dtype=maps.dtype, device=maps.device) + 0.5) / h
+            u = (p.sum(dim=2) * xs).sum(dim=2)
+            v = (p.sum(dim=3) * ys).sum(dim=2)
+            return torch.stack([u, v], dim=2).reshape(n, 2 * k)
+        return self._argmax(maps.detach())
+
+    @staticmethod
+    def _argmax(maps: torch.Tensor) -> torch.Tensor:
+        n, k, h, w = maps.shape
+        flat = maps.reshape(n, k, -1)
+        idx = flat.argmax(dim=2)
+        y, x = (idx // w), (idx % w)
+        xf, yf = x.to(maps.dtype), y.to(maps.dtype)
+
+        def at(yy, xx):
+            yy, xx = yy.clamp(0, h - 1), xx.clamp(0, w - 1)
+            return flat.gather(2, (yy * w + xx).unsqueeze(2)).squeeze(2)
+
+        # A quarter pixel towards the higher neighbour, where there is one on both sides.
+        inner_x = (x > 0) & (x < w - 1)
+        inner_y = (y > 0) & (y < h - 1)
+        dx = torch.sign(at(y, x + 1) - at(y, x - 1)) * inner_x
+        dy = torch.sign(at(y + 1, x) - at(y - 1, x)) * inner_y
+        u = (xf + 0.25 * dx + 0.5) / w
+        v = (yf + 0.25 * dy + 0.5) / h
+        return torch.stack([u, v], dim=2).reshape(n, 2 * k)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, beta={self.beta}, background={self.background}"
+
+
+@register("Python:HeatmapToPoints", family=_FAMILY, origin=_ORIGIN)
+def heatmap_to_points(spec: LayerSpec) -> Built:
+    """Decode heatmaps to unit-coordinate points: soft-argmax (differentiable) or argmax+1/4."""
+    p = layer_params(spec, ("mode", "beta", "background"))
+    spec.expect_bottoms(1)
+    _expect_tops(spec, 1, 1)
+    shape = tuple(spec.bottom_shapes[0])
+    background = bool(p.get("background", True))
+    if len(shape) != 4 or shape[1] < 1 + background:
+        raise spec.error(f"needs heatmaps (N, C, h, w) with at least {1 + background} "
+                         f"channel(s), got {list(shape)}", shape=True)
+    mode = p.get("mode", "soft")
+    if mode not in ("soft", "argmax"):
+        raise spec.error(f"mode must be 'soft' or 'argmax', got {mode!r}")
+    beta = float(p.get("beta", 1.0))
+    if beta <= 0:
+        raise spec.error(f"beta must be positive, got {beta}")
+    return Built(HeatmapToPoints(mode, beta, background))

@@ -1,0 +1,237 @@
+"""OpenPose/CPM-style multi-stage heatmap networks for face landmarks.
+
+A VGG-like trunk (conv1_1/1_2 64, pool, conv2_1/2_2 128, pool, conv3_1..3_3 256, then two
+"CPM" convolutions down to 64 features) at stride 4, then stages. Stage 1 predicts K+1 maps
+(one per landmark plus a background map, as OpenPose does); every later stage reads the trunk
+features concatenated with the previous stage's maps. Every stage has its own EuclideanLoss
+against the target maps (intermediate supervision).
+
+Why stride 4 by *two* pools instead of VGG's three pools plus a Deconvolution: the maps must be
+28x28 at 112 input (at 14x14, argmax decoding alone costs about 7% NME). Keeping conv3_x and
+the stages at 28x28 gives every stage full-resolution features, needs no learned upsampling
+(which starts as noise and can leave checkerboard artefacts in the maps) and keeps the net a
+plain chain of the layers any Caffe has. The price is compute: the stages run on 4x as many
+positions as at stride 8 (MACs are listed in docs/networks.md). The hourglass variant is the
+down-and-up alternative.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from landmarknet.data.schemes import get_scheme
+from landmarknet.netspec import NetSpec, gaussian
+
+#: VGG trunk up to conv3_3, as the issue fixes it: (name, channels) per block, pool between.
+VGG_BLOCKS = ((("conv1_1", 64), ("conv1_2", 64)),
+              (("conv2_1", 128), ("conv2_2", 128)),
+              (("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256)))
+
+#: Dilations replacing the five 7x7 convolutions of a stage in the 'dilated' variant: the same
+#: 3x3 weights see a 27x27 window (five 7x7 see 31x31); 1 at both ends fills the gaps that
+#: dilated convolutions alone leave ("gridding").
+DILATIONS = (1, 3, 5, 3, 1)
+
+
+@dataclass(frozen=True)
+class HeatmapConfig:
+    """Everything that varies between the heatmap networks."""
+
+    name: str
+    points: int = 68
+    stages: int = 4
+    input_size: int = 112
+    trunk: str = "vgg"  # "vgg" or "hourglass"
+    stage_kernels: str = "7x7"  # "7x7" or "dilated"
+    residual: bool = False  # residual units inside the stages
+    head: str = "base"  # "base" (1x1 128, 1x1 K+1) or "strong"
+    features: int = 64  # trunk channels fed to every stage
+    stage_channels: int = 32  # width of the stage convolutions
+    head_channels: int = 128  # width of the 1x1 layer before the maps
+    loss_weight: float = 1.0  # of every stage's EuclideanLoss
+    train_batch: int = 32
+    test_batch: int = 16
+
+    @property
+    def maps(self) -> int:
+        """Output channels: one map per landmark plus the background map."""
+        return self.points + 1
+
+    @property
+    def map_size(self) -> int:
+        """Side of the heatmaps (stride 4)."""
+        return self.input_size // 4
+
+    def __post_init__(self) -> None:
+        get_scheme(self.points)  # only known landmark schemes
+        if self.input_size % 16:
+            raise ValueError("input_size must be a multiple of 16 (stride 4, hourglass x4)")
+        if self.trunk not in ("vgg", "hourglass") or self.head not in ("base", "strong") \
+                or self.stage_kernels not in ("7x7", "dilated"):
+            raise ValueError(f"bad heatmap config {self}")
+
+
+def _trunk_vgg(ns: NetSpec, data: str, cfg: HeatmapConfig) -> str:
+    x = data
+    for b, block in enumerate(VGG_BLOCKS):
+        for name, ch in block:
+            x = ns.conv_relu(name, x, ch)
+        if b < 2:  # two pools: stride 4
+            x = ns.pool(f"pool{b + 1}", x)
+    ns.comment("CPM features: 256 -> 128 -> features, still at stride 4")
+    x = ns.conv_relu("conv4_1_CPM", x, 128)
+    return ns.conv_relu("conv4_2_CPM", x, cfg.features)
+
+
+def _trunk_hourglass(ns: NetSpec, data: str, cfg: HeatmapConfig) -> str:
+    """conv1/conv2 as VGG, then one hourglass: 28 -> 14 -> 7 and back up with fixed bilinear
+    Deconvolutions, adding the skip branch of the same resolution (Eltwise SUM) on the way."""
+    x = data
+    for b, block in enumerate(VGG_BLOCKS[:2]):
+        for name, ch in block:
+            x = ns.conv_relu(name, x, ch)
+        x = ns.pool(f"pool{b + 1}", x)
+    ns.comment("hourglass down: 1/4 -> 1/8 -> 1/16")
+    x = ns.conv_relu("conv3_1", x, 256)
+    skip4 = ns.conv_relu("conv3_2", x, 128)
+    x = ns.pool("pool3", skip4)
+    x = ns.conv_relu("conv4_1", x, 256)
+    skip8 = ns.conv_relu("conv4_2", x, 128)
+    x = ns.pool("pool4", skip8)
+    x = ns.conv_relu("conv5_1", x, 128)
+    x = ns.conv_relu("conv5_2", x, 128)
+    ns.comment("hourglass up: bilinear x2 (fixed, lr_mult 0) + skip, twice")
+    x = ns.upsample_bilinear("up5", x, 128)
+    x = ns.eltwise_sum("up5_sum", [x, skip8])
+    x = ns.conv_relu("conv6_1", x, 128)
+    x = ns.upsample_bilinear("up6", x, 128)
+    x = ns.eltwise_sum("up6_sum", [x, skip4])
+    return ns.conv_relu("conv7_1_CPM", x, cfg.features)
+
+
+def _head(ns: NetSpec, p: str, x: str, cfg: HeatmapConfig, first: int) -> str:
+    """The prediction head of a stage: 1x1 layers down to the K+1 maps (no ReLU on maps)."""
+    if cfg.head == "strong":
+        # 3x3 context before the 1x1 layers, and two hidden 1x1 layers instead of one.
+        x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels, 3, relu_name=f"{p}_relu{first}")
+        x = ns.conv_relu(f"{p}_conv{first + 1}", x, cfg.head_channels, 1,
+                         relu_name=f"{p}_relu{first + 1}")
+    else:
+        x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels, 1,
+                         relu_name=f"{p}_relu{first}")
+    return ns.conv(f"{p}_maps", x, cfg.maps, 1)
+
+
+def _residual_body(ns: NetSpec, p: str, x: str, n: int, ks: list[tuple[int, int]]) -> str:
+    """conv1 (projection) then residual units of two convolutions each: y = relu(x + F(x))."""
+    k, d = ks[0]
+    x = ns.conv_relu(f"{p}_conv1", x, n, k, dilation=d, relu_name=f"{p}_relu1")
+    i = 2
+    while i + 1 <= len(ks):
+        k1, d1 = ks[i - 1]
+        k2, d2 = ks[i]
+        y = ns.conv_relu(f"{p}_conv{i}", x, n, k1, dilation=d1, relu_name=f"{p}_relu{i}")
+        y = ns.conv(f"{p}_conv{i + 1}", y, n, k2, dilation=d2)
+        x = ns.eltwise_sum(f"{p}_res{i // 2}", [x, y])
+        x = ns.relu(f"{p}_relu{i + 1}", x)
+        i += 2
+    return x
+
+
+def _stage(ns: NetSpec, t: int, features: str, prev: str | None, cfg: HeatmapConfig) -> str:
+    p = f"stage{t}"
+    if t == 1:
+        x, n, ks = features, cfg.features, [(3, 1)] * 3
+    else:
+        x = ns.concat(f"{p}_concat", [features, prev])
+        n = cfg.stage_channels
+        ks = [(7, 1)] * 5 if cfg.stage_kernels == "7x7" else [(3, d) for d in DILATIONS]
+    if cfg.residual:
+        x = _residual_body(ns, p, x, n, ks)
+    else:
+        x = ns.conv_stack(p, x, [(n, k, d) for k, d in ks])
+    return _head(ns, p, x, cfg, len(ks) + 1)
+
+
+def heatmap_net(cfg: HeatmapConfig, deploy: bool = False) -> NetSpec:
+    """The train_val (inputs + losses in both phases) or deploy net of a heatmap config."""
+    ns = NetSpec(cfg.name)
+    s, h = cfg.input_size, cfg.map_size
+    if deploy:
+        data = ns.input("data", (1, 3, s, s))
+    else:
+        ns.comment("inputs: fed by the training pipeline by blob name (no database needed);\n"
+                   f"heatmaps: {cfg.points} landmark maps + 1 background map at stride 4")
+        for phase, n in (("train", cfg.train_batch), ("test", cfg.test_batch)):
+            ns.layer("Input", f"input_{phase}", (), ["data", "heatmaps"], phase=phase,
+                     input_param={"shape": [{"dim": [n, 3, s, s]},
+                                            {"dim": [n, cfg.maps, h, h]}]})
+        data = "data"
+    ns.comment("trunk" + (" (hourglass)" if cfg.trunk == "hourglass" else " (VGG, 2 pools: "
+                                                                          "stride 4)"))
+    trunk = _trunk_vgg if cfg.trunk == "vgg" else _trunk_hourglass
+    features = trunk(ns, data, cfg)
+    prev = None
+    for t in range(1, cfg.stages + 1):
+        ns.comment(f"stage {t}" + (" (trunk features only)" if t == 1 else
+                                   f" (trunk features + stage {t - 1} maps)"))
+        prev = _stage(ns, t, features, prev, cfg)
+        if not deploy:
+            ns.euclidean_loss(f"stage{t}_loss", prev, "heatmaps", cfg.loss_weight)
+    return ns
+
+
+def heatmap_solver(cfg: HeatmapConfig, net_path: str, val_size: int) -> dict:
+    """Adam (scale-free: the summed Euclidean loss of K+1 maps is large), step decay."""
+    return {
+        "net": net_path,
+        "test_iter": -(-val_size // cfg.test_batch),
+        "test_interval": 1000,
+        "test_initialization": False,
+        "type": "Adam",
+        "base_lr": 1e-4,
+        "momentum": 0.9,
+        "momentum2": 0.999,
+        "delta": 1e-8,
+        "weight_decay": 5e-4,
+        "lr_policy": "multistep",
+        "gamma": 0.1,
+        "stepvalue": [12000, 16000],
+        "max_iter": 20000,
+        "display": 50,
+        "average_loss": 50,
+        "snapshot": 2000,
+        "snapshot_prefix": f"snapshots/{cfg.name}/{cfg.name}",
+        "random_seed": 1,
+    }
+
+
+BASE = HeatmapConfig("heatmap4_68")
+
+#: Every heatmap network: name -> (config, one-line summary of what it changes and why).
+HEATMAP_NETS: dict[str, tuple[HeatmapConfig, str]] = {
+    "heatmap4_68": (BASE, "the main net: VGG trunk at stride 4, 4 stages with 7x7 stage kernels"),
+    "heatmap3_68": (replace(BASE, name="heatmap3_68", stages=3),
+                    "3 stages: the 4th stage gains little accuracy and costs a quarter of the "
+                    "stage compute"),
+    "heatmap4_68_dilated": (replace(BASE, name="heatmap4_68_dilated", stage_kernels="dilated"),
+                            "the five 7x7 convolutions of stages 2-4 become 3x3 convolutions "
+                            f"with dilations {DILATIONS}: nearly the same field of view "
+                            "(27 vs 31 map pixels) at 9/49 of the weights and MACs"),
+    "heatmap4_68_residual": (replace(BASE, name="heatmap4_68_residual", residual=True),
+                             "residual units inside every stage (conv1, then two units of two "
+                             "convolutions with an Eltwise SUM skip): same weights, easier "
+                             "gradient flow through the deep stages"),
+    "heatmap4_68_head": (replace(BASE, name="heatmap4_68_head", head="strong"),
+                         "a stronger prediction head in every stage: a 3x3 convolution and two "
+                         "hidden 1x1 layers of 128 before the maps (base: one 1x1 layer)"),
+    "heatmap4_68_160": (replace(BASE, name="heatmap4_68_160", input_size=160),
+                        "160x160 input (40x40 maps): the same weights, finer maps for large "
+                        "faces, 2x the compute"),
+    "heatmap4_68_hourglass": (replace(BASE, name="heatmap4_68_hourglass", trunk="hourglass"),
+                              "an hourglass trunk: after conv2 it goes down to 1/16 (7x7) and "
+                              "back up to 1/4 with fixed bilinear Deconvolutions and Eltwise SUM "
+                              "skips: a larger field of view for the trunk features at less "
+                              "compute than conv3_x at 1/4"),
+    "heatmap4_5": (replace(BASE, name="heatmap4_5", points=5),
+                   "5 points (CUHK/CelebA layout): the main net with 6 maps"),
+}
