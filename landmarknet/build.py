@@ -199,6 +199,9 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
     state = NetState(phase, level, tuple(stages))
     shapes_in = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
     graph = build_graph(parsed, state, input_shapes=shapes_in, reserved=reserved_names())
+    if not graph.nodes and not graph.inputs:
+        raise GraphError(f"{parsed.path or '<text>'}: the net has no layers"
+                         + (f" in phase {phase.upper()}" if len(parsed.net.layer) else ""))
     blob_shapes: dict[str, Shape] = {}
     for inp in graph.inputs:
         if inp.shape is None or any(d <= 0 for d in inp.shape):

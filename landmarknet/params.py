@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -140,7 +141,9 @@ def _legacy_compatible(file_shape: tuple[int, ...], net_shape: tuple[int, ...]) 
 def _pt_to_layers(net: CaffeNet, path: Path) -> list[LayerBlobs]:
     """A PyTorch state_dict file (loaded with weights_only=True) as Caffe layers."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for bad files; say which file
         raise WeightsError(f"{path}: not a loadable PyTorch state_dict ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -99,7 +99,7 @@ def pool_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0,
         out = math.floor(span / stride) + 1
     else:
         raise ValueError(f"unknown round_mode {round_mode!r}")
-    if False:
+    if pad > 0 and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 

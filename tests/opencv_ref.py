@@ -3,14 +3,10 @@
 OpenCV can abort the whole process on a malformed prototxt or caffemodel, so every net runs in a
 child ``python -m _opencv_worker``; arrays travel through temporary ``.npz`` files.
 
-Which OpenCV: OpenCV 5 removed ``cv2.dnn.readNetFromCaffe``. The worker therefore imports ``cv2``
-from, in order of preference,
-
-* the folders in ``$LANDMARKNET_OPENCV_PATH`` (``os.pathsep``-separated), when that is set;
-* ``<repo>/.venv/opencv4`` when it exists (``pip install --target .venv/opencv4
-  "opencv-python-headless<5"`` puts an OpenCV 4 there without touching the venv's own cv2);
-* otherwise whatever ``import cv2`` finds in ``$LANDMARKNET_OPENCV_PYTHON`` (default: this
-  interpreter).
+Which OpenCV: OpenCV 5 removed ``cv2.dnn.readNetFromCaffe``, so the project pins
+``opencv-python-headless<5``. The worker imports ``cv2`` from the folders in
+``$LANDMARKNET_OPENCV_PATH`` (``os.pathsep``-separated) when that is set, otherwise whatever
+``import cv2`` finds in ``$LANDMARKNET_OPENCV_PYTHON`` (default: this interpreter).
 
 An OpenCV without the Caffe importer, or no cv2 at all, raises :class:`OpenCVUnavailable`
 (tests should skip); anything OpenCV rejects or crashes on raises :class:`OpenCVFailed` with
@@ -60,7 +56,6 @@ REPO_ROOT = TESTS_DIR.parent
 OPENCV_PATH_ENV = "LANDMARKNET_OPENCV_PATH"
 #: Interpreter that runs the worker (default: the current one).
 OPENCV_PYTHON_ENV = "LANDMARKNET_OPENCV_PYTHON"
-DEFAULT_OPENCV4_DIR = REPO_ROOT / ".venv" / "opencv4"
 
 _EXIT_UNAVAILABLE = 3
 _EXIT_FAILED = 4
@@ -84,8 +79,6 @@ def _worker_env() -> dict[str, str]:
     extra = os.environ.get(OPENCV_PATH_ENV)
     if extra is not None:
         paths += [p for p in extra.split(os.pathsep) if p]
-    elif DEFAULT_OPENCV4_DIR.is_dir():
-        paths.append(str(DEFAULT_OPENCV4_DIR))
     old = env.get("PYTHONPATH")
     if old:
         paths.append(old)

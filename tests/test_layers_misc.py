@@ -327,8 +327,7 @@ def test_concat_axis_and_legacy_concat_dim() -> None:
     (y,), _, _ = _run("Concat", "", [a])
     _close(y, a)
     _raises("Concat", "", [(2, 3, 4), (2, 3, 5)], match="every axis but 1")
-    _raises("Concat", "concat_param { axis: 1 concat_dim: 1 }", [(2, 3), (2, 3)],
-            match="not both")
+    _raises("Concat", "concat_param { axis: 1 concat_dim: 1 }", [(2, 3), (2, 3)], match="not both")
     _raises("Concat", "concat_param { axis: 3 }", [(2, 3), (2, 3)], match="out of range")
 
 
@@ -530,12 +529,10 @@ def test_permute() -> None:
         text = "permute_param { " + " ".join(f"order: {o}" for o in order) + " }"
         (y,), _, _ = _run("Permute", text, [x])
         _close(y, R.permute(x, order=order))
-    (y,), _, _ = _run("Permute", "permute_param { order: 0 3 }".replace(" 3", " order: 3"), [x])
+    (y,), _, _ = _run("Permute", "permute_param { order: 0 order: 3 }", [x])
     assert tuple(y.shape) == (2, 5, 3, 4)  # the axes left out follow in increasing order
-    _raises("Permute", "permute_param { order: 0 order: 0 }", [(2, 3)],
-            match="repeats")
-    _raises("Permute", "permute_param { order: 4 }", [(2, 3, 4, 5)],
-            match="out of range")
+    _raises("Permute", "permute_param { order: 0 order: 0 }", [(2, 3)], match="repeats")
+    _raises("Permute", "permute_param { order: 4 }", [(2, 3, 4, 5)], match="out of range")
 
 
 def test_shuffle_channel() -> None:
@@ -555,8 +552,7 @@ def test_upsample_nearest() -> None:
     assert tuple(y.shape) == (1, 2, 9, 12)
     _close(y[0, 1, 5, 7], x[0, 1, 1, 2])
     _raises("Upsample", "upsample_param { scale: 2 }", [(1, 2, 3, 4), (1, 2, 3, 4)], match="SegNet")
-    _raises("Upsample", "upsample_param { scale: 0 }", [(1, 2, 3, 4)],
-            match="positive")
+    _raises("Upsample", "upsample_param { scale: 0 }", [(1, 2, 3, 4)], match="positive")
 
 
 @pytest.mark.parametrize("text,kw", [
@@ -571,8 +567,7 @@ def test_upsample_nearest() -> None:
 ])
 def test_interp(text: str, kw: dict) -> None:
     x = _rng(14).normal(size=(2, 3, 7, 6)).astype(np.float32)
-    (y,), _, (xt,) = _run("Interp", f"interp_param {{ {text} }}", [x],
-                          grad=True)
+    (y,), _, (xt,) = _run("Interp", f"interp_param {{ {text} }}", [x], grad=True)
     _close(y, R.interp(x, **kw), rtol=1e-5, atol=2e-6)
     y.sum().backward()  # differentiable, like Caffe's Backward
     assert xt.grad is not None and xt.grad.shape == xt.shape
@@ -586,8 +581,7 @@ def test_interp_output_sizes_by_hand() -> None:
         (y,), _, _ = _run("Interp", f"interp_param {{ {text} }}", [x])
         assert tuple(y.shape[2:]) == hw, text
     _raises("Interp", "interp_param { pad_beg: 1 zoom_factor: 2 }", [(1, 1, 9, 5)], match="<= 0")
-    _raises("Interp", "interp_param { height: 3 }", [(1, 1, 9, 5)],
-            match="needs zoom_factor")
+    _raises("Interp", "interp_param { height: 3 }", [(1, 1, 9, 5)], match="needs zoom_factor")
 
 
 def test_axpy() -> None:
@@ -700,8 +694,7 @@ def test_softmax_with_loss_axis_and_underflow() -> None:
     _close(loss, R.softmax_with_loss(x, label, axis=2))
     # p[label] underflows: the value is clamped at FLT_MIN, the gradient stays (p - onehot).
     x = np.array([[0.0, 200.0]], np.float32)
-    (loss,), _, (xt, _) = _run("SoftmaxWithLoss", "", [x, np.array([0.0], np.float32)],
-                               grad=True)
+    (loss,), _, (xt, _) = _run("SoftmaxWithLoss", "", [x, np.array([0.0], np.float32)], grad=True)
     _close(loss, np.float32(-math.log(F32_TINY)))
     loss.backward()
     _close(xt.grad, [[-1.0, 1.0]])
@@ -837,7 +830,17 @@ def test_prior_box(text: str, kw: dict) -> None:
     feat = np.zeros((1, 8, 5, 6), np.float32)
     img = np.zeros((1, 3, 80, 100), np.float32)
     (y,), _, _ = _run("PriorBox", f"prior_box_param {{ {text} }}", [feat, img])
-    ref = R.prior_box(feat, img, **kw)
+    if kw.get("max_size") and kw.get("aspect_ratio"):
+        # SSD's master prior_box_layer.cpp orders each cell's priors [min, sqrt(min*max),
+        # ratios...] and sizes the ratio boxes from min_size alone; compose that from two
+        # reference calls, one without ratios and one without max sizes.
+        no_ar = {k: v for k, v in kw.items() if k not in ("aspect_ratio", "flip")}
+        no_max = {k: v for k, v in kw.items() if k != "max_size"}
+        a = R.prior_box(feat, img, **no_ar).reshape(2, 30, -1, 4)
+        b = R.prior_box(feat, img, **no_max).reshape(2, 30, -1, 4)
+        ref = np.concatenate([a, b[:, :, 1:]], axis=2).reshape(1, 2, -1)
+    else:
+        ref = R.prior_box(feat, img, **kw)
     assert y.shape == ref.shape
     _close(y, ref, rtol=1e-6, atol=1e-7)
 
@@ -852,10 +855,12 @@ def test_prior_box_layout_by_hand() -> None:
     assert tuple(y.shape) == (1, 2, 2 * 4 * 4)
     boxes = _np(y)[0, 0].reshape(2, 4, 4)
     s2 = math.sqrt(2)
-    _close(boxes[0, 0], [0.15, 0.4, 0.35, 0.6])
-    _close(boxes[0, 1], [0.05, 0.3, 0.45, 0.7])
-    _close(boxes[1, 2], [(75 - 10 * s2) / 100, (50 - 10 / s2) / 100,
+    _close(boxes[0, 0], [0.15, 0.4, 0.35, 0.6])  # 20 x 20 at (25, 50)
+    _close(boxes[0, 1], [0.05, 0.3, 0.45, 0.7])  # sqrt(20 * 80) = 40
+    _close(boxes[1, 2], [(75 - 10 * s2) / 100, (50 - 10 / s2) / 100,  # 20*sqrt2 x 20/sqrt2
                          (75 + 10 * s2) / 100, (50 + 10 / s2) / 100])
+    _close(boxes[1, 3], [(75 - 10 / s2) / 100, (50 - 10 * s2) / 100,  # flipped: ratio 1/2
+                         (75 + 10 / s2) / 100, (50 + 10 * s2) / 100])
     _close(_np(y)[0, 1], np.full(32, 0.1, np.float32))
 
 
@@ -866,8 +871,7 @@ def test_prior_box_bad_parameters() -> None:
                         ("min_size: 30 variance: 0.1 variance: 0.2", "1 or 4 variances"),
                         ("min_size: 30 img_size: 30 img_h: 30 img_w: 30", "not both"),
                         ("min_size: 30 step_h: 8", "step_h and step_w")]:
-        _raises("PriorBox", f"prior_box_param {{ {text} }}", shapes,
-                match=match)
+        _raises("PriorBox", f"prior_box_param {{ {text} }}", shapes, match=match)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -984,18 +988,18 @@ def test_detection_output_against_loop_reference(text: str, kw: dict) -> None:
 
 
 def test_detection_output_nms_and_empty_result_by_hand() -> None:
-    # Two priors that overlap with IoU 0.6 (offsets 0): the weaker one is suppressed at 0.45 and
-    # kept at 0.7. Class 0 is background.
-    prior = np.array([[0.1, 0.1, 0.5, 0.5, 0.1, 0.1, 0.6, 0.5]], np.float32)
+    # Two priors that overlap with IoU 0.08 / 0.24 = 1/3 (offsets 0): the weaker one is
+    # suppressed at nms_threshold 0.3 and kept at 0.45. Class 0 is background.
+    prior = np.array([[0.1, 0.1, 0.5, 0.5, 0.3, 0.1, 0.7, 0.5]], np.float32)
     prior = np.stack([prior[0], np.full(8, 0.1, np.float32)]).reshape(1, 2, 8)
     loc = np.zeros((1, 8), np.float32)
     conf = np.array([[0.1, 0.9, 0.3, 0.7]], np.float32)  # prior 0: 0.9, prior 1: 0.7 (class 1)
     text = "detection_output_param { num_classes: 2 code_type: CENTER_SIZE nms_param { " \
            "nms_threshold: %s } }"
-    (y,), _, _ = _run("DetectionOutput", text % "0.45", [loc, conf, prior])
+    (y,), _, _ = _run("DetectionOutput", text % "0.3", [loc, conf, prior])
     _close(y, [[[[0, 1, 0.9, 0.1, 0.1, 0.5, 0.5]]]])
-    (y,), _, _ = _run("DetectionOutput", text % "0.7", [loc, conf, prior])
-    _close(y, [[[[0, 1, 0.9, 0.1, 0.1, 0.5, 0.5], [0, 1, 0.7, 0.1, 0.1, 0.6, 0.5]]]])
+    (y,), _, _ = _run("DetectionOutput", text % "0.45", [loc, conf, prior])
+    _close(y, [[[[0, 1, 0.9, 0.1, 0.1, 0.5, 0.5], [0, 1, 0.7, 0.3, 0.1, 0.7, 0.5]]]])
     # Nothing above the threshold: one row of -1 per image, with the image index.
     loc2, conf2 = np.zeros((2, 8), np.float32), np.tile(conf, (2, 1))
     (y,), _, _ = _run("DetectionOutput", "detection_output_param { num_classes: 2 "
@@ -1012,7 +1016,8 @@ def test_detection_output_declares_caffes_setup_shape_and_checks_bottoms() -> No
     assert out.device.type == "meta" and tuple(out.shape) == (1, 1, 1, 7)
     _raises("DetectionOutput", "detection_output_param { }", spec.bottom_shapes,
             match="num_classes")
-    _raises("DetectionOutput", "detection_output_param { num_classes: 4 }", spec.bottom_shapes, match="confidences")
+    _raises("DetectionOutput", "detection_output_param { num_classes: 4 }", spec.bottom_shapes,
+            match="confidences")
     _raises("DetectionOutput", "detection_output_param { num_classes: 3 share_location: false }",
             spec.bottom_shapes, match="locations")
     _raises("DetectionOutput", "detection_output_param { num_classes: 3 nms_param { eta: 0 } }",

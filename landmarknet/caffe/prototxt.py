@@ -282,8 +282,9 @@ def _parse_text(text: str, msg: _message.Message, path: str | None, strict: bool
         text_format.Parse(_apply_edits(text, found.edits), msg,
                           allow_unknown_field=not strict and bool(found.unknown))
     except text_format.ParseError as exc:
-        reason = str(exc)
-        reason = re.sub(r"^\d+:\d+ : ", "", reason)
+        reason = re.sub(r"^\d+:\d+ : ", "", str(exc))
+        if reason.startswith("'") and "': " in reason:  # protobuf quotes the whole line first
+            reason = reason[reason.rindex("': ") + 3:]
         raise PrototxtError(reason, path=path, line=exc.GetLine(), column=exc.GetColumn()) from None
     return found
 
@@ -341,7 +342,7 @@ def _upgrade_v1(parsed: ParsedNet, lines: list[int]) -> None:
             raise PrototxtError("this is a V0 (pre-2014) net: a 'layers' entry holds a nested "
                                 "'layer'. Upgrade it with Caffe's upgrade_net_proto_text tool",
                                 path=parsed.path, line=lines[i] if i < len(lines) else None,
-                                layer=old.name or None)
+                                layer=old.name or old.layer.name or None)
         layer = caffe_pb2.LayerParameter()
         layer.name = old.name
         type_name = caffe_pb2.V1LayerParameter.LayerType.Name(old.type)

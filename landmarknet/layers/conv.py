@@ -18,7 +18,7 @@ from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
 
 def _filler(msg, field: str) -> caffe_pb2.FillerParameter | None:
-    """The FillerParameter ``field`` of ``msg`` when the prototxt gives it, else None (constant 0)."""
+    """The FillerParameter ``field`` of ``msg`` if the prototxt gives it, else None (constant 0)."""
     return getattr(msg, field) if msg.HasField(field) else None
 
 

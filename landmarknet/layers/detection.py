@@ -55,9 +55,9 @@ class PriorBox(nn.Module):
         else:
             step_w, step_h = _F32(iw) / _F32(lw), _F32(ih) / _F32(lh)
         offset = _F32(self.offset)
-        # Per-cell box extents (width, height): prior_box_layer.cpp holds min/max sizes in
-        # ``int`` variables, mixes double sqrt of ints with float sqrt of the ratio, and stores
-        # each extent in a float.
+        # Per-cell box extents (width, height), in the C++ order: min_size, sqrt(min*max), then
+        # each ratio != 1. prior_box_layer.cpp holds min/max sizes in ``int`` variables (so
+        # fractional sizes are truncated) and stores each extent in a float.
         extents: list[tuple[float, float]] = []
         for s, smin_f in enumerate(self.min_sizes):
             smin = int(smin_f)
@@ -68,13 +68,9 @@ class PriorBox(nn.Module):
             for ar in self.aspect_ratios:
                 if abs(ar - 1.0) < 1e-6:
                     continue
-                root = float(np.sqrt(_F32(ar)))
-                if self.max_sizes:
-                    base = math.sqrt(smin * int(self.max_sizes[s]))
-                    extents.append((float(_F32(base * root)), float(_F32(base / root))))
-                else:
-                    extents.append((float(_F32(smin) * _F32(root)),
-                                    float(_F32(smin) / _F32(root))))
+                # SSD's master branch scales min_size (never sqrt(min*max)) by the ratio.
+                root = _F32(np.sqrt(_F32(ar)))
+                extents.append((float(_F32(smin) * root), float(_F32(smin) / root)))
         ext = np.asarray(extents, dtype=np.float64)  # (P, 2)
         cx = ((np.arange(lw, dtype=_F32) + offset) * step_w).astype(np.float64)  # (lw,)
         cy = ((np.arange(lh, dtype=_F32) + offset) * step_h).astype(np.float64)  # (lh,)

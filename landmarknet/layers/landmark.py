@@ -80,16 +80,36 @@ def layer_params(spec: LayerSpec, allowed: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def parse_index_ranges(text: str) -> list[int]:
+    """ "0-2,5" -> [0, 1, 2, 5]: the compact form of a region's point indices."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            lo, hi = int(a), int(b)
+            if hi < lo:
+                raise ValueError(f"range {part!r} runs backwards")
+            out.extend(range(lo, hi + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
 def parse_regions(spec: LayerSpec, raw: Any, n_points: int) -> list[tuple[int, ...]]:
-    """Regions from param_str (``{"name": [indices]}`` or ``[[indices], ...]``), checked to
-    cover the points 0..K-1 exactly once."""
+    """Regions from param_str, checked to cover the points 0..K-1 exactly once.
+
+    ``{"name": [indices] or "a-b,c"}`` (names in order) or a list of such entries.
+    """
     if raw is None:
         raise spec.error("param_str needs \"regions\" (point indices per region)")
     groups = list(raw.values()) if isinstance(raw, dict) else list(raw)
     try:
-        regions = [tuple(int(i) for i in g) for g in groups]
+        regions = [tuple(parse_index_ranges(g) if isinstance(g, str) else (int(i) for i in g))
+                   for g in groups]
     except (TypeError, ValueError):
-        raise spec.error("\"regions\" must hold lists of point indices") from None
+        raise spec.error("\"regions\" must hold lists of point indices or ranges such as "
+                         "\"0-16\"") from None
     if not regions or any(not r for r in regions):
         raise spec.error("\"regions\" must be non-empty lists of point indices")
     flat = sorted(i for r in regions for i in r)

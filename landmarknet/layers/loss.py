@@ -48,12 +48,13 @@ def _ignore_label(spec: LayerSpec) -> int | None:
     return int(lp.ignore_label) if lp.HasField("ignore_label") else None
 
 
-def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor) -> torch.Tensor | float:
+def _normalizer(mode: int, outer: int, inner: int, valid: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor | float:
     """Caffe's get_normalizer: max(1, FULL outer*inner | VALID count | BATCH_SIZE outer | 1)."""
     if mode == _FULL:
         return float(max(1, outer * inner))
     if mode == _VALID:
-        return valid.sum().to(torch.float32).clamp(min=1.0)
+        return valid.sum().to(dtype).clamp(min=1.0)
     if mode == _BATCH_SIZE:
         return float(max(1, outer))
     return 1.0
@@ -103,7 +104,7 @@ class SoftmaxWithLoss(nn.Module):
         lp_caffe = torch.log(torch.clamp(p_true.detach(), min=_FLT_MIN))
         lp = lp_true + (lp_caffe - lp_true).detach()
         total = -torch.where(valid, lp, torch.zeros_like(lp)).sum()
-        loss = total / _normalizer(self.mode, outer, inner, valid)
+        loss = total / _normalizer(self.mode, outer, inner, valid, total.dtype)
         return (loss, prob) if self.n_tops == 2 else loss
 
     def extra_repr(self) -> str:
@@ -157,7 +158,7 @@ class SigmoidCrossEntropyLoss(nn.Module):
         else:
             valid = t.to(torch.int64) != self.ignore_label
             per = torch.where(valid, per, torch.zeros_like(per))
-        return per.sum() / _normalizer(self.mode, outer, inner, valid)
+        return per.sum() / _normalizer(self.mode, outer, inner, valid, per.dtype)
 
     def extra_repr(self) -> str:
         return f"ignore_label={self.ignore_label}, normalization={_MODE_NAMES[self.mode]}"

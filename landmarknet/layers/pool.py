@@ -242,7 +242,8 @@ def _check_plan(spec: LayerSpec, h: int, w: int, kernel, stride, pad, ceil: bool
                          f"{tuple(pad)} does not fit the {h}x{w} input (output "
                          f"{ph_.out}x{pw_.out})", shape=True)
     if (ph_.empty or pw_.empty) and method != STOCHASTIC:
-        what = "-FLT_MAX" if method == MAX else "0, or NaN where the window starts exactly at the edge"
+        what = ("-FLT_MAX" if method == MAX
+                else "0, or NaN where a window starts exactly at the edge")
         warnings.warn(f"layer '{spec.name}': with stride {tuple(stride)} > kernel "
                       f"{tuple(kernel)} and no padding, Caffe keeps pooling windows that lie "
                       f"outside the {h}x{w} input and outputs {what} there; landmarknet does "

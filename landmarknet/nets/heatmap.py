@@ -111,13 +111,11 @@ def _trunk_hourglass(ns: NetSpec, data: str, cfg: HeatmapConfig) -> str:
 def _head(ns: NetSpec, p: str, x: str, cfg: HeatmapConfig, first: int) -> str:
     """The prediction head of a stage: 1x1 layers down to the K+1 maps (no ReLU on maps)."""
     if cfg.head == "strong":
-        # 3x3 context before the 1x1 layers, and two hidden 1x1 layers instead of one.
-        x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels, 3, relu_name=f"{p}_relu{first}")
-        x = ns.conv_relu(f"{p}_conv{first + 1}", x, cfg.head_channels, 1,
-                         relu_name=f"{p}_relu{first + 1}")
-    else:
-        x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels, 1,
+        # Spatial context first: a 3x3 layer (the base head is pointwise), then the 1x1 layer.
+        x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels // 2, 3,
                          relu_name=f"{p}_relu{first}")
+        first += 1
+    x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels, 1, relu_name=f"{p}_relu{first}")
     return ns.conv(f"{p}_maps", x, cfg.maps, 1)
 
 
@@ -222,8 +220,9 @@ HEATMAP_NETS: dict[str, tuple[HeatmapConfig, str]] = {
                              "convolutions with an Eltwise SUM skip): same weights, easier "
                              "gradient flow through the deep stages"),
     "heatmap4_68_head": (replace(BASE, name="heatmap4_68_head", head="strong"),
-                         "a stronger prediction head in every stage: a 3x3 convolution and two "
-                         "hidden 1x1 layers of 128 before the maps (base: one 1x1 layer)"),
+                         "a stronger prediction head in every stage: a 3x3 convolution (64) "
+                         "before the 1x1 layer (128) and the maps, so the head sees a 3x3 "
+                         "neighbourhood of the stage features (the base head is pointwise)"),
     "heatmap4_68_160": (replace(BASE, name="heatmap4_68_160", input_size=160),
                         "160x160 input (40x40 maps): the same weights, finer maps for large "
                         "faces, 2x the compute"),

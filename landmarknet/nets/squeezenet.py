@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from landmarknet.data.schemes import get_scheme
-from landmarknet.netspec import NetSpec, constant, gaussian, xavier
+from landmarknet.netspec import NetSpec, constant, gaussian, index_ranges, xavier
 
 #: SqueezeNet v1.0 fire modules: (name, squeeze, expand), max pool after fire4 and fire8.
 FIRES = (("fire2", 16, 64), ("fire3", 16, 64), ("fire4", 32, 128), ("fire5", 32, 128),
@@ -65,6 +65,11 @@ class SqueezeConfig:
     def regions(self) -> dict[str, list[int]]:
         """Region name -> point indices, from landmarknet.data.schemes."""
         return {k: list(v) for k, v in get_scheme(self.points).regions.items()}
+
+    @property
+    def regions_param(self) -> dict[str, str]:
+        """The regions as param_str writes them: name -> "first-last" ranges."""
+        return {k: index_ranges(v) for k, v in self.regions.items()}
 
 
 def _backbone(ns: NetSpec, data: str) -> str:
@@ -157,7 +162,7 @@ def squeeze_net(cfg: SqueezeConfig, deploy: bool = False) -> NetSpec:
             ns.layer("Input", f"input_{phase}", (), ["data", *targets], phase=phase,
                      input_param={"shape": shapes})
         data = "data"
-    params = {"regions": cfg.regions}
+    params = {"regions": cfg.regions_param}
     if cfg.align:
         box, angle = _align_branch(ns, data, cfg)
         ns.comment(f"warp the face upright into {cfg.input_size}x{cfg.input_size} "

@@ -1,0 +1,416 @@
+"""``landmarknet detect``: faces and their landmarks in images, folders and videos.
+
+For each input, one JSON file in OUT_DIR (``NAME.json``) and an overlay (``NAME_overlay.png``);
+a video gets ``NAME.json`` as a list of per-frame objects and ``NAME_annotated.mp4`` with the
+points smoothed over time (One-Euro filter). With ``--json`` every object is also printed to
+stdout, one per line (images: one per input; videos: one per frame, with "frame")::
+
+    {"input": PATH, "faces": [{"box": [x, y, w, h], "score": s,
+                               "landmarks": [[x, y], ...], "confidence": c}], "error": null}
+
+Boxes and points are in pixels of the input image (pixel centres at integer coordinates).
+``score`` is the detector's; ``confidence`` the landmark model's (null without one, or for a
+regression model). A bad input gives ``"faces": [], "error": "why"`` and the run goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+EXAMPLE = """\
+example:
+  landmarknet detect samples/astronaut.png -o out/
+  landmarknet detect photos/ clip.mp4 --model weights/heatmap4_68 --json > faces.jsonl
+  landmarknet detect group.jpg --detector haar --indices --show-heatmaps -o out/
+"""
+
+#: The bundle (a folder under weights/) used when --model is not given; None: look for one.
+DEFAULT_MODEL: Optional[str] = None
+
+NO_MODEL_NOTE = ("no landmark model bundle found in weights/; detection boxes and MTCNN's 5 "
+                 "points are reported")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the subcommand."""
+    p = sub.add_parser("detect", help="find faces and their landmarks in images, folders, videos",
+                       description=__doc__, epilog=EXAMPLE,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``detect`` (shared with tools/detect.py)."""
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or video files")
+    p.add_argument("--model", metavar="weights/NAME",
+                   help="landmark model bundle folder (deploy.prototxt, .caffemodel, model.json),"
+                        " or a name under weights/; 'none' reports the detector's points only "
+                        "(default: the bundle in weights/, if any)")
+    p.add_argument("--detector", choices=("mtcnn", "haar"), default="mtcnn",
+                   help="face detector (default mtcnn: run by landmarknet from its Caffe files; "
+                        "haar: OpenCV's cascade, boxes only)")
+    p.add_argument("-o", "--out-dir", type=Path, default=Path("out"), metavar="OUT_DIR",
+                   help="where JSON files, overlays, figures and videos go (default out/)")
+    p.add_argument("--json", action="store_true",
+                   help="also print one JSON object per line to stdout (per image or frame); "
+                        "the table and messages then go to stderr")
+    p.add_argument("--show-heatmaps", action="store_true",
+                   help="save NAME_heatmaps.png, a figure of each face's heatmaps (heatmap models)")
+    p.add_argument("--batch", type=int, default=16, metavar="N",
+                   help="faces per landmark-network batch (default 16)")
+    p.add_argument("--indices", action="store_true", help="write point indices on the overlay")
+    p.add_argument("--min-face", type=float, default=20.0, metavar="PX",
+                   help="smallest face searched, in pixels (default 20)")
+    p.add_argument("--no-smooth", action="store_true", help="videos: no temporal smoothing")
+    p.add_argument("--max-frames", type=int, default=0, metavar="N",
+                   help="videos: stop after N frames (default: all)")
+    p.add_argument("--no-overlay", action="store_true", help="write JSON only")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One line of the summary table."""
+
+    input: str
+    faces: str
+    score: str
+    points: str
+    seconds: float
+    note: str = ""
+
+
+@dataclass
+class _Run:
+    args: argparse.Namespace
+    landmarker: object
+    model: object
+    out_dir: Path
+    rows: list[_Row] = field(default_factory=list)
+    used_names: set[str] = field(default_factory=set)
+    n_errors: int = 0
+
+    def say(self, text: str) -> None:
+        """A message for the user (stderr under --json, else stdout)."""
+        print(text, file=sys.stderr if self.args.json else sys.stdout, flush=True)
+
+    def emit(self, obj: dict) -> None:
+        """A JSON object to stdout (under --json)."""
+        if self.args.json:
+            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.flush()
+
+    def out_name(self, path: Path) -> str:
+        """A file stem in OUT_DIR for this input, unique within the run."""
+        stem = path.stem or path.name or "input"
+        name, i = stem, 1
+        while name in self.used_names:
+            name = f"{stem}-{i}"
+            i += 1
+        self.used_names.add(name)
+        return name
+
+
+def resolve_model(value: Optional[str]):
+    """The LandmarkModel to use (or None) and a note for the user."""
+    from landmarknet.infer import LandmarkModel, ModelError, find_bundles
+    from landmarknet.paths import REPO_ROOT
+
+    weights = REPO_ROOT / "weights"
+    if value is not None and value.lower() == "none":
+        return None, "landmark model: none (--model none); the detector's points are reported"
+    if value is None and DEFAULT_MODEL is not None:
+        value = str(weights / DEFAULT_MODEL)
+    if value is not None:
+        path = Path(value)
+        if not path.is_dir() and (weights / value).is_dir():
+            path = weights / value
+        if not path.is_dir():
+            raise ModelError(f"--model {value}: no such bundle folder (bundles in weights/: "
+                             f"{', '.join(p.name for p in find_bundles(weights)) or 'none'})")
+        model = LandmarkModel.load(path)
+        return model, f"landmark model: {model.name} ({path})"
+    bundles = find_bundles(weights)
+    if not bundles:
+        return None, NO_MODEL_NOTE
+    flagged = [b for b in bundles if _is_default(b)]
+    if len(flagged) == 1 or len(bundles) == 1:
+        chosen = (flagged or bundles)[0]
+        model = LandmarkModel.load(chosen)
+        return model, f"landmark model: {model.name} ({chosen})"
+    return None, (f"several landmark model bundles in weights/ ({', '.join(b.name for b in bundles)})"
+                  "; choose one with --model; detection boxes and MTCNN's 5 points are reported")
+
+
+def _is_default(bundle: Path) -> bool:
+    try:
+        return bool(json.loads((bundle / "model.json").read_text(encoding="utf-8")).get("default"))
+    except (OSError, ValueError):
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Detect faces and landmarks in every input; 0 when every input was read, else 1."""
+    from landmarknet.cli.common import UsageError
+    from landmarknet.detect import get_detector
+    from landmarknet.detect.pipeline import Landmarker
+
+    if args.batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if args.min_face < 12:
+        raise UsageError(f"--min-face must be at least 12 pixels, got {args.min_face}")
+    model, note = resolve_model(args.model)
+    if model is None and args.detector == "haar":
+        note = note.replace("detection boxes and MTCNN's 5 points are reported",
+                            "detection boxes are reported (the Haar detector gives no points)")
+    detector = get_detector(args.detector, min_face=args.min_face)
+    out_dir = args.out_dir
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"-o {out_dir}: cannot create the folder ({exc.strerror})") from None
+    r = _Run(args, Landmarker(detector, model, args.batch, keep_heatmaps=args.show_heatmaps),
+             model, out_dir)
+    print(f"detect: {note}", file=sys.stderr, flush=True)
+    if args.show_heatmaps and (model is None or not model.decodes_heatmaps):
+        print("detect: --show-heatmaps: " + ("no landmark model, so no heatmaps" if model is None
+              else f"model {model.name} decodes by regression, so no heatmaps"),
+              file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    _process(r, _expand(args.inputs))
+    _print_table(r)
+    r.say(f"{len(r.rows)} input(s) in {time.perf_counter() - t0:.1f} s; results in {out_dir}/"
+          + (f"; {r.n_errors} could not be read" if r.n_errors else ""))
+    return 1 if r.n_errors else 0
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Item:
+    path: Path
+    kind: str  # image | video | error
+    error: Optional[str] = None
+
+
+def _expand(inputs: list[str]) -> list[_Item]:
+    """Inputs -> items, folders opened (their images and videos, sorted)."""
+    from landmarknet.detect.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, folder_entries, is_video
+
+    items = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            try:
+                entries = folder_entries(path)
+            except OSError as exc:
+                items.append(_Item(path, "error", f"{path}: cannot list the folder ({exc.strerror})"))
+                continue
+            if not entries:
+                items.append(_Item(path, "error", f"{path}: folder has no images or videos "
+                                   f"(looked for {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})"))
+            items += [_Item(e, "video" if is_video(e) else "image") for e in entries]
+        elif not path.exists():
+            items.append(_Item(path, "error", f"{path}: no such file or folder"))
+        else:
+            items.append(_Item(path, "video" if is_video(path) else "image"))
+    return items
+
+
+def _process(r: _Run, items: list[_Item]) -> None:
+    """Images go through the batched pipeline in runs; each video on its own."""
+    run_of_images: list[_Item] = []
+    for item in items:
+        if item.kind == "image":
+            run_of_images.append(item)
+            continue
+        _images(r, run_of_images)
+        run_of_images = []
+        if item.kind == "video":
+            _video(r, item)
+        else:
+            _error(r, item.path, item.error)
+    _images(r, run_of_images)
+
+
+def _error(r: _Run, path: Path, message: str, name: Optional[str] = None) -> None:
+    r.n_errors += 1
+    obj = {"input": str(path), "faces": [], "error": message}
+    name = name or r.out_name(path)
+    _write_json(r, name, obj)
+    r.emit(obj)
+    print(f"detect: {message}", file=sys.stderr, flush=True)
+    r.rows.append(_Row(str(path), "-", "-", "-", 0.0, "error: " + message.split(": ", 1)[-1]))
+
+
+def _write_json(r: _Run, name: str, obj) -> None:
+    try:
+        (r.out_dir / f"{name}.json").write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        print(f"detect: cannot write {r.out_dir / (name + '.json')}: {exc.strerror}",
+              file=sys.stderr, flush=True)
+
+
+# -- images ------------------------------------------------------------------------------------
+
+
+def _images(r: _Run, items: list[_Item]) -> None:
+    from landmarknet.detect import ImageError
+    from landmarknet.detect.images import read_image
+
+    if not items:
+        return
+    notes: dict[int, list[str]] = {}
+    names: dict[int, str] = {}
+    errors: dict[int, str] = {}
+
+    def stream():
+        for i, item in enumerate(items):
+            names[i] = r.out_name(item.path)
+            try:
+                loaded = read_image(item.path)
+            except ImageError as exc:
+                errors[i] = str(exc)
+                yield i, None  # keeps the error in its place in the output order
+                continue
+            notes[i] = loaded.notes
+            yield i, loaded.image
+
+    for i, image, res in r.landmarker.process(stream()):
+        item = items[i]
+        if image is None:
+            _error(r, item.path, errors[i], names[i])
+            continue
+        obj = {"input": str(item.path), "faces": [f.to_json() for f in res.faces], "error": None}
+        _write_json(r, names[i], obj)
+        r.emit(obj)
+        _write_pictures(r, names[i], item.path, image, res)
+        note = "; ".join(notes[i])
+        if not res.faces:
+            note = "no face found" + (f"; {note}" if note else "")
+        r.rows.append(_Row(str(item.path), str(len(res.faces)),
+                           f"{max(f.score for f in res.faces):.3g}" if res.faces else "-",
+                           str(len(res.faces[0].landmarks)) if res.faces and
+                           res.faces[0].landmarks is not None else "0",
+                           res.detect_seconds + res.landmark_seconds, note))
+
+
+def _write_pictures(r: _Run, name: str, path: Path, image, res) -> None:
+    from landmarknet.detect.draw import heatmap_figure, overlay, write_image
+
+    try:
+        if not r.args.no_overlay:
+            write_image(r.out_dir / f"{name}_overlay.png", overlay(image, res.faces,
+                                                                   r.args.indices))
+        if r.args.show_heatmaps and r.model is not None and r.model.decodes_heatmaps:
+            heatmap_figure(r.out_dir / f"{name}_heatmaps.png", res.faces,
+                           f"{path.name}: {r.model.name} heatmaps")
+    except OSError as exc:
+        print(f"detect: {path}: cannot write pictures ({exc})", file=sys.stderr, flush=True)
+
+
+# -- video -------------------------------------------------------------------------------------
+
+
+def _video(r: _Run, item: _Item) -> None:
+    import cv2
+
+    from landmarknet.detect import ImageError
+    from landmarknet.detect.draw import heatmap_figure, overlay
+    from landmarknet.detect.images import open_video, video_frames
+    from landmarknet.smoothing import FaceTracker
+
+    name = r.out_name(item.path)
+    try:
+        cap, info = open_video(item.path)
+    except ImageError as exc:
+        _error(r, item.path, str(exc), name)
+        return
+    tracker = None if r.args.no_smooth else FaceTracker()
+    writer = None
+    frames_json = []
+    n_faces = 0
+    seconds = 0.0
+    heatmaps_done = False
+    limit = r.args.max_frames if r.args.max_frames > 0 else None
+
+    def stream():
+        for i, frame in enumerate(video_frames(cap)):
+            if limit is not None and i >= limit:
+                cap.release()
+                return
+            yield i, frame
+
+    try:
+        for i, frame, res in r.landmarker.process(stream()):
+            if tracker is not None and res.faces:
+                boxes, pts, _ = tracker.update(i, i / info.fps, [f.box for f in res.faces],
+                                               [f.landmarks for f in res.faces])
+                for f, b, p in zip(res.faces, boxes, pts):
+                    f.box, f.landmarks = b, p
+            obj = {"input": str(item.path), "frame": i,
+                   "faces": [f.to_json() for f in res.faces], "error": None}
+            frames_json.append(obj)
+            r.emit(obj)
+            n_faces += len(res.faces)
+            seconds += res.detect_seconds + res.landmark_seconds
+            if not r.args.no_overlay:
+                if writer is None:
+                    writer = _open_writer(r, name, frame.shape[1], frame.shape[0], info.fps)
+                if writer is not None:
+                    writer.write(overlay(frame, res.faces, r.args.indices))
+            if (r.args.show_heatmaps and not heatmaps_done and r.model is not None
+                    and r.model.decodes_heatmaps and res.faces):
+                heatmaps_done = heatmap_figure(r.out_dir / f"{name}_heatmaps.png", res.faces,
+                                               f"{item.path.name} frame {i}: {r.model.name}")
+    except cv2.error as exc:
+        print(f"detect: {item.path}: decoding stopped at frame {len(frames_json)} ({exc})",
+              file=sys.stderr, flush=True)
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+    if not frames_json:
+        _error(r, item.path, f"{item.path}: no frame could be decoded from this video", name)
+        return
+    _write_json(r, name, frames_json)
+    n = len(frames_json)
+    r.rows.append(_Row(str(item.path), f"{n_faces / n:.2g}/frame", "-",
+                       "", seconds, f"video: {n} frames at {info.fps:.3g} fps"
+                       + ("" if tracker is None else ", smoothed")))
+
+
+def _open_writer(r: _Run, name: str, width: int, height: int, fps: float):
+    import cv2
+
+    path = r.out_dir / f"{name}_annotated.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    if not writer.isOpened():
+        print(f"detect: cannot write {path} (no mp4v encoder?); JSON only",
+              file=sys.stderr, flush=True)
+        return None
+    return writer
+
+
+# -- table -------------------------------------------------------------------------------------
+
+
+def _print_table(r: _Run) -> None:
+    if not r.rows:
+        return
+    w = min(48, max(len("input"), *(len(x.input) for x in r.rows)))
+    lines = [f"{'input':<{w}}  {'faces':>9}  {'score':>6}  {'points':>6}  {'time s':>6}  note"]
+    for x in r.rows:
+        inp = x.input if len(x.input) <= w else "..." + x.input[-(w - 3):]
+        lines.append(f"{inp:<{w}}  {x.faces:>9}  {x.score:>6}  {x.points:>6}  "
+                     f"{x.seconds:>6.2f}  {x.note}")
+    r.say("\n".join(lines))

@@ -1,0 +1,164 @@
+"""Detectors against annotated faces: miss rate, IoU, matched boxes, and box calibrations.
+
+``detector_box_stats(samples, detector)`` runs a detector over samples (``landmarknet.data.formats
+.Sample``: image path, ground-truth points, optional box) and reports, per sample, the detection
+that matches the annotated face (or a miss). The evaluation tooling feeds the matched boxes to a
+landmark model to get NME with the detector's boxes beside NME with ground-truth boxes.
+
+The reference box is the bounding box of the ground-truth points (what training crops from);
+detector boxes are compared after their :class:`BoxCalibration` to that kind of box
+(``DEFAULT_CALIBRATIONS``, measured with ``fit_box_calibration``), so IoU means "how well would
+the crop be placed". ``match="centroid"`` instead takes the detection whose box contains the
+points' centroid and is nearest to it (used to fit calibrations, when IoU is not yet meaningful).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from landmarknet.detect import Detector, DetectError, ImageError, get_detector
+from landmarknet.detect.boxes import BoxCalibration, iou_matrix, points_box
+
+#: (detector, points in the scheme) -> calibration from the detector's box to the bounding box of
+#: the scheme's points. Measured by ``fit_box_calibration`` (match="centroid", medians) on the
+#: TRAIN splits only: ytf68/train, ytf77/train (every 3rd sample) and cuhk5 partition 0 (every
+#: 5th sample); see tools/dev/fit_box_calibration.py.
+DEFAULT_CALIBRATIONS: dict[tuple[str, int], BoxCalibration] = {}
+
+
+@dataclass
+class BoxStats:
+    """What a detector did on a set of annotated faces."""
+
+    detector: str
+    n: int = 0
+    n_missed: int = 0
+    n_unreadable: int = 0
+    n_detections: int = 0
+    iou: list[float] = field(default_factory=list)  # per sample, 0 for a miss
+    matched: list[Optional[np.ndarray]] = field(default_factory=list)  # raw detector box or None
+    matched_points: list[Optional[np.ndarray]] = field(default_factory=list)  # detector's points
+    reference: list[np.ndarray] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def miss_rate(self) -> float:
+        """Fraction of readable samples whose face was not found."""
+        return self.n_missed / self.n if self.n else float("nan")
+
+    @property
+    def mean_iou(self) -> float:
+        """Mean IoU over the faces found."""
+        hits = [v for v, m in zip(self.iou, self.matched) if m is not None]
+        return float(np.mean(hits)) if hits else float("nan")
+
+    @property
+    def median_iou(self) -> float:
+        """Median IoU over the faces found."""
+        hits = [v for v, m in zip(self.iou, self.matched) if m is not None]
+        return float(np.median(hits)) if hits else float("nan")
+
+    @property
+    def n_false(self) -> int:
+        """Detections that matched no annotated face (each sample annotates one face)."""
+        return self.n_detections - (self.n - self.n_missed)
+
+    def summary(self) -> dict:
+        """The headline numbers as a dict."""
+        return {"detector": self.detector, "n": self.n, "missed": self.n_missed,
+                "miss_rate": self.miss_rate, "mean_iou": self.mean_iou,
+                "median_iou": self.median_iou, "extra_detections": self.n_false,
+                "unreadable": self.n_unreadable,
+                "seconds_per_image": float(np.mean(self.seconds)) if self.seconds else float("nan")}
+
+
+def _calibration_for(detector: Detector, n_points: int,
+                     calibration: BoxCalibration | str | None) -> BoxCalibration:
+    if isinstance(calibration, BoxCalibration):
+        return calibration
+    if calibration is None or calibration == "none":
+        return BoxCalibration()
+    if calibration == "auto":
+        return DEFAULT_CALIBRATIONS.get((detector.name, n_points), BoxCalibration())
+    raise ValueError(f"calibration must be a BoxCalibration, 'auto' or 'none', got {calibration!r}")
+
+
+def detector_box_stats(samples: Sequence, detector: Detector | str, *,
+                       calibration: BoxCalibration | str | None = "auto",
+                       match: str = "iou", iou_threshold: float = 0.5,
+                       progress: bool = False) -> BoxStats:
+    """Run ``detector`` on every sample's image; match its boxes to the annotated face.
+
+    ``match="iou"``: the detection with the highest IoU between its calibrated box and the points'
+    bounding box, a miss below ``iou_threshold``. ``match="centroid"``: the detection whose box
+    contains the points' centroid, nearest centre first. Unreadable images are counted apart.
+    """
+    from landmarknet.detect.images import read_image
+
+    if isinstance(detector, str):
+        detector = get_detector(detector)
+    if match not in ("iou", "centroid"):
+        raise ValueError(f"match must be 'iou' or 'centroid', got {match!r}")
+    stats = BoxStats(detector.name)
+    it = samples
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(samples, desc=f"{detector.name} boxes", unit="img")
+    for sample in it:
+        try:
+            image = read_image(sample.image_path).image
+        except ImageError as exc:
+            stats.n_unreadable += 1
+            stats.errors.append(str(exc))
+            continue
+        pts = np.asarray(sample.points, dtype=np.float64)
+        ref = points_box(pts)
+        cal = _calibration_for(detector, len(pts), calibration)
+        t0 = time.perf_counter()
+        faces = detector.detect(image)
+        stats.seconds.append(time.perf_counter() - t0)
+        stats.n += 1
+        stats.n_detections += len(faces)
+        stats.reference.append(ref)
+        best, best_iou = None, 0.0
+        if faces:
+            raw = np.stack([f.box for f in faces])
+            boxes = cal.apply(raw)
+            ious = iou_matrix(boxes, ref[None])[:, 0]
+            if match == "iou":
+                j = int(np.argmax(ious))
+                if ious[j] >= iou_threshold:
+                    best, best_iou = j, float(ious[j])
+            else:
+                c = pts.mean(0)
+                inside = ((raw[:, 0] <= c[0]) & (c[0] <= raw[:, 0] + raw[:, 2])
+                          & (raw[:, 1] <= c[1]) & (c[1] <= raw[:, 1] + raw[:, 3]))
+                if inside.any():
+                    centres = raw[:, :2] + raw[:, 2:] / 2
+                    dist = np.where(inside, np.hypot(*(centres - c).T), np.inf)
+                    best = int(np.argmin(dist))
+                    best_iou = float(ious[best])
+        if best is None:
+            stats.n_missed += 1
+            stats.iou.append(0.0)
+            stats.matched.append(None)
+            stats.matched_points.append(None)
+        else:
+            stats.iou.append(best_iou)
+            stats.matched.append(faces[best].box.copy())
+            stats.matched_points.append(None if faces[best].points is None
+                                        else faces[best].points.copy())
+    return stats
+
+
+def fit_box_calibration(stats: BoxStats) -> BoxCalibration:
+    """The calibration taking a detector's matched boxes to the points' bounding boxes."""
+    pairs = [(m, r) for m, r in zip(stats.matched, stats.reference) if m is not None]
+    if not pairs:
+        raise DetectError(f"{stats.detector}: no matched detections to fit a calibration on")
+    det, ref = (np.stack(x) for x in zip(*pairs))
+    return BoxCalibration.fit(det, ref)

@@ -1,0 +1,164 @@
+"""The bad inputs we try, in one table: used by tests/test_bad_inputs.py and docs/bad_inputs.md.
+
+Each case writes its files into a folder and returns the command line to run; the run must
+exit with status 2 and print a message that contains ``expect`` (which names the place).
+"""
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+GOOD = """name: "good"
+input: "data" input_shape { dim: 1 dim: 3 dim: 8 dim: 8 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 2 kernel_size: 3 } }
+layer { name: "fc1" type: "InnerProduct" bottom: "conv1" top: "fc1"
+        inner_product_param { num_output: 3 } }
+"""
+
+
+@dataclass
+class Case:
+    """One bad input: what it is, how to make it, what the user must be told."""
+
+    id: str
+    what: str
+    make: Callable[[Path], list[str]]
+    expect: str
+
+
+def _net(d: Path, text: str, name: str = "net.prototxt") -> Path:
+    p = d / name
+    p.write_text(text)
+    return p
+
+
+def _weights(d: Path, data: bytes, name: str = "w.caffemodel") -> list[str]:
+    (d / name).write_bytes(data)
+    return ["build", str(_net(d, GOOD)), "--weights", str(d / name)]
+
+
+def _good_model(d: Path) -> bytes:
+    from landmarknet.cli.main import main
+    main(["build", str(_net(d, GOOD, "g.prototxt")), "--random-weights", "1", "--save",
+          str(d / "g.caffemodel")])
+    return (d / "g.caffemodel").read_bytes()
+
+
+def _wrong_shape(d: Path) -> list[str]:
+    other = GOOD.replace("num_output: 3", "num_output: 4")
+    from landmarknet.cli.main import main
+    main(["build", str(_net(d, other, "o.prototxt")), "--random-weights", "1", "--save",
+          str(d / "o.caffemodel")])
+    return ["build", str(_net(d, GOOD)), "--weights", str(d / "o.caffemodel"), "--strict-weights"]
+
+
+def _pickle_pt(d: Path) -> list[str]:
+    class Evil:  # unpickling this would run code; weights_only loading must refuse it
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+    (d / "w.pt").write_bytes(pickle.dumps({"conv1.weight": Evil()}))
+    return ["build", str(_net(d, GOOD)), "--weights", str(d / "w.pt")]
+
+
+def _pickle_npy(d: Path) -> list[str]:
+    np.save(d / "x.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return ["forward", str(_net(d, GOOD)), "--random-weights", "1", "--input",
+            f"data={d / 'x.npy'}"]
+
+
+CASES = [
+    Case("missing-file", "a prototxt path that does not exist",
+         lambda d: ["build", str(d / "nope.prototxt")], "nope.prototxt: cannot read file"),
+    Case("empty-prototxt", "an empty prototxt (no layers, no inputs)",
+         lambda d: ["build", str(_net(d, ""))], "net.prototxt: the net has no layers"),
+    Case("binary-as-prototxt", "a .caffemodel passed where the prototxt goes",
+         lambda d: ["build", str(_net(d, "")), "--weights", "x"] if False else
+         ["build", str((d / "b.prototxt").write_bytes(b"\x0a\x03abc\x00\x01") and d / "b.prototxt")],
+         "b.prototxt: this is a binary file"),
+    Case("not-utf8", "a prototxt in Latin-1 with an accented layer name",
+         lambda d: ["build", str((d / "l.prototxt").write_bytes(b'name: "caf\xe9"') and
+                                  d / "l.prototxt")], "l.prototxt: not UTF-8 text"),
+    Case("unknown-field", "a misspelt field inside a layer",
+         lambda d: ["build", str(_net(d, GOOD.replace("kernel_size: 3", "kernel_sise: 3")))],
+         "net.prototxt:4:43 (layer 'conv1'): unknown field 'kernel_sise' in ConvolutionParameter"),
+    Case("bad-enum", "an enum value Caffe does not have",
+         lambda d: ["build", str(_net(d, GOOD.replace(
+             'type: "InnerProduct" bottom: "conv1" top: "fc1"',
+             'type: "Pooling" bottom: "conv1" top: "fc1" pooling_param { pool: MEDIAN }')))],
+         'net.prototxt:5:86: Enum type "caffe.PoolingParameter.PoolMethod" has no value named '
+         'MEDIAN'),
+    Case("unterminated-string", "a string without its closing quote",
+         lambda d: ["build", str(_net(d, 'name: "oops\nlayer { }'))],
+         "net.prototxt:1:7: unterminated string"),
+    Case("missing-brace", "a layer block never closed",
+         lambda d: ["build", str(_net(d, GOOD.rstrip()[:-3]))],
+         "net.prototxt:6: unexpected end of file"),
+    Case("mixed-v1-v2", "new 'layer' and legacy 'layers' blocks in one file",
+         lambda d: ["build", str(_net(d, GOOD + 'layers { name: "old" type: RELU }\n'))],
+         "net.prototxt:7: the net mixes new-style 'layer' (2) and legacy 'layers' (1)"),
+    Case("v0-format", "a pre-2014 (V0) net",
+         lambda d: ["build", str(_net(d, 'layers { layer { name: "c" type: "conv" } }'))],
+         "net.prototxt:1 (layer 'c'): this is a V0 (pre-2014) net"),
+    Case("input-dim-count", "input_dim with 3 values for one input",
+         lambda d: ["build", str(_net(d, 'input: "d" input_dim: 1 input_dim: 3 input_dim: 8'))],
+         "net.prototxt: 1 input(s) need 4 input_dim values (4 each), got 3"),
+    Case("unknown-type", "a layer type nobody registered",
+         lambda d: ["build", str(_net(d, GOOD.replace('"InnerProduct"', '"InnerProdukt"')))],
+         "layer 'fc1' (type InnerProdukt): unknown layer type 'InnerProdukt'. Did you mean "
+         "InnerProduct?"),
+    Case("python-layer", "a Python layer whose class is not registered",
+         lambda d: ["build", str(_net(d, GOOD + 'layer { name: "py" type: "Python" bottom: "fc1" '
+                                               'top: "py" python_param { module: "evil" '
+                                               'layer: "Rm" } }\n'))],
+         "Python layer evil.Rm is not registered. landmarknet never imports modules"),
+    Case("bottom-never-produced", "a bottom that no layer writes",
+         lambda d: ["build", str(_net(d, GOOD.replace('bottom: "conv1" top: "fc1"',
+                                                      'bottom: "conv9" top: "fc1"')))],
+         "net.prototxt:5: bottom 'conv9' of layer 'fc1' is not produced by any earlier layer"),
+    Case("cycle", "two layers feeding each other",
+         lambda d: ["build", str(_net(d, 'input: "x" input_shape { dim: 1 }\n'
+                                         'layer { name: "a" type: "ReLU" bottom: "b" top: "a" }\n'
+                                         'layer { name: "b" type: "ReLU" bottom: "a" top: "b" }'))],
+         "layer 'b' produces it later. Caffe needs layers in topological order"),
+    Case("duplicate-top", "two layers writing the same blob, not in place",
+         lambda d: ["build", str(_net(d, GOOD + 'layer { name: "conv2" type: "Convolution" '
+                                               'bottom: "data" top: "conv1" convolution_param '
+                                               '{ num_output: 2 kernel_size: 1 } }\n'))],
+         "top 'conv1' of layer 'conv2' is already produced by layer 'conv1'"),
+    Case("shape-mismatch-in-net", "an Eltwise over blobs of different shapes",
+         lambda d: ["build", str(_net(d, GOOD + 'layer { name: "sum" type: "Eltwise" '
+                                               'bottom: "conv1" bottom: "data" top: "s" }\n'))],
+         "layer 'sum' (type Eltwise)"),
+    Case("bad-layer-param", "a convolution without kernel_size",
+         lambda d: ["build", str(_net(d, GOOD.replace(" kernel_size: 3", "")))],
+         "layer 'conv1' (type Convolution): kernel_size is required"),
+    Case("no-input-shape", "a Data layer whose channels only the database knows",
+         lambda d: ["build", str(_net(d, 'layer { name: "d" type: "Data" top: "data" '
+                                         'data_param { batch_size: 4 } }'))],
+         "the shape of input 'data' (from Data layer 'd') is unknown; give it, e.g. "
+         "--input-shape data="),
+    Case("empty-weights", "an empty .caffemodel", lambda d: _weights(d, b""),
+         "w.caffemodel"),
+    Case("truncated-weights", "a .caffemodel cut in the middle of a blob",
+         lambda d: _weights(d, _good_model(d)[:-37]), "w.caffemodel"),
+    Case("html-weights", "an HTML page saved as .caffemodel (a failed download)",
+         lambda d: _weights(d, b"<!DOCTYPE html><html><body>Not Found</body></html>"),
+         "w.caffemodel"),
+    Case("junk-weights", "random bytes", lambda d: _weights(
+        d, np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()),
+        "w.caffemodel"),
+    Case("wrong-blob-shape", "weights of another net (fc1 has 4 outputs, not 3)", _wrong_shape,
+         "fc1[0]: file [4, 72], net [3, 72]"),
+    Case("pickle-pt", "a .pt whose pickle would run code", _pickle_pt, "w.pt: not a loadable "
+         "PyTorch state_dict"),
+    Case("pickle-npy", "an object .npy as a forward input", _pickle_npy,
+         "--input data: cannot read"),
+    Case("bad-input-shape", "--input-shape naming a blob that is not an input",
+         lambda d: ["build", str(_net(d, GOOD)), "--input-shape", "conv1=1,3,8,8"],
+         "--input-shape names conv1, which is not an input of this net"),
+]
