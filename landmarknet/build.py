@@ -77,6 +77,20 @@ class CaffeNet(fx.GraphModule):
         env = _BlobRecorder(self, set(wanted)).run_recording(*args)
         return {b: env[w] for b, w in zip(blobs, wanted)}
 
+    def run_layers(self, inputs: Mapping[str, torch.Tensor | np.ndarray],
+                   layers: Iterable[str]) -> dict[str, torch.Tensor]:
+        """Each named layer's first top as that layer wrote it (before later in-place layers),
+        which is how OpenCV and Caffe's per-layer tools address outputs."""
+        tops = {}
+        for name in layers:
+            info = next((i for i in self.layers.values() if i.node.name == name), None)
+            if info is None or not info.node.tops:
+                raise GraphError(f"no layer named '{name}' with a top in this net")
+            tops[name] = info.node.tops[0]
+        args = [torch.as_tensor(inputs[n]) for n in self.input_names]
+        env = _BlobRecorder(self, set(tops.values())).run_recording(*args)
+        return {name: env[ssa] for name, ssa in tops.items()}
+
     def _ssa(self, blob: str) -> str:
         if blob in self.caffe_graph.latest:
             return self.caffe_graph.latest[blob]

@@ -116,7 +116,7 @@ def load_blobs(net: CaffeNet, layers: Iterable[LayerBlobs], *, strict: bool = Fa
         with torch.no_grad():
             for i, arr in pending:
                 t = net.blob_tensor(module, i)
-                t.copy_(torch.from_numpy(np.ascontiguousarray(arr)).to(t.dtype))
+                t.copy_(torch.from_numpy(np.array(arr, order="C")).to(t.dtype))  # keeps 0-d
         report.copied.append(src.name)
     for module, info in net.layers.items():
         name = info.node.name

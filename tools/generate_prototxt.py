@@ -41,6 +41,12 @@ def _shape(s) -> str:
     return "x".join(str(d) for d in s)
 
 
+def _macs_text(macs: int) -> str:
+    if not macs:
+        return ""
+    return f"{macs / 1e6:.1f} M" if macs >= 1e5 else f"{macs / 1e3:.1f} k"
+
+
 def _type_of(layer) -> str:
     if layer.type == "Python":
         return f"Python:{layer.python_param.layer}"
@@ -266,9 +272,9 @@ def networks_markdown() -> str:
             if row["type"] == "ReLU":
                 continue
             tops = ", ".join(f"`{k}` {_shape(v)}" for k, v in row["tops"].items())
-            macs = f"{row['macs'] / 1e6:.1f} M" if row["macs"] else ""
+            macs = _macs_text(row["macs"])
             params = f"{row['params']:,}" if row["params"] else ""
-            dep = "yes" if row["deploy"] else "-"
+            dep = "" if row["type"] == "Input" else "yes" if row["deploy"] else "-"
             out.append(f"| `{row['name']}` | {row['type']} | {tops} | {params} | {macs} | {dep} |")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"

@@ -647,6 +647,9 @@ _KEY_SHAPE_DIM = _venc((1 << 3) | _LEN)
 
 
 def _as_f32(arr, where: str) -> np.ndarray:
+    """A C-contiguous little-endian float32 array (no copy when it already is one)."""
+    if hasattr(arr, "detach") and hasattr(arr, "cpu"):  # a torch tensor, maybe requiring grad
+        arr = arr.detach().cpu()
     try:
         # not np.ascontiguousarray: it turns 0-d arrays into 1-d ones
         a = np.asarray(arr, dtype="<f4", order="C")
