@@ -85,13 +85,15 @@ def _count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:
 # ----------------------------------------------------------------------------------------------
 
 def pool_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0,
-                     round_mode: str = "CEIL") -> int:
+                     round_mode: str = "CEIL", any_pad: bool | None = None) -> int:
     """Pooled extent along one axis, as PoolingLayer::Reshape (pooling_layer.cpp) computes it.
 
     ``out = ceil((size + 2*pad - kernel) / stride) + 1`` (``floor`` for round_mode FLOOR); then,
-    only when there is padding, one less if the last window would start at or beyond
-    ``size + pad`` (inside the right/bottom padding).
+    when the layer has padding in EITHER direction (``if (pad_h_ || pad_w_)`` in the C++, so
+    ``any_pad`` defaults to ``pad > 0`` for a single axis), one less if the last window would
+    start at or beyond ``size + pad`` (inside the right/bottom padding).
     """
+    any_pad = pad > 0 if any_pad is None else any_pad
     span = size + 2 * pad - kernel
     if round_mode.upper() == "CEIL":
         out = math.ceil(span / stride) + 1
@@ -99,7 +101,7 @@ def pool_output_size(size: int, kernel: int, stride: int = 1, pad: int = 0,
         out = math.floor(span / stride) + 1
     else:
         raise ValueError(f"unknown round_mode {round_mode!r}")
-    if pad > 0 and (out - 1) * stride >= size + pad:
+    if any_pad and (out - 1) * stride >= size + pad:
         out -= 1
     return out
 
@@ -238,8 +240,8 @@ def pooling(x, *, pool="MAX", kernel_size=None, kernel_h=None, kernel_w=None, st
         ph, pw = _pair(pad, pad_h, pad_w, "pad")
         if (ph or pw) and (ph >= kh or pw >= kw):
             raise ValueError("Caffe requires pad < kernel")
-    oh = pool_output_size(h, kh, sh, ph, round_mode)
-    ow = pool_output_size(w, kw, sw, pw, round_mode)
+    oh = pool_output_size(h, kh, sh, ph, round_mode, any_pad=bool(ph or pw))
+    ow = pool_output_size(w, kw, sw, pw, round_mode, any_pad=bool(ph or pw))
 
     def starts_ends(size, k, s, p, o):
         start = np.arange(o) * s - p
