@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/landmarknet build prototxt/heatmap4_68_deploy.prototxt
+	$(VENV)/bin/landmarknet build prototxt/heatmap4_68/deploy.prototxt
 
 test: setup
 	$(PY) -m pytest -q
