@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.prototxt import ParsedNet, read_net
-from landmarknet.errors import GraphError, LandmarknetError, ShapeError
+from landmarknet.errors import GraphError, LandmarknetError, LayerError, ShapeError
 from landmarknet.fillers import fill
 from landmarknet.graph import Graph, NetState, Node, build_graph, python_identifier
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, converter_for
@@ -228,6 +228,7 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
 
     # Pass 1: shapes, on meta.
     infos: dict[str, LayerInfo] = {}
+    meta_built: dict[str, Built] = {}
     for node in graph.nodes:
         spec = _spec(node, [blob_shapes[b] for b in node.bottoms], state)
         built, tops = _infer(node, spec)
@@ -240,27 +241,17 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
         if not weights:
             weights = [built.default_loss_weight if i == 0 else 0.0 for i in range(len(node.tops))]
         infos[node.module] = LayerInfo(node, spec.bottom_shapes, tops, built.blobs, weights)
+        meta_built[node.module] = built
 
     # Pass 2: the real modules, filled.
     root = nn.Module()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for node in graph.nodes:
         info = infos[node.module]
-        spec = _spec(node, info.bottom_shapes, state)
-        with torch.device(device):
-            built = converter_for(spec)(spec)
+        built = _materialise(meta_built[node.module], _spec(node, info.bottom_shapes, state),
+                             device)
         for slot in built.blobs:
-            tensor = _get_tensor(built.module, slot.attr)
-            if tuple(tensor.shape) != tuple(slot.shape):
-                raise spec.error(f"internal: blob {slot.attr} has shape {list(tensor.shape)}, "
-                                 f"declared {list(slot.shape)}")
-            if tensor.device.type == "cpu":
-                fill(tensor, slot.filler, gen)
-            else:  # fill on the CPU generator so results do not depend on the device
-                cpu = torch.empty(tensor.shape)
-                fill(cpu, slot.filler, gen)
-                with torch.no_grad():
-                    tensor.copy_(cpu)
+            _fill_slot(built.module, slot, gen)
         info.blobs = built.blobs
         root.add_module(node.module, built.module)
     _share_params(root, infos)
@@ -269,6 +260,37 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
     net = CaffeNet(root, fx_graph, graph, infos, blob_shapes)
     net.train(phase == "train")
     return net
+
+
+def _materialise(built: Built, spec: LayerSpec, device: str | torch.device) -> Built:
+    """The meta-built layer on the real device, storage uninitialised (fillers come next).
+
+    Converters must not compute values in __init__ (the registry's contract), so to_empty is
+    enough when every non-empty tensor of the module is a Caffe blob; a module that holds other
+    tensors is built again on the device instead, so nothing it computed is lost.
+    """
+    blob_attrs = {slot.attr for slot in built.blobs}
+    tensors = list(built.module.named_parameters()) + list(built.module.named_buffers())
+    if all(name in blob_attrs or t.numel() == 0 for name, t in tensors):
+        built.module.to_empty(device=device)
+        return built
+    with torch.device(device):
+        return converter_for(spec)(spec)
+
+
+def _fill_slot(module: nn.Module, slot: BlobSlot, gen: torch.Generator) -> None:
+    """Apply the slot's Caffe filler (on the CPU generator, so results are device-independent)."""
+    tensor = _get_tensor(module, slot.attr)
+    if tuple(tensor.shape) != tuple(slot.shape):
+        raise LayerError(f"internal: blob {slot.attr} has shape {list(tensor.shape)}, declared "
+                         f"{list(slot.shape)}")
+    if tensor.device.type == "cpu":
+        fill(tensor, slot.filler, gen)
+        return
+    cpu = torch.empty(tensor.shape)
+    fill(cpu, slot.filler, gen)
+    with torch.no_grad():
+        tensor.copy_(cpu)
 
 
 def reserved_names() -> frozenset[str]:

@@ -191,12 +191,15 @@ def save_weights(net: CaffeNet, path: str | os.PathLike,
                  net_param: caffe_pb2.NetParameter | None = None) -> None:
     """Save the net's weights as .caffemodel, .h5/.hdf5 or .pt/.pth, by extension."""
     path = Path(path)
-    if path.suffix.lower() in PT_SUFFIXES:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
-        os.replace(tmp, path)
-        return
-    write_weights(path, net_blobs(net), net_param)
+    try:
+        if path.suffix.lower() in PT_SUFFIXES:
+            tmp = path.with_name(path.name + ".tmp")
+            torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, tmp)
+            os.replace(tmp, path)
+            return
+        write_weights(path, net_blobs(net), net_param)
+    except OSError as exc:  # a folder that does not exist, no permission, a full disk
+        raise WeightsError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def copy_selector(names: Iterable[str] | None = None, upto: str | None = None,

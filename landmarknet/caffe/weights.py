@@ -36,13 +36,7 @@ import numpy as np
 
 from landmarknet.caffe import caffe_pb2
 
-try:
-    from landmarknet.errors import WeightsError
-except ImportError:  # pragma: no cover - until errors.py defines it
-    from landmarknet.errors import LandmarknetError
-
-    class WeightsError(LandmarknetError):  # type: ignore[no-redef]
-        """A weights file is missing, unreadable or malformed."""
+from landmarknet.errors import WeightsError
 
 
 __all__ = [
