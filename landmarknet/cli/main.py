@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "build": "landmarknet.cli.build",
     "forward": "landmarknet.cli.forward",
     "convert": "landmarknet.cli.convert",
+    "train": "landmarknet.cli.train",
+    "evaluate": "landmarknet.cli.evaluate",
 }
 
 

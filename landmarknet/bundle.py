@@ -1,0 +1,55 @@
+"""Writing model bundles (the folder :class:`landmarknet.infer.LandmarkModel` loads).
+
+``save_bundle(dir, net, deploy_prototxt, ...)`` writes ``deploy.prototxt`` (copied),
+``<name>.caffemodel`` (the net's weights, atomically) and ``model.json`` (format 1, see
+:mod:`landmarknet.infer`), then loads the bundle back once to check it is complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Optional
+
+from landmarknet.infer import FORMAT, MODEL_JSON
+
+
+def save_bundle(folder, net, deploy_prototxt, scheme: int, input_size: int, decoding: dict,
+                metrics: Optional[dict] = None, provenance: Optional[dict] = None, *,
+                crop_scale: float = 1.25, crop_shift=(0.0, 0.0), mean=127.5,
+                scale: float = 1.0 / 128, channels: str = "BGR", name: Optional[str] = None,
+                input_blob: str = "data", check: bool = True) -> Path:
+    """Write a bundle folder; ``decoding`` is model.json's "output" section."""
+    from landmarknet.caffe.prototxt import read_net
+    from landmarknet.params import save_weights
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = name or folder.name
+    deploy_dst = folder / "deploy.prototxt"
+    if Path(deploy_prototxt).resolve() != deploy_dst.resolve():
+        shutil.copyfile(deploy_prototxt, deploy_dst)
+    weights = folder / f"{name}.caffemodel"
+    for old in folder.glob("*.caffemodel"):
+        if old != weights:
+            old.unlink()
+    save_weights(net, weights, read_net(deploy_dst).net)
+    spec = {
+        "format": FORMAT, "name": name, "scheme": int(scheme),
+        "prototxt": "deploy.prototxt", "weights": weights.name,
+        "input": {"blob": input_blob, "channels": channels,
+                  "mean": mean if isinstance(mean, (int, float)) else list(mean),
+                  "scale": float(scale)},
+        "output": {k: v for k, v in decoding.items()},
+        "crop": {"size": int(input_size), "scale": float(crop_scale),
+                 "shift": [float(crop_shift[0]), float(crop_shift[1])], "box": "landmarks"},
+        "metrics": metrics or {}, "provenance": provenance or {},
+    }
+    tmp = folder / (MODEL_JSON + ".tmp")
+    tmp.write_text(json.dumps(spec, indent=1, default=str), encoding="utf-8")
+    os.replace(tmp, folder / MODEL_JSON)
+    if check:
+        from landmarknet.infer import LandmarkModel
+        LandmarkModel.load(folder)
+    return folder
