@@ -257,13 +257,18 @@ class Trainer:
         if cfg.compile:
             self.model = torch.compile(self.model)
         self.pred_blob = self._prediction_blob()
-        self.csv_fields = (["iter", "lr", "loss"] + [t for t, _ in self.loss_tops]
-                           + ["val_loss"] + [f"val_{t}" for t, _ in self.loss_tops]
+        self.csv_fields = (["iter", "lr", "loss"] + [self._col(t) for t, _ in self.loss_tops]
+                           + ["val_loss"] + [f"val_{self._col(t)}" for t, _ in self.loss_tops]
                            + ["val_nme_io", "val_nme_ip", "val_auc08", "val_fr08", "val_fr10",
                               "it_per_s", "elapsed_s", "bad_samples"])
         self.history: list[dict] = []
         self.last_snapshot: Optional[Path] = None
         self.last_val: Optional[dict] = None
+
+    @staticmethod
+    def _col(top: str) -> str:
+        """CSV column of a loss top; a top named like a fixed column ('loss') gets a prefix."""
+        return f"top_{top}" if top in ("iter", "lr", "loss", "elapsed_s", "it_per_s") else top
 
     # -- setup helpers ----------------------------------------------------------------------
     def _data_dirs(self):
@@ -462,7 +467,7 @@ class Trainer:
         wsum = sum(w * v for (_, w), v in zip(self.loss_tops, tops))
         res["val_loss"] = float(wsum)
         for (t, _), v in zip(self.loss_tops, tops):
-            res[f"val_{t}"] = float(v)
+            res[f"val_{self._col(t)}"] = float(v)
         if preds:
             m = evaluate_points(np.concatenate(preds), np.concatenate(gts), self.scheme)
             self.last_val = m
@@ -549,10 +554,10 @@ class Trainer:
         FigureCanvasAgg(fig)
         ax1 = fig.add_subplot(1, 2, 1)
         for t, _ in self.loss_tops:
-            x, y = series(t)
+            x, y = series(self._col(t))
             if x:
                 line, = ax1.plot(x, y, label=t)
-                xv, yv = series(f"val_{t}")
+                xv, yv = series(f"val_{self._col(t)}")
                 if xv:
                     ax1.plot(xv, yv, "--", color=line.get_color(), marker="o", ms=3)
         ax1.set_yscale("log")
@@ -616,7 +621,8 @@ class Trainer:
                 if log_every and it % log_every == 0:
                     sm = np.mean(np.array(window), axis=0)
                     now = time.perf_counter()
-                    row.update(loss=sm[0], **{t: v for (t, _), v in zip(self.loss_tops, sm[1:])})
+                    row["loss"] = sm[0]
+                    row.update({self._col(t): v for (t, _), v in zip(self.loss_tops, sm[1:])})
                     row["it_per_s"] = (it + 1 - it_last) / max(now - t_last, 1e-9)
                     t_last, it_last = now, it + 1
                 if row and self.is_main:
