@@ -16,8 +16,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The main job: faces and 68 landmarks on the shipped sample pictures, written to out/.
 run: setup
-	$(VENV)/bin/landmarknet build prototxt/heatmap4_68/deploy.prototxt
+	$(VENV)/bin/landmarknet detect samples/ -o out/ --show-heatmaps
 
 test: setup
 	$(PY) -m pytest -q

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 REFINEMENTS = ("taylor", "quarter", "none")
+REGRESSION_UNITS = ("unit", "fraction", "pixel", "centered")
 
 
 def heatmap_argmax(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,22 +126,25 @@ def decode_heatmaps(heatmaps: np.ndarray, *, stride: float = 1.0, offset: float 
     return pts * stride + off, values
 
 
-def decode_regression(values: np.ndarray, n_points: int, *, unit: str = "fraction",
+def decode_regression(values: np.ndarray, n_points: int, *, unit: str = "unit",
                       size: int = 1) -> np.ndarray:
     """(N, 2K) x0, y0, x1, y1, ... -> (N, K, 2) crop pixels.
 
-    ``unit``: "fraction" (crop pixels / size: the labels ``pack_hdf5`` writes), "pixel", or
-    "centered" ([-1, 1] across the crop's extent [-0.5, size - 0.5]).
+    ``unit``: "unit" ((x + 0.5) / size: the unit coordinates of landmarknet.layers.landmark,
+    0 and 1 at the crop's outer edges), "fraction" (x / size: the labels
+    ``formats.pack_hdf5`` writes), "pixel", or "centered" ([-1, 1] across the crop's edges).
     """
     v = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
     if v.shape[1] != 2 * n_points:
         raise ValueError(f"a regression output of {v.shape[1]} values does not hold {n_points} "
                          f"points (expected {2 * n_points})")
     p = v.reshape(-1, n_points, 2)
+    if unit == "unit":
+        return p * size - 0.5
     if unit == "fraction":
         return p * size
     if unit == "pixel":
         return p
     if unit == "centered":
         return (p + 1) * size / 2 - 0.5
-    raise ValueError(f"regression unit must be fraction, pixel or centered, got {unit!r}")
+    raise ValueError(f"regression unit must be one of {REGRESSION_UNITS}, got {unit!r}")

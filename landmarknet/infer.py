@@ -24,7 +24,8 @@ below are errors so typos do not pass silently)::
                  "stride": 4, "offset": null,            # heatmap pixel u -> u*stride + offset
                  "channels": [0, 68],                    # which maps are the points
                  "refine": "taylor", "blur_sigma": 0.0,  # sub-pixel refinement (decode.py)
-                 "unit": "fraction"},                    # regression: fraction | pixel | centered
+                 "unit": "unit"},                        # regression: unit | fraction | pixel |
+                                                         # centered (decode.decode_regression)
       "crop": {"size": 112, "scale": 1.25, "shift": [0, 0], "box": "landmarks"},
       "box_calibration": {"mtcnn": [dx, dy, sw, sh], "haar": [...]},   # optional overrides
       "provenance": {...}, "metrics": {...}     # free-form: data, commit, command, NME ...
@@ -49,7 +50,8 @@ import torch
 
 from landmarknet.data.crop import CropPolicy, FaceCrop, crop_batch
 from landmarknet.data.schemes import get_scheme
-from landmarknet.decode import REFINEMENTS, decode_heatmaps, decode_regression
+from landmarknet.decode import (REFINEMENTS, REGRESSION_UNITS, decode_heatmaps,
+                                decode_regression)
 from landmarknet.detect import DetectError
 from landmarknet.detect.boxes import BoxCalibration
 
@@ -147,6 +149,9 @@ class ModelSpec:
         decoding = out.get("decoding", "heatmap")
         if decoding not in ("heatmap", "regression"):
             raise ValueError(f"output decoding must be heatmap or regression, got {decoding!r}")
+        if decoding == "regression" and out.get("unit") not in REGRESSION_UNITS:
+            raise ValueError(f"a regression model must say its output.unit, one of "
+                             f"{REGRESSION_UNITS} (got {out.get('unit')!r})")
         refine = out.get("refine", "taylor")
         if refine not in REFINEMENTS:
             raise ValueError(f"output refine must be one of {REFINEMENTS}, got {refine!r}")
@@ -157,7 +162,7 @@ class ModelSpec:
                    decoding, float(out.get("stride", 1.0)),
                    None if out.get("offset") is None else float(out["offset"]),
                    None if chans is None else (int(chans[0]), int(chans[1])), refine,
-                   float(out.get("blur_sigma", 0.0)), str(out.get("unit", "fraction")), crop, cal,
+                   float(out.get("blur_sigma", 0.0)), str(out.get("unit", "unit")), crop, cal,
                    raw)
 
 
@@ -223,7 +228,7 @@ class LandmarkModel:
         return self.spec.decoding == "heatmap"
 
     def calibration(self, detector: Optional[str]) -> BoxCalibration:
-        """The box calibration for a detector: model.json's, else the built-in one, else identity."""
+        """A detector's box calibration: model.json's, else the built-in one, else identity."""
         if detector is None or detector == "landmarks":
             return BoxCalibration()
         if detector in self.spec.calibrations:

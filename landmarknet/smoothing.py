@@ -72,7 +72,7 @@ class FaceTracker:
     """Per-face One-Euro smoothing of points (and boxes) across the frames of a video."""
 
     min_cutoff: float = 1.0
-    beta: float = 2.0
+    beta: float = 5.0
     d_cutoff: float = 1.0
     iou_threshold: float = 0.3
     max_missing: int = 5

@@ -32,8 +32,9 @@ example:
 #: The bundle (a folder under weights/) used when --model is not given; None: look for one.
 DEFAULT_MODEL: Optional[str] = None
 
-NO_MODEL_NOTE = ("no landmark model bundle found in weights/; detection boxes and MTCNN's 5 "
-                 "points are reported")
+NO_MODEL_NOTE = "no landmark model bundle found in weights/"
+_REPORTED = {"mtcnn": "detection boxes and MTCNN's 5 points are reported",
+             "haar": "detection boxes are reported (the Haar detector gives no points)"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -120,13 +121,13 @@ class _Run:
 
 
 def resolve_model(value: Optional[str]):
-    """The LandmarkModel to use (or None) and a note for the user."""
+    """The LandmarkModel to use and a note for the user, or None and the reason there is none."""
     from landmarknet.infer import LandmarkModel, ModelError, find_bundles
     from landmarknet.paths import REPO_ROOT
 
     weights = REPO_ROOT / "weights"
     if value is not None and value.lower() == "none":
-        return None, "landmark model: none (--model none); the detector's points are reported"
+        return None, "no landmark model (--model none)"
     if value is None and DEFAULT_MODEL is not None:
         value = str(weights / DEFAULT_MODEL)
     if value is not None:
@@ -146,8 +147,9 @@ def resolve_model(value: Optional[str]):
         chosen = (flagged or bundles)[0]
         model = LandmarkModel.load(chosen)
         return model, f"landmark model: {model.name} ({chosen})"
-    return None, (f"several landmark model bundles in weights/ ({', '.join(b.name for b in bundles)})"
-                  "; choose one with --model; detection boxes and MTCNN's 5 points are reported")
+    names = ", ".join(b.name for b in bundles)
+    return None, (f"several landmark model bundles in weights/ ({names})"
+                  " and none marked \"default\": true; choose one with --model")
 
 
 def _is_default(bundle: Path) -> bool:
@@ -168,9 +170,8 @@ def run(args: argparse.Namespace) -> int:
     if args.min_face < 12:
         raise UsageError(f"--min-face must be at least 12 pixels, got {args.min_face}")
     model, note = resolve_model(args.model)
-    if model is None and args.detector == "haar":
-        note = note.replace("detection boxes and MTCNN's 5 points are reported",
-                            "detection boxes are reported (the Haar detector gives no points)")
+    if model is None:
+        note = f"{note}; {_REPORTED[args.detector]}"
     detector = get_detector(args.detector, min_face=args.min_face)
     out_dir = args.out_dir
     try:
@@ -213,7 +214,8 @@ def _expand(inputs: list[str]) -> list[_Item]:
             try:
                 entries = folder_entries(path)
             except OSError as exc:
-                items.append(_Item(path, "error", f"{path}: cannot list the folder ({exc.strerror})"))
+                items.append(_Item(path, "error",
+                                   f"{path}: cannot list the folder ({exc.strerror})"))
                 continue
             if not entries:
                 items.append(_Item(path, "error", f"{path}: folder has no images or videos "
@@ -253,8 +255,11 @@ def _error(r: _Run, path: Path, message: str, name: Optional[str] = None) -> Non
 
 
 def _write_json(r: _Run, name: str, obj) -> None:
+    """NAME.json: the object on one line; a video's list with one frame per line."""
+    text = (json.dumps(obj) if isinstance(obj, dict)
+            else "[\n" + ",\n".join(json.dumps(o) for o in obj) + "\n]")
     try:
-        (r.out_dir / f"{name}.json").write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+        (r.out_dir / f"{name}.json").write_text(text + "\n", encoding="utf-8")
     except OSError as exc:
         print(f"detect: cannot write {r.out_dir / (name + '.json')}: {exc.strerror}",
               file=sys.stderr, flush=True)

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "convert": "landmarknet.cli.convert",
     "train": "landmarknet.cli.train",
     "evaluate": "landmarknet.cli.evaluate",
+    "detect": "landmarknet.cli.detect",
 }
 
 

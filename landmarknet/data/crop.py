@@ -75,7 +75,7 @@ class CropPolicy:
 
 @dataclass(frozen=True)
 class Jitter:
-    """A random perturbation of the crop for training: scale factor, shift (of side), angle (deg)."""
+    """A random perturbation of the crop for training: scale, shift (of the side), angle (deg)."""
 
     scale: float = 1.0
     dx: float = 0.0

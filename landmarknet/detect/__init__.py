@@ -1,4 +1,4 @@
-"""Face detection: MTCNN through landmarknet's own Caffe importer, OpenCV's Haar cascade as fallback.
+"""Face detection: MTCNN through landmarknet's own Caffe importer, Haar cascade fallback.
 
 A detector takes a BGR ``uint8`` image (H, W, 3) and returns :class:`Face` records: a box
 ``(x, y, w, h)`` in pixels (pixel centres at integer coordinates), a score and, for MTCNN, five

@@ -112,11 +112,12 @@ class BoxCalibration:
 
     @classmethod
     def fit(cls, detected: np.ndarray, reference: np.ndarray) -> "BoxCalibration":
-        """The calibration taking detector boxes to reference boxes (medians, robust to outliers)."""
+        """The calibration taking detector boxes to reference boxes (medians: robust)."""
         d = np.asarray(detected, dtype=np.float64).reshape(-1, 4)
         r = np.asarray(reference, dtype=np.float64).reshape(-1, 4)
         if len(d) == 0 or len(d) != len(r):
-            raise ValueError(f"need as many detected as reference boxes (>0), got {len(d)}/{len(r)}")
+            raise ValueError(f"need as many detected as reference boxes (> 0), got "
+                             f"{len(d)} / {len(r)}")
         dcx, dcy = d[:, 0] + d[:, 2] / 2, d[:, 1] + d[:, 3] / 2
         rcx, rcy = r[:, 0] + r[:, 2] / 2, r[:, 1] + r[:, 3] / 2
         return cls(float(np.median((rcx - dcx) / d[:, 2])), float(np.median((rcy - dcy) / d[:, 3])),

@@ -38,7 +38,7 @@ def overlay(image: np.ndarray, faces: Sequence[FaceResult], indices: bool = Fals
         if face.landmarks is None:
             continue
         face_unit = max(bw, bh)
-        radius = max(1, int(round(face_unit / 90)))
+        radius = max(2, int(round(face_unit / 60)))
         for k, (px, py) in enumerate(face.landmarks):
             c = (int(round(px)), int(round(py)))
             cv2.circle(out, c, radius + unit, (0, 0, 0), -1, cv2.LINE_AA)
@@ -78,7 +78,7 @@ def heatmap_figure(path: str | os.PathLike, faces: Sequence[FaceResult], title: 
         ax.axis("off")
     for i, face in enumerate(faces):
         crop = face.crop
-        rgb = crop[:, :, 0] if crop.shape[2] == 1 else crop[:, :, ::-1]
+        rgb = crop[:, :, 0] if crop.shape[2] == 1 else crop
         size = crop.shape[0]
         r = i * rows_per_face
         ax = axes[r, 0]

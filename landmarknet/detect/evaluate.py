@@ -8,8 +8,8 @@ landmark model to get NME with the detector's boxes beside NME with ground-truth
 The reference box is the bounding box of the ground-truth points (what training crops from);
 detector boxes are compared after their :class:`BoxCalibration` to that kind of box
 (``DEFAULT_CALIBRATIONS``, measured with ``fit_box_calibration``), so IoU means "how well would
-the crop be placed". ``match="centroid"`` instead takes the detection whose box contains the
-points' centroid and is nearest to it (used to fit calibrations, when IoU is not yet meaningful).
+the crop be placed". A face counts as found when a detection's box holds the points' centroid
+and is of a plausible size (see ``detector_box_stats``).
 """
 from __future__ import annotations
 
@@ -23,10 +23,18 @@ from landmarknet.detect import Detector, DetectError, ImageError, get_detector
 from landmarknet.detect.boxes import BoxCalibration, iou_matrix, points_box
 
 #: (detector, points in the scheme) -> calibration from the detector's box to the bounding box of
-#: the scheme's points. Measured by ``fit_box_calibration`` (match="centroid", medians) on the
-#: TRAIN splits only: ytf68/train, ytf77/train (every 3rd sample) and cuhk5 partition 0 (every
-#: 5th sample); see tools/dev/fit_box_calibration.py.
-DEFAULT_CALIBRATIONS: dict[tuple[str, int], BoxCalibration] = {}
+#: the scheme's points. Measured by ``fit_box_calibration`` (match="centroid", no size check,
+#: medians) on the TRAIN splits only: ytf68/train, ytf77/train (every 3rd sample) and cuhk5
+#: partition 0 (every 5th sample); see tools/dev/fit_box_calibration.py.
+DEFAULT_CALIBRATIONS: dict[tuple[str, int], BoxCalibration] = {
+    # comments: samples; faces not found (centroid match); median IoU after calibration
+    ("mtcnn", 68): BoxCalibration(0.0270, 0.1446, 1.0743, 0.7796),  # 1013; 0.0%; 0.867
+    ("mtcnn", 77): BoxCalibration(0.0298, 0.0768, 1.0752, 0.9126),  # 996; 0.0%; 0.884
+    ("mtcnn", 5): BoxCalibration(0.0100, 0.0698, 0.4671, 0.3899),  # 1053; 0.3%; 0.728
+    ("haar", 68): BoxCalibration(-0.0102, 0.1667, 0.8947, 0.8566),  # 1013; 3.1%; 0.773
+    ("haar", 77): BoxCalibration(-0.0046, 0.0908, 0.8974, 1.0127),  # 996; 2.5%; 0.778
+    ("haar", 5): BoxCalibration(-0.0058, 0.0714, 0.3907, 0.4316),  # 1053; 5.5%; 0.798
+}
 
 
 @dataclass
@@ -38,6 +46,7 @@ class BoxStats:
     n_missed: int = 0
     n_unreadable: int = 0
     n_detections: int = 0
+    index: list[int] = field(default_factory=list)  # position in ``samples`` of each entry
     iou: list[float] = field(default_factory=list)  # per sample, 0 for a miss
     matched: list[Optional[np.ndarray]] = field(default_factory=list)  # raw detector box or None
     matched_points: list[Optional[np.ndarray]] = field(default_factory=list)  # detector's points
@@ -89,13 +98,16 @@ def _calibration_for(detector: Detector, n_points: int,
 
 def detector_box_stats(samples: Sequence, detector: Detector | str, *,
                        calibration: BoxCalibration | str | None = "auto",
-                       match: str = "iou", iou_threshold: float = 0.5,
-                       progress: bool = False) -> BoxStats:
+                       match: str = "centroid", max_size_ratio: float | None = 2.0,
+                       iou_threshold: float = 0.5, progress: bool = False) -> BoxStats:
     """Run ``detector`` on every sample's image; match its boxes to the annotated face.
 
-    ``match="iou"``: the detection with the highest IoU between its calibrated box and the points'
-    bounding box, a miss below ``iou_threshold``. ``match="centroid"``: the detection whose box
-    contains the points' centroid, nearest centre first. Unreadable images are counted apart.
+    ``match="centroid"`` (default; "was the face found?"): the detection whose box contains the
+    points' centroid, nearest centre first, and whose calibrated box's longer side is within
+    ``max_size_ratio`` of the points' box's (None: any size). ``match="iou"``: the detection
+    with the highest IoU between its calibrated box and the points' box, a miss below
+    ``iou_threshold`` (strict for 5-point boxes, which are small). IoU is reported either way.
+    Unreadable images are counted apart.
     """
     from landmarknet.detect.images import read_image
 
@@ -108,7 +120,7 @@ def detector_box_stats(samples: Sequence, detector: Detector | str, *,
     if progress:
         from tqdm import tqdm
         it = tqdm(samples, desc=f"{detector.name} boxes", unit="img")
-    for sample in it:
+    for i, sample in enumerate(it):
         try:
             image = read_image(sample.image_path).image
         except ImageError as exc:
@@ -122,6 +134,7 @@ def detector_box_stats(samples: Sequence, detector: Detector | str, *,
         faces = detector.detect(image)
         stats.seconds.append(time.perf_counter() - t0)
         stats.n += 1
+        stats.index.append(i)
         stats.n_detections += len(faces)
         stats.reference.append(ref)
         best, best_iou = None, 0.0
@@ -137,6 +150,9 @@ def detector_box_stats(samples: Sequence, detector: Detector | str, *,
                 c = pts.mean(0)
                 inside = ((raw[:, 0] <= c[0]) & (c[0] <= raw[:, 0] + raw[:, 2])
                           & (raw[:, 1] <= c[1]) & (c[1] <= raw[:, 1] + raw[:, 3]))
+                if max_size_ratio is not None:
+                    ratio = boxes[:, 2:].max(1) / max(ref[2:].max(), 1e-9)
+                    inside &= (ratio <= max_size_ratio) & (ratio >= 1 / max_size_ratio)
                 if inside.any():
                     centres = raw[:, :2] + raw[:, 2:] / 2
                     dist = np.where(inside, np.hypot(*(centres - c).T), np.inf)
@@ -162,3 +178,37 @@ def fit_box_calibration(stats: BoxStats) -> BoxCalibration:
         raise DetectError(f"{stats.detector}: no matched detections to fit a calibration on")
     det, ref = (np.stack(x) for x in zip(*pairs))
     return BoxCalibration.fit(det, ref)
+
+
+def nme_detector_vs_gt(samples: Sequence, model, stats: BoxStats) -> dict:
+    """A landmark model's metrics with the detector's boxes beside those with ground-truth boxes.
+
+    ``stats`` comes from :func:`detector_box_stats` on the same samples. Ground-truth boxes are the
+    points' bounding boxes (what training crops from); detector boxes go through the model's
+    calibration for ``stats.detector``. Returns counts, ``miss_rate`` and three metrics dicts
+    from :func:`landmarknet.metrics.evaluate_points`: "gt" over every readable face,
+    "detector_boxes" and "gt_on_found" over the faces the detector found (like with like).
+    """
+    from landmarknet.detect.images import read_image
+    from landmarknet.metrics import evaluate_points
+
+    gt_pts, pred_gt, pred_det, found = [], [], [], []
+    for j, i in enumerate(stats.index):
+        sample = samples[i]
+        image = read_image(sample.image_path).image
+        pts = np.asarray(sample.points, dtype=np.float64)
+        gt_pts.append(pts)
+        pred_gt.append(model.predict(image, points_box(pts)[None], "landmarks").points[0])
+        if stats.matched[j] is not None:
+            pred_det.append(model.predict(image, stats.matched[j][None], stats.detector).points[0])
+            found.append(len(gt_pts) - 1)
+    if not gt_pts:
+        raise DetectError("no readable samples to evaluate")
+    gt_all, pred_all = np.stack(gt_pts), np.stack(pred_gt)
+    out = {"n": len(gt_pts), "n_found": len(found), "miss_rate": stats.miss_rate,
+           "detector": stats.detector, "gt": evaluate_points(pred_all, gt_all, model.spec.scheme)}
+    if found:
+        out["gt_on_found"] = evaluate_points(pred_all[found], gt_all[found], model.spec.scheme)
+        out["detector_boxes"] = evaluate_points(np.stack(pred_det), gt_all[found],
+                                                model.spec.scheme)
+    return out

@@ -34,6 +34,10 @@ class HaarDetector:
     def __init__(self, cascade: str = DEFAULT_CASCADE, *, scale_factor: float = 1.1,
                  min_neighbors: int = 3, min_face: int = 20, max_input_side: int = 1280) -> None:
         """Load the cascade; images longer than ``max_input_side`` are searched downscaled."""
+        if not hasattr(cv2, "CascadeClassifier"):
+            raise DetectError(f"OpenCV {cv2.__version__} has no Haar cascade classifier (OpenCV 5 "
+                              "moved it out); install opencv-python-headless<5 or use "
+                              "--detector mtcnn")
         path = Path(cascade) if Path(cascade).is_file() else cascade_path(cascade)
         self.classifier = cv2.CascadeClassifier(str(path))
         if self.classifier.empty():
@@ -64,6 +68,6 @@ class HaarDetector:
         rects = np.asarray(rects, dtype=np.float64).reshape(-1, 4)
         counts = np.asarray(counts, dtype=np.float64).reshape(-1)
         if f < 1.0:
-            rects /= f  # corners and sizes scale alike (sub-pixel offsets are below Haar's precision)
+            rects /= f  # corners and sizes alike (sub-pixel offsets are below Haar's precision)
         order = np.argsort(-counts, kind="stable")
         return [Face(rects[i], counts[i]) for i in order]

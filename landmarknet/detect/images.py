@@ -143,7 +143,8 @@ def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
         raise ImageError(f"{path}: cannot be opened as a video")
     fps = cap.get(cv2.CAP_PROP_FPS)
     info = VideoInfo(fps if fps and np.isfinite(fps) and fps > 0 else 25.0,
-                     int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
+                     int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                     int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
                      int(max(cap.get(cv2.CAP_PROP_FRAME_COUNT), 0)))
     return cap, info
 

@@ -1,4 +1,4 @@
-"""MTCNN (Zhang et al. 2016) run by landmarknet: P-Net, R-Net, O-Net from their original Caffe files.
+"""MTCNN (Zhang et al. 2016) run by landmarknet: P-, R- and O-Net from their original Caffe files.
 
 The three nets are built from ``weights/mtcnn/det{1,2,3}.prototxt`` by :func:`build_net` and filled
 by :func:`load_weights` (strict). Everything around them follows the authors' MATLAB code
@@ -56,7 +56,8 @@ def _load_net(folder: Path, stem: str, size: int):
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    return net
+    # NHWC convolutions are about 1.5x faster on CPU here; results are the same (tested vs OpenCV).
+    return net.to(memory_format=torch.channels_last)
 
 
 def _fix(x: np.ndarray) -> np.ndarray:
@@ -114,7 +115,7 @@ def crop_boxes(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_blob(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, 3) RGB pixel values -> normalised N x 3 x W x H tensor (transposed, see module doc)."""
+    """(N, H, W, 3) RGB pixels -> normalised N x 3 x W x H tensor (transposed: see module doc)."""
     x = (np.asarray(images, dtype=np.float32) - MEAN) * SCALE
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 2, 1)))
 
@@ -164,7 +165,8 @@ class MTCNN:
         outs: dict[str, list[np.ndarray]] = {}
         with torch.inference_mode():
             for i in range(0, blob.shape[0], chunk):
-                for k, v in net(blob[i:i + chunk].to(self.device)).items():
+                x = blob[i:i + chunk].to(self.device).contiguous(memory_format=torch.channels_last)
+                for k, v in net(x).items():
                     outs.setdefault(k, []).append(v.float().cpu().numpy())
         return {k: np.concatenate(v) for k, v in outs.items()}
 
@@ -242,7 +244,8 @@ class MTCNN:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise DetectError(f"MTCNN expects a BGR uint8 image (H, W, 3), got {image.dtype} "
-                              f"{image.shape}; read images with landmarknet.detect.images.read_image")
+                              f"{image.shape}; read images with "
+                              "landmarknet.detect.images.read_image")
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         boxes = self.stage1(rgb)
         boxes = self.stage2(rgb, boxes)

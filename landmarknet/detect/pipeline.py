@@ -25,7 +25,7 @@ class FaceResult:
     landmarks: Optional[np.ndarray]
     confidence: Optional[float]
     heatmaps: Optional[np.ndarray] = None  # (K, h, w) when asked for
-    crop: Optional[np.ndarray] = None  # the model's input crop (S, S, C), with heatmaps
+    crop: Optional[np.ndarray] = None  # model input crop (S, S, 3 RGB or 1 gray), with heatmaps
     crop_points: Optional[np.ndarray] = None  # landmarks in crop pixels, with heatmaps
 
     def to_json(self) -> dict:
@@ -120,6 +120,8 @@ class Landmarker:
         image_pts = self.model.to_image(crop_pts, geoms) if len(geoms) else crop_pts
         maps = np.concatenate(maps_all) if maps_all else None
         crop_px = np.concatenate(crops) if crops else None
+        if crop_px is not None and self.model.spec.channels == "BGR":
+            crop_px = crop_px[..., ::-1]  # kept for display: RGB (or gray)
         per_face_seconds = (time.perf_counter() - t0) / max(1, len(owner))
         j = 0
         for i, p in enumerate(pending):

@@ -34,14 +34,15 @@ def main() -> None:
         det = get_detector(name)
         for k, samples in sets.items():
             st = detector_box_stats(samples, det, calibration="none", match="centroid",
-                                    progress=True)
+                                    max_size_ratio=None, progress=True)
             cal = fit_box_calibration(st)
-            after = detector_box_stats(samples, det, calibration=cal, match="iou")
+            after = detector_box_stats(samples, det, calibration=cal)
             row = {"n": st.n, "centroid_miss_rate": st.miss_rate, "calibration": cal.to_list(),
-                   "iou_miss_rate@0.5": after.miss_rate, "median_iou": after.median_iou,
+                   "miss_rate": after.miss_rate, "median_iou": after.median_iou,
                    "sec_per_img": st.summary()["seconds_per_image"]}
             out[f"{name}/{k}"] = row
-            print(f'    ("{name}", {k}): BoxCalibration({", ".join(f"{v:.4f}" for v in cal.to_list())}),'
+            values = ", ".join(f"{v:.4f}" for v in cal.to_list())
+            print(f'    ("{name}", {k}): BoxCalibration({values}),'
                   f"  # {json.dumps(row)}", flush=True)
 
 
