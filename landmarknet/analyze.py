@@ -101,6 +101,7 @@ class LayerStats:
     prefix: str  # name prefix of the group head
     source: str | None
     prototxt: str  # the layer's text format
+    detail: str = ""  # short parameter summary ('7×7 /2 p3 · 64', 'MAX 3×3 /2')
     loss_weights: list[float] = field(default_factory=list)
     is_input: bool = False
 
@@ -220,8 +221,8 @@ class NetStats:
                   f"| {t.layers} layers | {t.params:,} | {t.macs:,} | {t.flops:,} | {t.ops:,} "
                   f"| {human_bytes(t.memory)} |", ""]
         if self.uncounted_types:
-            lines += [f"Not counted (unknown cost): {', '.join(map(md_escape, self.uncounted_types))}.",
-                      ""]
+            types = ", ".join(map(md_escape, self.uncounted_types))
+            lines += [f"Not counted (unknown cost): {types}.", ""]
         lines += ["| # | layer | type | input | output | params | MACs | ops | memory |",
                   "|---:|---|---|---|---|---:|---:|---:|---:|"]
         for r in self.rows:
@@ -386,6 +387,80 @@ def layer_cost(info: LayerInfo, family: str, training: bool) -> tuple[int, int, 
     return 0, 0, False
 
 
+def layer_detail(t: str, p) -> str:
+    """A short parameter summary for a box: '7×7 /2 p3 · 64', 'MAX 3×3 /2', 'SUM' ..."""
+    try:
+        if t in ("Convolution", "Deconvolution") and p is not None:
+            cp = p.convolution_param
+            k = _pair(list(cp.kernel_size), cp.kernel_h if cp.HasField("kernel_h") else None,
+                      cp.kernel_w if cp.HasField("kernel_w") else None, 1)
+            s = _pair(list(cp.stride), cp.stride_h if cp.HasField("stride_h") else None,
+                      cp.stride_w if cp.HasField("stride_w") else None, 1)
+            pd = _pair(list(cp.pad), cp.pad_h if cp.HasField("pad_h") else None,
+                       cp.pad_w if cp.HasField("pad_w") else None, 0)
+            d = _pair(list(cp.dilation), None, None, 1)
+            parts = [_dims(k)]
+            if s != (1, 1):
+                parts.append("/" + _dims(s, short=True))
+            if pd != (0, 0):
+                parts.append("p" + _dims(pd, short=True))
+            if d != (1, 1):
+                parts.append("d" + _dims(d, short=True))
+            if cp.group > 1:
+                parts.append(f"g{cp.group}")
+            return " ".join(parts) + f" · {cp.num_output}"
+        if t == "InnerProduct" and p is not None:
+            return f"→ {p.inner_product_param.num_output}"
+        if t == "Pooling" and p is not None:
+            pp = p.pooling_param
+            method = ("MAX", "AVE", "STOCHASTIC")[pp.pool] if pp.pool in (0, 1, 2) else "?"
+            if pp.global_pooling:
+                return f"{method} global"
+            k = (pp.kernel_h, pp.kernel_w) if pp.HasField("kernel_h") else \
+                (pp.kernel_size, pp.kernel_size)
+            s = (pp.stride_h, pp.stride_w) if pp.HasField("stride_h") else (pp.stride, pp.stride)
+            pd = (pp.pad_h, pp.pad_w) if pp.HasField("pad_h") else (pp.pad, pp.pad)
+            text = f"{method} {_dims(k)}"
+            if s != (1, 1):
+                text += " /" + _dims(s, short=True)
+            if pd != (0, 0):
+                text += " p" + _dims(pd, short=True)
+            return text
+        if t == "Eltwise" and p is not None:
+            return ("PROD", "SUM", "MAX")[p.eltwise_param.operation]
+        if t == "LRN" and p is not None:
+            return f"size {p.lrn_param.local_size}"
+        if t == "Dropout" and p is not None:
+            return f"ratio {p.dropout_param.dropout_ratio:g}"
+        if t == "ReLU" and p is not None and p.relu_param.negative_slope:
+            return f"slope {p.relu_param.negative_slope:g}"
+        if t == "Concat" and p is not None:
+            ax = p.concat_param.axis
+            return f"axis {ax}" if ax != 1 else ""
+        if t == "Python" and p is not None:
+            return p.python_param.layer
+    except (AttributeError, IndexError, ValueError):
+        return ""
+    return ""
+
+
+def _pair(rep: list[int], h, w, default: int) -> tuple[int, int]:
+    if h is not None and w is not None:
+        return int(h), int(w)
+    if not rep:
+        return default, default
+    if len(rep) == 1:
+        return int(rep[0]), int(rep[0])
+    return int(rep[0]), int(rep[1])
+
+
+def _dims(pair: tuple[int, int], short: bool = False) -> str:
+    a, b = pair
+    if a == b:
+        return str(a) if short else f"{a}×{b}"
+    return f"{a}×{b}"
+
+
 def analyze(net: CaffeNet, *, bytes_per_element: int = BYTES_PER_ELEMENT) -> NetStats:
     """The per-layer analysis of a built net (see the module docstring for the rules)."""
     g = net.caffe_graph
@@ -444,7 +519,8 @@ def analyze(net: CaffeNet, *, bytes_per_element: int = BYTES_PER_ELEMENT) -> Net
             out_shapes=[list(s) for s in info.top_shapes], params=params, stats=stats,
             blobs=blobs, macs=int(macs), ops=int(ops), memory=int(memory), counted=counted,
             in_place=in_place, group=group, prefix="", source=node.source,
-            prototxt=_layer_text(node.param), loss_weights=list(info.loss_weights)))
+            prototxt=_layer_text(node.param), detail=layer_detail(node.type, node.param),
+            loss_weights=list(info.loss_weights)))
     by_module = {r.module: r for r in rows}
     for r in rows:
         r.prefix = name_prefix(by_module[r.group].name)

@@ -9,6 +9,7 @@ earlier ones keep the old. Names are given in layer order, never by looking at t
 from __future__ import annotations
 
 import re
+from urllib.parse import quote, unquote
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,19 +68,22 @@ def layer_included(layer: caffe_pb2.LayerParameter, state: NetState) -> bool:
 def module_name(layer_name: str, reserved: frozenset[str] = frozenset()) -> str:
     """A layer name made safe as a torch submodule name, reversibly.
 
-    '%' and '.' are escaped ('%25', '%2E'); a name that would shadow an attribute of the module
-    class (a layer called 'loss', 'train' or 'forward') gets a trailing '%', which cannot occur
-    otherwise because every '%' of the original is escaped.
+    Every character outside letters, digits and ``_-/`` is percent-encoded ('.' too, which
+    torch reads as a path). This matters beyond readability: torch.fx pastes submodule names
+    into the Python source it generates for ``forward``, so a quote, backslash or newline from a
+    prototxt must never reach it as such. A name that would shadow an attribute of the module
+    class (a layer called 'loss', 'train' or 'forward') gets a trailing '%', which the encoding
+    itself never produces.
     """
-    escaped = layer_name.replace("%", "%25").replace(".", "%2E")
+    escaped = quote(layer_name, safe="/-_").replace(".", "%2E").replace("~", "%7E")
     return escaped + "%" if escaped in reserved else escaped
 
 
 def layer_name_of(module: str) -> str:
     """Inverse of module_name."""
-    if module.endswith("%"):
+    if module.endswith("%") and not module.endswith("%25"):
         module = module[:-1]
-    return module.replace("%2E", ".").replace("%25", "%")
+    return unquote(module)
 
 
 def python_identifier(name: str) -> str:

@@ -105,10 +105,25 @@ def test_missing_bottom_explains_cycle_phase_and_typo():
 
 def test_module_names_are_reversible():
     reserved = frozenset({"loss", "train"})
-    for name in ["conv1/7x7_s2", "a.b.c", "50%.x", "inception_3a/1x1", "loss", "train", "loss%"]:
+    for name in ["conv1/7x7_s2", "a.b.c", "50%.x", "inception_3a/1x1", "loss", "train", "loss%",
+                 'q"uote', "back\\slash", "new\nline", "sp ace", "ünï", "x%", "a~b"]:
         assert layer_name_of(module_name(name, reserved)) == name
         assert "." not in module_name(name, reserved)
     assert module_name("loss", reserved) != module_name("loss%", reserved)
+    assert all(c.isalnum() or c in "_-/%" for c in module_name('a"\\\n b.c', reserved))
+
+
+def test_layer_names_cannot_inject_code_into_generated_forward(tmp_path):
+    """torch.fx writes submodule names into Python source: a crafted name must stay a name."""
+    marker = tmp_path / "ran"
+    evil = f'x")\nopen("{marker}", "w")\n#'
+    text = ('input: "x" input_shape { dim: 1 dim: 2 }\n'
+            f'layer {{ name: "{evil.replace(chr(34), chr(92) + chr(34)).replace(chr(10), chr(92) + "n")}" '
+            'type: "ReLU" bottom: "x" top: "y" }')
+    net = build_net(parse_net(text))
+    assert [i.node.name for i in net.layers.values()] == [evil]
+    net(torch.zeros(1, 2))
+    assert not marker.exists()
 
 
 SHARED = """

@@ -451,7 +451,7 @@ def read_solver(path: str | os.PathLike, *, strict: bool = True) -> caffe_pb2.So
 
 def to_text(msg: _message.Message) -> str:
     """Caffe text format of a message (nets, solvers, layers)."""
-    return text_format.MessageToString(msg, float_format=".9g")
+    return text_format.MessageToString(msg)
 
 
 def write_text(msg: _message.Message, path: str | os.PathLike) -> None:

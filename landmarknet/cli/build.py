@@ -12,6 +12,7 @@ EXAMPLE = """\
 example:
   landmarknet build prototxt/heatmap4_68_deploy.prototxt --input-shape data=1,3,112,112
   landmarknet build deploy.prototxt --weights net.caffemodel --save net.pt --json
+  landmarknet build deploy.prototxt --save net.pt --emit-python net.py   # leave with plain torch
 """
 
 
@@ -30,6 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", type=Path, metavar="OUT",
                    help="write the weights as .caffemodel, .h5 or .pt (by extension)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.add_argument("--emit-python", type=Path, metavar="OUT.py",
+                   help="write a standalone PyTorch module file of the net (needs only torch; "
+                   "loads the .pt that --save writes)")
+    p.add_argument("--emit-stubs", action="store_true",
+                   help="with --emit-python: placeholders for layer types it cannot express")
     p.set_defaults(func=run)
 
 
@@ -47,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         from landmarknet.caffe.prototxt import read_net
         save_weights(net, args.save, read_net(args.prototxt, strict=not args.lenient).net)
+    if args.emit_python:
+        from landmarknet.emit import emit_python
+        emit_python(net, args.emit_python, stubs=args.emit_stubs)
     rows = net_summary(net)
     inputs = {i.name: list(i.shape) for i in net.caffe_graph.inputs}
     outputs = {net.caffe_graph.blob_of[t]: list(net.blob_shapes[t])
@@ -61,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
             print(textwrap.indent(report.render(), "  "))
         if args.save:
             print(f"saved weights to {args.save}")
+        if args.emit_python:
+            print(f"wrote {args.emit_python}")
     return 0
 
 

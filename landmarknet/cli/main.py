@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "train": "landmarknet.cli.train",
     "evaluate": "landmarknet.cli.evaluate",
     "detect": "landmarknet.cli.detect",
+    "visualize": "landmarknet.cli.visualize",
+    "export": "landmarknet.cli.export",
 }
 
 

@@ -1,0 +1,219 @@
+"""ONNX export: ONNX Runtime must match our forward within 1e-4 relative on real nets (with their
+trained weights where the zoo has them), with the opset, names and batch handling we promise."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from landmarknet.build import build_net
+from landmarknet.caffe.prototxt import parse_net
+from landmarknet.cli import main as cli_main
+from landmarknet.export import (CAFFE2ONNX_INSTALL, DEFAULT_OPSET, ExportError,
+                                caffe2onnx_crosscheck, compare, export_onnx, ort_outputs,
+                                random_inputs, run_caffe2onnx)
+from landmarknet.params import load_weights, randomize
+
+TOL = 1e-4
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = sorted((REPO / "prototxt").glob("*/deploy.prototxt"))
+
+# AVE pooling whose last window is clipped (ceil rounding), with and without padding.
+CEIL_AVE = """name: "ceil_ave"
+input: "data" input_shape { dim: 1 dim: 2 dim: 7 dim: 7 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
+layer { name: "pool_pad" type: "Pooling" bottom: "conv" top: "pool_pad"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "pool_far" type: "Pooling" bottom: "conv" top: "pool_far"
+        pooling_param { pool: AVE kernel_size: 2 stride: 3 } }
+"""
+
+
+def _export_and_check(net, tmp_path, **kw):
+    rep = export_onnx(net, tmp_path / "model.onnx", **kw)
+    print(f"\n[{net.caffe_graph.name}]\n" + rep.render())
+    assert rep.checks, "nothing was compared"
+    assert rep.ok, rep.render()
+    assert rep.max_rel <= TOL
+    return rep
+
+
+@pytest.mark.parametrize("name", ["mtcnn_det1/det1", "mtcnn_det2/det2", "mtcnn_det3/det3"])
+def test_mtcnn_with_trained_weights(zoo, tmp_path, name):
+    net = build_net(zoo / f"{name}.prototxt")
+    report = load_weights(net, zoo / f"{name}.caffemodel", strict=True)
+    assert report.ok
+    rep = _export_and_check(net, tmp_path)
+    model = onnx.load(str(rep.path))
+    assert model.opset_import[0].version == DEFAULT_OPSET >= 19
+    assert [i.name for i in model.graph.input] == net.input_names
+    assert [o.name for o in model.graph.output] == [c.name for c in rep.checks]
+    # trained weights give non-trivial outputs (the comparison is not of zeros)
+    assert all(c.max_abs_ref > 1e-3 for c in rep.checks)
+
+
+def test_dynamic_batch_is_checked_at_two_batch_sizes(zoo, tmp_path):
+    net = build_net(zoo / "mtcnn_det2/det2.prototxt")
+    load_weights(net, zoo / "mtcnn_det2/det2.caffemodel", strict=True)
+    rep = _export_and_check(net, tmp_path, dynamic_batch=True)
+    assert rep.extra_batch == 2 and rep.extra_checks
+    feeds = random_inputs(net, seed=5, batch=4)
+    out = ort_outputs(rep.path, feeds)
+    assert all(v.shape[0] == 4 for v in out.values())
+
+
+def test_ceil_mode_average_pooling_at_the_default_opset(tmp_path):
+    net = build_net(parse_net(CEIL_AVE, path="ceil_ave.prototxt"))
+    randomize(net, 0)
+    assert [tuple(net.blob_shapes[b]) for b in ("pool", "pool_pad", "pool_far")] == \
+        [(1, 3, 3, 3), (1, 3, 4, 4), (1, 3, 3, 3)]
+    rep = _export_and_check(net, tmp_path)
+    assert not rep.notes
+    # an older opset is allowed but the report warns about the AVE layers
+    old = export_onnx(net, tmp_path / "old.onnx", opset=17)
+    assert any("pool_pad" in n for n in old.notes)
+
+
+def test_a_wrong_model_fails_the_check(zoo, tmp_path):
+    """The check compares real numbers: perturb the ONNX weights and it must fail."""
+    net = build_net(zoo / "mtcnn_det1/det1.prototxt")
+    load_weights(net, zoo / "mtcnn_det1/det1.caffemodel", strict=True)
+    rep = export_onnx(net, tmp_path / "m.onnx")
+    model = onnx.load(str(rep.path))
+    init = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    arr = onnx.numpy_helper.to_array(init).copy()
+    arr *= 1.01
+    init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
+    onnx.save(model, str(tmp_path / "bad.onnx"))
+    feeds = random_inputs(net)
+    with torch.no_grad():
+        ours = {k: v.numpy() for k, v in net.run(feeds).items()}
+    checks = compare(ours, ort_outputs(tmp_path / "bad.onnx", feeds))
+    assert max(c.rel for c in checks) > TOL
+
+
+def test_squeezenet(zoo, tmp_path):
+    net = build_net(_logits(zoo / "squeezenet_v1.1/deploy.prototxt"),
+                    input_shapes={"data": (1, 3, 227, 227)})
+    assert net.layers and list(net.layers.values())[-1].node.type != "Softmax"
+    randomize(net, 0)
+    _export_and_check(net, tmp_path)
+
+
+def _logits(path: Path):
+    """The net without its final Softmax layers, so that a saturated softmax of random weights
+    cannot hide a difference in the logits (the outputs are then the logits)."""
+    from landmarknet.caffe.prototxt import read_net
+    parsed = read_net(path)
+    while parsed.net.layer and parsed.net.layer[-1].type == "Softmax":
+        del parsed.net.layer[-1]
+        parsed.layer_lines.pop()
+    return parsed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["bvlc_googlenet/deploy.prototxt",
+                                  "resnet_50/ResNet-50-deploy.prototxt",
+                                  "mobilenet_v1/mobilenet_deploy.prototxt",
+                                  "squeezenet_v1.0/deploy.prototxt",
+                                  "ultraface_slim320/slim-320.prototxt",
+                                  "hed/deploy.prototxt"])
+def test_zoo_nets(zoo, tmp_path, path):
+    net = build_net(_logits(zoo / path))
+    name = net.input_names[0]
+    shape = net.caffe_graph.inputs[0].shape
+    if shape[0] != 1 or "hed" in path:  # batch 1 (and a smaller HED) keep the test quick
+        size = (1, *shape[1:]) if "hed" not in path else (1, 3, 128, 128)
+        net = build_net(_logits(zoo / path), input_shapes={name: size})
+    weights = zoo / path.replace(".prototxt", ".caffemodel")
+    if weights.exists():
+        load_weights(net, weights, strict=True)
+    else:
+        randomize(net, 0)
+    _export_and_check(net, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.parent.name for p in SHIPPED])
+def test_shipped_nets(tmp_path, path):
+    net = build_net(path)
+    randomize(net, 0)
+    _export_and_check(net, tmp_path)
+
+
+def test_shipped_net_when_present(tmp_path):
+    path = REPO / "prototxt/heatmap4_68/deploy.prototxt"
+    if not path.exists():
+        pytest.skip(f"{path} is not generated yet (tools/generate_prototxt.py)")
+    net = build_net(path)
+    randomize(net, 0)
+    _export_and_check(net, tmp_path)
+
+
+def _cli(args, monkeypatch):
+    monkeypatch.setitem(cli_main.SUBCOMMANDS, "export", "landmarknet.cli.export")
+    return cli_main.main(["export", *args])
+
+
+def test_cli_reports_the_differences(zoo, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "det3.onnx"
+    code = _cli([str(zoo / "mtcnn_det3/det3.prototxt"), "--weights",
+                 str(zoo / "mtcnn_det3/det3.caffemodel"), "-o", str(out)], monkeypatch)
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert out.exists() and "PASS" in text
+    for blob in ("conv6-2", "conv6-3", "prob1"):
+        assert f"  {blob}  " in text and "max abs diff" in text
+    # an impossible tolerance makes the same export fail with exit status 1
+    code = _cli([str(zoo / "mtcnn_det3/det3.prototxt"), "--weights",
+                 str(zoo / "mtcnn_det3/det3.caffemodel"), "-o", str(out), "--tol", "0"],
+                monkeypatch)
+    text = capsys.readouterr().out
+    assert code == 1 and "FAIL" in text
+
+
+def test_cli_needs_weights_or_a_seed(zoo, tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        _cli([str(zoo / "mtcnn_det1/det1.prototxt"), "-o", str(tmp_path / "x.onnx")],
+             monkeypatch)
+    assert "--weights" in capsys.readouterr().err
+
+
+def test_caffe2onnx_missing_says_how_to_install(tmp_path, monkeypatch):
+    import landmarknet.export as ex
+    monkeypatch.setattr(ex.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ExportError) as err:
+        run_caffe2onnx("a.prototxt", "a.caffemodel", tmp_path / "x.onnx")
+    assert CAFFE2ONNX_INSTALL in str(err.value)
+
+
+def test_cli_via_caffe2onnx_fails_early_when_missing(zoo, tmp_path, monkeypatch, capsys):
+    import landmarknet.export as ex
+    monkeypatch.setattr(ex.importlib.util, "find_spec", lambda name: None)
+    out = tmp_path / "det1.onnx"
+    code = _cli([str(zoo / "mtcnn_det1/det1.prototxt"), "--weights",
+                 str(zoo / "mtcnn_det1/det1.caffemodel"), "-o", str(out), "--via",
+                 "caffe2onnx"], monkeypatch)
+    assert code == 2 and not out.exists()
+    assert CAFFE2ONNX_INSTALL in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("caffe2onnx") is None,
+                    reason=f"caffe2onnx is not installed ({CAFFE2ONNX_INSTALL})")
+def test_caffe2onnx_cross_check(zoo, tmp_path):
+    proto = zoo / "caffe_onnx_test_tiny/test.prototxt"
+    weights = zoo / "caffe_onnx_test_tiny/test.caffemodel"
+    net = build_net(proto)
+    load_weights(net, weights, strict=True)
+    rep = _export_and_check(net, tmp_path)
+    cross = caffe2onnx_crosscheck(net, proto, weights, rep.path)
+    print(cross.render())
+    assert cross.ok and cross.vs_ours and cross.vs_torch
+    assert np.isfinite([c.max_abs_diff for c in cross.vs_ours]).all()

@@ -1,0 +1,17 @@
+#!/usr/bin/env python3
+"""Draw a net: ``landmarknet visualize`` as a script (same arguments).
+
+    python tools/visualize_net.py NET.prototxt [--phase test|train]
+        [--format html|svg|png|pdf|dot|json|csv|md] [-o OUT]
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from landmarknet.cli.main import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["visualize", *sys.argv[1:]]))
