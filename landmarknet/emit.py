@@ -682,7 +682,7 @@ def _emit_python_layer(ctx: _Ctx, module: str, info: LayerInfo, sub, ins: list[s
     if kind == "RegionFusion":
         ctx.helper("RegionFusion")
         ctx.init.append(_assign_module(
-            module, f"RegionFusion({list(sub.local_index)!r}, {sub.n_points}, "
+            module, f"RegionFusion({[int(i) for i in sub.local_index]!r}, {sub.n_points}, "
                     f"own_gate={sub.gate is not None}, gates_top={bool(sub.gates_top)})"))
         return [f"{', '.join(outs)} = {_attr(module)}({', '.join(ins)})"]
     if kind == "AffineAlign":

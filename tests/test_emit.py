@@ -125,7 +125,7 @@ def test_kitchen_sink_matches_the_graph_module(tmp_path):
     source, model = _roundtrip(net, tmp_path)
     # readable: in-place layers reassign the blob, non-identifier names go through getattr
     assert "c1 = self.bn(c1)" in source
-    assert 'getattr(self, "conv\'1 #)")(data)' in source
+    assert "getattr(self, 'conv%271%20%23%29')(data)" in source  # module_name's encoding
     assert "self.fc2.weight = self.fc.weight" in source
     assert model.fc2.weight is model.fc.weight  # sharing survives
     # needs torch only
