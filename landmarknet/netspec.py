@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from google.protobuf import message as _message
@@ -95,13 +96,17 @@ FROZEN = {"lr_mult": 0, "decay_mult": 0}
 # dict -> protobuf -> text
 
 
+_INTEGRAL_FLOAT = re.compile(r"^(\s*\w+: -?\d+)\.0$", re.MULTILINE)
+
+
 def _proto_text(msg: _message.Message) -> str:
-    """Text format with protobuf's shortest round-trip floats (0.01, not 0.00999999978).
+    """Text format with protobuf's shortest round-trip floats (0.01, not 0.00999999978), and
+    integral floats written as Caffe's own files write them (``lr_mult: 1``, not ``1.0``).
 
     (``landmarknet.caffe.prototxt.to_text`` passes ``float_format``, which protobuf 7 no longer
     accepts; its default already prints the shortest float32 round-trip form.)
     """
-    return text_format.MessageToString(msg)
+    return _INTEGRAL_FLOAT.sub(r"\1", text_format.MessageToString(msg))
 
 
 def assign(msg: _message.Message, fields: Mapping[str, Any]) -> None:
@@ -158,13 +163,14 @@ def _phases_of(phase: str | None) -> frozenset[str]:
 class NetSpec:
     """A Caffe NetParameter under construction, with blob bookkeeping and readable output."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, conv_filler: Mapping | None = None) -> None:
         self.net = caffe_pb2.NetParameter(name=name)
+        #: Weight filler of convolutions that name none (gaussian 0.01, Caffe's usual).
+        self.conv_filler = dict(conv_filler or gaussian(0.01))
         self._comments: dict[int, list[str]] = {}
         self._pending: list[str] = []
         self._names: set[str] = set()
         self._produced: dict[str, set[str]] = {}  # blob -> phases it exists in
-        self._shapes: dict[str, tuple[int, ...]] = {}  # declared input shapes
 
     # -- the generic layer ---------------------------------------------------------------------
     def comment(self, text: str) -> None:
@@ -192,7 +198,7 @@ class NetSpec:
             if t in self._produced and not in_place and self._produced[t] & phases:
                 raise NetSpecError(f"layer '{name}': top '{t}' is already produced (only "
                                    "in-place layers may write a blob twice)")
-        lp = self.net.layer.add()
+        lp = caffe_pb2.LayerParameter()  # built aside: a bad field leaves the net untouched
         lp.name, lp.type = name, type
         lp.bottom.extend(bottoms)
         lp.top.extend(tops)
@@ -204,6 +210,7 @@ class NetSpec:
         for spec in param or ():
             assign(lp.param.add(), spec)
         assign(lp, fields)
+        self.net.layer.add().CopyFrom(lp)
         self._names.add(name)
         for t in tops:
             self._produced.setdefault(t, set()).update(phases)
@@ -216,17 +223,16 @@ class NetSpec:
     def input(self, name: str, shape: Shape, *, layer: str | None = None,
               phase: str | None = None) -> str:
         """An Input layer with one top ``name`` of the given shape (layer named ``layer``)."""
-        top = self.layer("Input", layer or name, (), name, phase=phase,
-                         input_param={"shape": [{"dim": list(shape)}]})
-        self._shapes[name] = tuple(int(d) for d in shape)
-        return top
+        return self.layer("Input", layer or name, (), name, phase=phase,
+                          input_param={"shape": [{"dim": list(shape)}]})
 
     # -- vision --------------------------------------------------------------------------------
     def conv(self, name: str, bottom: str, num_output: int, kernel: int = 3, *, stride: int = 1,
              pad: int | None = None, dilation: int = 1, group: int = 1, bias: bool = True,
              weight_filler: Mapping | None = None, bias_filler: Mapping | None = None,
              lr: Sequence[Mapping] | None = None, top: str | None = None) -> str:
-        """Convolution; pad defaults to 'same' for odd kernels, fillers to gaussian 0.01 / 0."""
+        """Convolution; pad defaults to 'same' for odd kernels, fillers to the spec's
+        ``conv_filler`` (gaussian 0.01 unless set) and constant 0."""
         if pad is None:
             pad = dilation * (kernel - 1) // 2
         cp: dict[str, Any] = {"num_output": num_output}
@@ -239,7 +245,7 @@ class NetSpec:
             cp["group"] = group
         if stride != 1:
             cp["stride"] = stride
-        cp["weight_filler"] = dict(weight_filler or gaussian(0.01))
+        cp["weight_filler"] = dict(weight_filler or self.conv_filler)
         if bias:
             cp["bias_filler"] = dict(bias_filler or constant(0))
         if dilation != 1:
@@ -366,9 +372,10 @@ class NetSpec:
         """SqueezeNet v1.0 fire module: squeeze 1x1, then expand 1x1 and 3x3 concatenated.
 
         Layer names follow the SqueezeNet release (``fire2/squeeze1x1``, ``fire2/concat`` ...)
-        so that its pre-trained weights copy by name.
+        so that its pre-trained weights copy by name. Weights: the spec's ``conv_filler``
+        unless given (the release used xavier).
         """
-        wf = dict(weight_filler or xavier())
+        wf = dict(weight_filler or self.conv_filler)
         s = self.conv_relu(f"{name}/squeeze1x1", bottom, squeeze, 1, weight_filler=wf,
                            relu_name=f"{name}/relu_squeeze1x1")
         e1 = self.conv_relu(f"{name}/expand1x1", s, expand, 1, weight_filler=wf,

@@ -38,7 +38,7 @@ def _mb(n_params: int) -> str:
 
 
 def _shape(s) -> str:
-    return "x".join(str(d) for d in s)
+    return "x".join(str(d) for d in s) if len(s) else "scalar"
 
 
 def _macs_text(macs: int) -> str:
@@ -65,12 +65,12 @@ def _input_shapes(parsed, batch: int = 1) -> dict[str, tuple[int, ...]]:
 
 
 def network_stats(name: str) -> dict:
-    """Built-net facts for the docs and the tests: params, MACs, outputs, per-layer rows."""
+    """Built-net facts for the docs: params, MACs (landmarknet.analyze), outputs, layer rows."""
     import torch
 
+    from landmarknet.analyze import analyze
     from landmarknet.build import build_net, count_params, net_summary
     from landmarknet.caffe.prototxt import parse_net
-    from landmarknet.netspec import macs_by_layer
     from landmarknet.nets import network
 
     nw = network(name)
@@ -82,14 +82,16 @@ def network_stats(name: str) -> dict:
         outs = deploy(*[torch.zeros(deploy.blob_shapes[n]) for n in deploy.input_names])
     deploy_layers = {lp.name for lp in deploy_parsed.net.layer}
     types = {lp.name: _type_of(lp) for lp in train_parsed.net.layer}
-    macs = macs_by_layer(train)
+    train_stats, deploy_stats = analyze(train), analyze(deploy)
+    macs = {r.name: r.macs for r in train_stats.rows if not r.is_input}
     rows = []
     for row in net_summary(train):
         rows.append({**row, "type": types.get(row["name"], row["type"]),
                      "macs": macs.get(row["name"], 0), "deploy": row["name"] in deploy_layers})
     return {
         "params": count_params(deploy), "train_params": count_params(train),
-        "macs": sum(macs_by_layer(deploy).values()),
+        "macs": deploy_stats.totals.macs,
+        "uncounted": deploy_stats.uncounted_types,
         "inputs": {n: list(deploy.blob_shapes[n]) for n in deploy.input_names},
         "outputs": {k: list(v.shape) for k, v in outs.items()},
         "rows": rows,
@@ -116,11 +118,12 @@ differs from what the generators produce. Drawings will come from the visualize 
 
 **Numbers.** Parameters are the deploy net's learnable values (training-only layers in
 brackets); weight size is float32 in MB (10^6 bytes). MACs are multiply-accumulates per image of
-the deploy net's Convolution, Deconvolution and InnerProduct layers, counted by
-`landmarknet.netspec.macs_by_layer` (there is no `landmarknet.analyze` yet; pooling, ReLU,
-Eltwise and the Python layers are not counted, they are a small part). Per-layer tables are the
-train nets at batch 1 (`net_summary`); in-place ReLU rows are left out (no parameters, same
-shape); "deploy" says whether the layer is in the deploy net.
+the deploy net at batch 1, from `landmarknet.analyze` (Convolution, Deconvolution, InnerProduct,
+and BatchNorm/Scale at one per element; pooling, ReLU and Eltwise are "ops", not MACs; the
+Python layers are not counted, they are a small part). `landmarknet.netspec.macs_by_layer`
+counts the convolution and fully connected MACs independently and the tests check that both
+agree. Per-layer tables are the train nets at batch 1 (`net_summary`); in-place ReLU rows are
+left out (no parameters, same shape); "deploy" says whether the layer is in the deploy net.
 
 ## Conventions
 
@@ -147,8 +150,16 @@ _DESIGN = """\
 
 * **Trunk**: conv1_1/1_2 (64), pool1, conv2_1/2_2 (128), pool2, conv3_1..3_3 (256), then
   `conv4_1_CPM` (128) and `conv4_2_CPM` (64) as OpenPose's conv4_3/4_4_CPM, all 3x3 pad 1,
-  gaussian(0.01) weights, `param {{ lr_mult: 1 decay_mult: 1 }} param {{ lr_mult: 2
-  decay_mult: 0 }}`.
+  `param {{ lr_mult: 1 decay_mult: 1 }} param {{ lr_mult: 2 decay_mult: 0 }}`. The trunk's
+  names are VGG-16's, so ImageNet VGG-16 weights copy into conv1_1..conv3_3 by name
+  (`--copy-layers upto:conv3_3`).
+* **Weight filler: msra, not gaussian 0.01.** OpenPose's gaussian(0.01) assumes a trunk
+  initialised from ImageNet VGG. From scratch, std 0.01 through ~20 convolutions shrinks the
+  activations to ~1e-12 at the maps and the gradients below Adam's epsilon. On ytf68
+  (1000 Adam steps, batch 32, H200) heatmap4_68 reached val NME 0.106 with gaussian(0.01) and
+  0.071 with msra (mean shape: 0.194). So every hidden convolution uses `msra`; the map layers
+  keep gaussian(0.01) so that predictions start near zero. `HeatmapConfig(init="gaussian")`
+  writes the OpenPose fillers.
 * **Stride 4 by two pools** (not three pools + Deconvolution): the maps must be 28x28 at 112
   input (14x14 costs about 7% NME with argmax decoding). Keeping conv3_x and every stage at
   1/4 gives the stages full-resolution features, needs no learned upsampling (which starts as
@@ -175,7 +186,10 @@ _DESIGN = """\
 * **Backbone**: SqueezeNet v1.0: `conv1` 7x7/2 (96, no bias) + `conv1/bn` (BatchNorm, its
   three statistics blobs `lr_mult: 0`) + `conv1/scale`, max pools 3/2 after conv1, fire4,
   fire8, fire modules fire2..fire9 with the release's widths and layer names (so SqueezeNet's
-  ImageNet weights copy by name). 112 input: 53 -> 26 -> 13 -> 6.
+  ImageNet fire weights copy by name; its conv1 has a bias, ours does not). 112 input:
+  53 -> 26 -> 13 -> 6. Weights `msra` (the release used xavier): on ytf77 (1000 Adam steps,
+  lr 1e-3) squeeze77 stayed at the mean shape with xavier (val NME 0.185; mean shape 0.188)
+  and reached 0.069 with msra. `SqueezeConfig(init="xavier")` writes the release's fillers.
 * **Global head**: `pool10` (global average) -> `conv10` (1x1 to 2K, bias 0.5 = the crop's
   centre) -> Flatten = `global_points`. No FC. Pooling before the 1x1 convolution is the same
   function as SqueezeNet's conv10-then-pool (nothing non-linear between them) at 1/36 the
@@ -209,8 +223,9 @@ _DESIGN = """\
   (the report lists copied and left-out layers; `tests/test_networks.py` checks it).
 * **Alignment variant**: a small branch (`align_conv1..4`, 3x3/2, 16-32-64-64, global pool,
   `align_fc` 64) regresses `align_center` (2, bias 0.5), `align_size` (2, bias 0.8) ->
-  `align_box`, and `align_angle` (1), each trained by its own EuclideanLoss; with weights
-  starting near 0 the first warps are a centred 0.8 crop, angle 0.
+  `align_box`, and `align_angle` (1), each trained by its own EuclideanLoss (`loss_weight: 10`:
+  the landmark loss pulls on box and angle too, through the warp, summed over all K points);
+  with weights starting near 0 the first warps are a centred 0.8 crop, angle 0.
   `Python:AffineAlign` samples that rotated box of the 128x128 input into an upright 112x112
   face (bilinear `grid_sample`, differentiable in box and angle) and also outputs `align_theta`,
   the affine map from aligned to input unit coordinates. The landmark net runs on the aligned

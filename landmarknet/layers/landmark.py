@@ -142,15 +142,13 @@ def _expect_tops(spec: LayerSpec, low: int, high: int) -> None:
         raise spec.error(f"needs {want} top(s), got {spec.n_tops}")
 
 
-def _membership(regions: Sequence[Sequence[int]], n_points: int, like: torch.Tensor,
-                ) -> torch.Tensor:
-    """(2K, R) one-hot matrix: coordinate j belongs to region r."""
-    m = torch.zeros(2 * n_points, len(regions), dtype=like.dtype, device=like.device)
+def _coordinate_regions(regions: Sequence[Sequence[int]], n_points: int) -> list[int]:
+    """Region index of each of the 2K coordinates (u and v of a point share its region)."""
+    out = [0] * (2 * n_points)
     for r, idx in enumerate(regions):
         for i in idx:
-            m[2 * i, r] = 1
-            m[2 * i + 1, r] = 1
-    return m
+            out[2 * i] = out[2 * i + 1] = r
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +165,9 @@ class RegionWeightedEuclideanLoss(nn.Module):
         self.n_points, self.min_weight = n_points, float(min_weight)
         self.weight_grad_scale = float(weight_grad_scale)
         self.weights_top = weights_top
+        # A constant of the layer, not a Caffe blob: kept out of state_dict.
+        self.register_buffer("coord_region", torch.tensor(_coordinate_regions(regions, n_points)),
+                             persistent=False)
 
     def normalise(self, w: torch.Tensor) -> torch.Tensor:
         """Mean-one weights with a floor: m + (1 - m) * R * w / sum(w) (w clamped at 0)."""
@@ -182,7 +183,7 @@ class RegionWeightedEuclideanLoss(nn.Module):
                 weights: torch.Tensor | None = None):
         n = pred.shape[0]
         d2 = (pred.reshape(n, -1) - target.reshape(n, -1)) ** 2
-        per_region = d2 @ _membership(self.regions, self.n_points, d2)  # (N, R)
+        per_region = d2.new_zeros(n, len(self.regions)).index_add(1, self.coord_region, d2)
         if weights is None:
             w = torch.ones_like(per_region)
         else:
@@ -263,7 +264,8 @@ class RegionFusion(nn.Module):
         inverse = [0] * n_points
         for j, i in enumerate(order):
             inverse[i] = j
-        self.local_index = [2 * inverse[i] + c for i in range(n_points) for c in (0, 1)]
+        self.register_buffer("local_index", torch.tensor(
+            [2 * inverse[i] + c for i in range(n_points) for c in (0, 1)]), persistent=False)
         self.n_points, self.gates_top = n_points, gates_top
         if own_gate:
             self.gate = nn.Parameter(torch.empty(n_points))
@@ -274,8 +276,7 @@ class RegionFusion(nn.Module):
                 logits: torch.Tensor | None = None):
         n = glob.shape[0]
         glob = glob.reshape(n, -1)
-        index = torch.as_tensor(self.local_index, device=local.device)
-        local = local.reshape(n, -1).index_select(1, index)
+        local = local.reshape(n, -1).index_select(1, self.local_index)
         logits = self.gate.expand(n, -1) if logits is None else logits.reshape(n, -1)
         g = torch.sigmoid(logits)
         g2 = g.repeat_interleave(2, dim=1)

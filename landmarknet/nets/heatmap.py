@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from landmarknet.data.schemes import get_scheme
-from landmarknet.netspec import NetSpec, gaussian
+from landmarknet.netspec import NetSpec, gaussian, msra
 
 #: VGG trunk up to conv3_3, as the issue fixes it: (name, channels) per block, pool between.
 VGG_BLOCKS = ((("conv1_1", 64), ("conv1_2", 64)),
@@ -48,6 +48,12 @@ class HeatmapConfig:
     stage_channels: int = 32  # width of the stage convolutions
     head_channels: int = 128  # width of the 1x1 layer before the maps
     loss_weight: float = 1.0  # of every stage's EuclideanLoss
+    #: Weight filler of the hidden convolutions: "msra" (He) or "gaussian" (std 0.01, as
+    #: OpenPose writes it, where the trunk starts from ImageNet VGG weights). From scratch,
+    #: std 0.01 through ~20 convolutions shrinks the activations to ~1e-12 and the gradients
+    #: below Adam's epsilon; measured on ytf68 (1000 Adam steps): val NME 0.106 with gaussian
+    #: 0.01, 0.071 with msra. The map layers are gaussian 0.01 either way.
+    init: str = "msra"
     train_batch: int = 32
     test_batch: int = 16
 
@@ -66,7 +72,8 @@ class HeatmapConfig:
         if self.input_size % 16:
             raise ValueError("input_size must be a multiple of 16 (stride 4, hourglass x4)")
         if self.trunk not in ("vgg", "hourglass") or self.head not in ("base", "strong") \
-                or self.stage_kernels not in ("7x7", "dilated"):
+                or self.stage_kernels not in ("7x7", "dilated") or self.init not in ("gaussian",
+                                                                                     "msra"):
             raise ValueError(f"bad heatmap config {self}")
 
 
@@ -116,7 +123,8 @@ def _head(ns: NetSpec, p: str, x: str, cfg: HeatmapConfig, first: int) -> str:
                          relu_name=f"{p}_relu{first}")
         first += 1
     x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels, 1, relu_name=f"{p}_relu{first}")
-    return ns.conv(f"{p}_maps", x, cfg.maps, 1)
+    # Small weights on the maps whatever the hidden filler: predictions start near zero.
+    return ns.conv(f"{p}_maps", x, cfg.maps, 1, weight_filler=gaussian(0.01))
 
 
 def _residual_body(ns: NetSpec, p: str, x: str, n: int, ks: list[tuple[int, int]]) -> str:
@@ -152,7 +160,7 @@ def _stage(ns: NetSpec, t: int, features: str, prev: str | None, cfg: HeatmapCon
 
 def heatmap_net(cfg: HeatmapConfig, deploy: bool = False) -> NetSpec:
     """The train_val (inputs + losses in both phases) or deploy net of a heatmap config."""
-    ns = NetSpec(cfg.name)
+    ns = NetSpec(cfg.name, conv_filler=gaussian(0.01) if cfg.init == "gaussian" else msra())
     s, h = cfg.input_size, cfg.map_size
     if deploy:
         data = ns.input("data", (1, 3, s, s))
