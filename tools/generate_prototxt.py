@@ -281,6 +281,8 @@ def networks_markdown() -> str:
                    + (f"; {st['train_params']:,} with the training-only layers"
                       if st["train_params"] != st["params"] else "")
                    + f"), {st['macs'] / 1e9:.3f} GMACs per image.\n")
+        out.append(f"![{name}, TRAIN phase, drawn by `landmarknet visualize`]"
+                   f"(images/nets/{name}.svg)\n")
         out.append("| layer | type | top shape(s) | params | MACs | deploy |")
         out.append("|---|---|---|---|---|---|")
         for row in st["rows"]:

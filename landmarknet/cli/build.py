@@ -10,7 +10,7 @@ from landmarknet.cli.common import add_net_arguments, build_from_args
 
 EXAMPLE = """\
 example:
-  landmarknet build prototxt/heatmap4_68_deploy.prototxt --input-shape data=1,3,112,112
+  landmarknet build prototxt/heatmap4_68/deploy.prototxt --input-shape data=1,3,112,112
   landmarknet build deploy.prototxt --weights net.caffemodel --save net.pt --json
   landmarknet build deploy.prototxt --save net.pt --emit-python net.py   # leave with plain torch
 """
