@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -19,7 +18,7 @@ from torch import fx, nn
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.prototxt import ParsedNet, read_net
-from landmarknet.errors import GraphError, LandmarknetError, LayerError, ShapeError
+from landmarknet.errors import GraphError, LayerError, ShapeError
 from landmarknet.fillers import fill
 from landmarknet.graph import Graph, NetState, Node, build_graph, python_identifier
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, converter_for
@@ -63,14 +62,7 @@ class CaffeNet(fx.GraphModule):
     def run(self, inputs: Mapping[str, torch.Tensor | np.ndarray],
             blobs: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         """Run on inputs named by blob; return the outputs, or the named blobs when given."""
-        missing = [n for n in self.input_names if n not in inputs]
-        extra = [n for n in inputs if n not in self.input_names]
-        if missing or extra:
-            raise GraphError(f"inputs of the net are {self.input_names}; missing {missing}, "
-                             f"unknown {extra}")
-        device = next((b.device for b in self.buffers()), None) or \
-            next((p.device for p in self.parameters()), torch.device("cpu"))
-        args = [torch.as_tensor(inputs[n], device=device) for n in self.input_names]
+        args = self._positional(inputs)
         if blobs is None:
             return self(*args)
         wanted = [self._ssa(b) for b in blobs]
@@ -87,9 +79,19 @@ class CaffeNet(fx.GraphModule):
             if info is None or not info.node.tops:
                 raise GraphError(f"no layer named '{name}' with a top in this net")
             tops[name] = info.node.tops[0]
-        args = [torch.as_tensor(inputs[n]) for n in self.input_names]
-        env = _BlobRecorder(self, set(tops.values())).run_recording(*args)
+        env = _BlobRecorder(self, set(tops.values())).run_recording(*self._positional(inputs))
         return {name: env[ssa] for name, ssa in tops.items()}
+
+    def _positional(self, inputs: Mapping[str, torch.Tensor | np.ndarray]) -> list[torch.Tensor]:
+        """Inputs by blob name -> forward's positional arguments, on the net's device."""
+        missing = [n for n in self.input_names if n not in inputs]
+        extra = [n for n in inputs if n not in self.input_names]
+        if missing or extra:
+            raise GraphError(f"inputs of the net are {self.input_names}; missing {missing}, "
+                             f"unknown {extra}")
+        device = next((b.device for b in self.buffers()), None) or \
+            next((p.device for p in self.parameters()), torch.device("cpu"))
+        return [torch.as_tensor(inputs[n], device=device) for n in self.input_names]
 
     def _ssa(self, blob: str) -> str:
         if blob in self.caffe_graph.latest:
@@ -145,7 +147,6 @@ class _BlobRecorder(fx.Interpreter):
         super().__init__(gm)
         self.wanted = wanted
         self.kept: dict[str, torch.Tensor] = {}
-        self.ssa_of_node = {n.name: n.meta.get("ssa") for n in gm.graph.nodes}
 
     def run_node(self, n: fx.Node):
         value = super().run_node(n)
@@ -188,8 +189,6 @@ def _infer(node: Node, spec: LayerSpec) -> tuple[Built, list[Shape]]:
     try:
         with torch.no_grad():
             out = built.module(*[torch.empty(s, device="meta") for s in spec.bottom_shapes])
-    except LandmarknetError:
-        raise
     except (RuntimeError, ValueError, IndexError, TypeError) as exc:
         raise spec.error(f"cannot run on bottoms of shape "
                          f"{', '.join(str(list(s)) for s in spec.bottom_shapes)}: {exc}",
@@ -384,8 +383,3 @@ def net_summary(net: CaffeNet) -> list[dict]:
 def count_params(net: CaffeNet) -> int:
     """Learnable parameters, shared ones counted once."""
     return int(sum(p.numel() for p in net.parameters()))
-
-
-def as_path(p: str | os.PathLike) -> Path:
-    """Path helper for callers that accept strings."""
-    return Path(p)

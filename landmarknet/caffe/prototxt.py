@@ -14,7 +14,6 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -337,7 +336,6 @@ def _upgrade_v1(parsed: ParsedNet, lines: list[int]) -> None:
     net = parsed.net
     new_layers = []
     for i, old in enumerate(net.layers):
-        where = f"{parsed.path or '<text>'}:{lines[i] if i < len(lines) else '?'}"
         if old.HasField("layer"):
             raise PrototxtError("this is a V0 (pre-2014) net: a 'layers' entry holds a nested "
                                 "'layer'. Upgrade it with Caffe's upgrade_net_proto_text tool",
@@ -373,7 +371,6 @@ def _upgrade_v1(parsed: ParsedNet, lines: list[int]) -> None:
             if old.HasField(name):
                 getattr(layer, name).CopyFrom(getattr(old, name))
         new_layers.append(layer)
-        del where
     del net.layers[:]
     net.layer.extend(new_layers)
     parsed.layer_lines = list(lines)
@@ -465,8 +462,3 @@ def write_text(msg: _message.Message, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def iter_layers(parsed: ParsedNet) -> Iterator[tuple[int, caffe_pb2.LayerParameter]]:
-    """(index, layer) pairs of a parsed net."""
-    return enumerate(parsed.net.layer)
