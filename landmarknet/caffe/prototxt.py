@@ -3,8 +3,9 @@
 protobuf's text format does the parsing. Before it runs, a light walk over the tokens finds what
 protobuf alone would reject without context (unknown fields, with the layer they sit in) and what
 Caffe's forks accept as aliases (``ceil_mode`` for ``round_mode``). After it, the legacy forms are
-upgraded the way Caffe's upgrade_proto.cpp does: V1 ``layers``, net-level ``input``/``input_dim``/
-``input_shape``, and the solver's ``solver_type`` enum.
+upgraded the way Caffe's upgrade_proto.cpp does: V0 ``layers { layer { ... } }`` (upgrade_v0.py),
+V1 ``layers``, net-level ``input``/``input_dim``/``input_shape``, and the solver's ``solver_type``
+enum.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from google.protobuf import message as _message
 from google.protobuf import text_format
 
 from landmarknet.caffe import caffe_pb2
+from landmarknet.caffe.upgrade_v0 import is_v0_net, upgrade_v0_net
 from landmarknet.errors import PrototxtError
 
 __all__ = [
@@ -334,13 +336,14 @@ _SHARED_PARAMS = [f.name for f in caffe_pb2.V1LayerParameter.DESCRIPTOR.fields
 def _upgrade_v1(parsed: ParsedNet, lines: list[int]) -> None:
     """Turn legacy ``layers { type: ENUM }`` entries into ``layer`` entries (UpgradeV1Net)."""
     net = parsed.net
+    if is_v0_net(net):  # V0 (pre-2014) 'layers { layer { ... } }': first to V1, as Caffe does
+        v0 = upgrade_v0_net(net, lines, parsed.path)
+        for message in v0.warnings:
+            warnings.warn(message, PrototxtWarning, stacklevel=3)
+        parsed.notes.append(v0.note)
+        lines = v0.lines
     new_layers = []
-    for i, old in enumerate(net.layers):
-        if old.HasField("layer"):
-            raise PrototxtError("this is a V0 (pre-2014) net: a 'layers' entry holds a nested "
-                                "'layer'. Upgrade it with Caffe's upgrade_net_proto_text tool",
-                                path=parsed.path, line=lines[i] if i < len(lines) else None,
-                                layer=old.name or old.layer.name or None)
+    for old in net.layers:
         layer = caffe_pb2.LayerParameter()
         layer.name = old.name
         type_name = caffe_pb2.V1LayerParameter.LayerType.Name(old.type)

@@ -35,6 +35,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from landmarknet.caffe import caffe_pb2
+from landmarknet.caffe.upgrade_v0 import V0_TYPES
 
 from landmarknet.errors import WeightsError
 
@@ -160,17 +161,6 @@ V1_LAYER_TYPES: dict[int, str] = {
     caffe_pb2.V1LayerParameter.LayerType.Value(k): v for k, v in _V1_TO_V2.items()
 }
 
-# V0LayerParameter.type strings -> V1 enum names (UpgradeV0LayerType).
-_V0_TO_V1 = {
-    "accuracy": "ACCURACY", "bnll": "BNLL", "concat": "CONCAT", "conv": "CONVOLUTION",
-    "data": "DATA", "dropout": "DROPOUT", "euclidean_loss": "EUCLIDEAN_LOSS",
-    "flatten": "FLATTEN", "hdf5_data": "HDF5_DATA", "hdf5_output": "HDF5_OUTPUT",
-    "im2col": "IM2COL", "images": "IMAGE_DATA", "infogain_loss": "INFOGAIN_LOSS",
-    "innerproduct": "INNER_PRODUCT", "lrn": "LRN",
-    "multinomial_logistic_loss": "MULTINOMIAL_LOGISTIC_LOSS", "pool": "POOLING",
-    "relu": "RELU", "sigmoid": "SIGMOID", "softmax": "SOFTMAX", "softmax_loss": "SOFTMAX_LOSS",
-    "split": "SPLIT", "tanh": "TANH", "window_data": "WINDOW_DATA",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +274,7 @@ class _RawLayer:
     name: str | None
     type: str
     blob_spans: list[tuple[int, int]]
+    v0: bool | None = None  # legacy entry: True with a nested V0 layer, False with V1 fields
 
 
 def _utf8(buf, start: int, end: int, what: str) -> str:
@@ -300,10 +291,13 @@ def _scan_layer(buf, start: int, end: int, v1: bool, layer: _RawLayer) -> None:
     """
     name_f, type_f, blobs_f = (4, 5, 6) if v1 else (1, 2, 7)
     v0_span = None
+    v1_fields = []  # V1-level name/type/blobs, which Caffe's V0 upgrade would drop
     pos = start
     while pos < end:
         t = pos
         fnum, wt, pos = _tag(buf, pos, end)
+        if v1 and fnum in (name_f, type_f, blobs_f):
+            v1_fields.append({name_f: "name", type_f: "type", blobs_f: "blobs"}[fnum])
         if fnum == name_f and wt == _LEN:
             s, pos = _length(buf, pos, end, "the layer name")
             layer.name = _utf8(buf, s, pos, "the layer name")
@@ -325,6 +319,8 @@ def _scan_layer(buf, start: int, end: int, v1: bool, layer: _RawLayer) -> None:
             pos = v0_span[1]
         else:
             pos = _skip(buf, pos, end, fnum, wt, t)
+    if v1 and (v0_span is not None or v1_fields):
+        layer.v0 = v0_span is not None
     if v0_span is not None:
         # UpgradeV0LayerParameter: the V0 layer's name, type and blobs.
         v0_name, v0_type, v0_blobs = None, None, []
@@ -349,9 +345,13 @@ def _scan_layer(buf, start: int, end: int, v1: bool, layer: _RawLayer) -> None:
         if v0_name is not None:
             layer.name = v0_name
         if v0_type is not None:
-            v1_name = _V0_TO_V1.get(v0_type)
+            v1_name = V0_TYPES.get(v0_type)  # UpgradeV0LayerType
             layer.type = _V1_TO_V2[v1_name] if v1_name else v0_type
         layer.blob_spans = v0_blobs + layer.blob_spans
+        if v1_fields:
+            raise _Bad(f"a legacy `layers` entry holds both a nested V0 layer and V1 "
+                       f"{'/'.join(dict.fromkeys(v1_fields))}; Caffe's V0 upgrade keeps only "
+                       "the V0 layer, so the file is ambiguous", start)
 
 
 def _unpacked_run(u8: np.ndarray, pos: int, end: int, key: int, width: int) -> int:
@@ -544,7 +544,10 @@ def read_caffemodel(path: PathLike) -> list[LayerBlobs]:
 
     Layers without blobs (ReLU, Pooling ...) are listed too, with ``blobs == []``. Both the
     modern ``layer`` field and the legacy V1 ``layers`` field (with V0 layers nested in it) are
-    read; legacy types are mapped to V2 type strings (``CONVOLUTION`` -> ``"Convolution"``).
+    read; legacy types are mapped to V2 type strings (``CONVOLUTION`` -> ``"Convolution"``,
+    V0 ``"conv"`` -> ``"Convolution"``; a V0 ``"padding"`` layer keeps its V0 type, it has no
+    blobs). A V0 entry that also carries V1 name/type/blobs, or a file mixing V0 and V1 entries,
+    is an error: Caffe's V0 upgrade would silently drop the V1 part.
     Layer parameters other than name, type and blobs are skipped: the prototxt holds them.
     Raises :class:`WeightsError` for any malformed file.
     """
@@ -583,6 +586,13 @@ def read_caffemodel(path: PathLike) -> list[LayerBlobs]:
                 f"{os.fspath(path)}: the file mixes `layer` (field 100) and legacy `layers` "
                 "(field 2) entries; Caffe ignores one kind in that case, so the file is "
                 "ambiguous (upgrade it with Caffe's upgrade_net_proto_binary)")
+        legacy = {raw.v0 for raw in raws} - {None}
+        if len(legacy) > 1:  # Caffe upgrades all entries as V0: the V1 ones lose name and blobs
+            v1 = next(raw for raw in raws if raw.v0 is False)
+            raise WeightsError(
+                f"{os.fspath(path)}: the file mixes V0 `layers {{ layer {{ ... }} }}` entries "
+                f"with V1 entries (the first: layer #{v1.index} {v1.name!r}); Caffe's V0 upgrade "
+                "would drop the V1 entries' names and blobs, so the file is ambiguous")
         out = []
         for raw in raws:
             blobs = []
