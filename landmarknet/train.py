@@ -90,6 +90,10 @@ class TrainConfig:
     batch_size: Optional[int] = None  # override the Input layer's N
     input_size: Optional[int] = None  # override the Input layer's H=W (targets follow)
     workers: int = 4
+    #: Where training crops are made: "cpu" (loader processes, OpenCV), "device" (decoded once,
+    #: warped and augmented on the training device; data/device_pipeline.py) or "auto" (device
+    #: on CUDA, cpu otherwise).
+    pipeline: str = "auto"
     sigma: float = 1.0  # heatmap Gaussian sigma in heatmap pixels
     crop_scale: Optional[float] = None  # default: 1.25 (68/77 points), 2.2 (5 points)
     augment: Augment = field(default_factory=Augment)
@@ -232,6 +236,15 @@ class Trainer:
         self.policy = CropPolicy(size, crop_scale)
         tr = SampleTransform(self.scheme, self.policy, cfg.augment, self.channels)
         self.train_set = LandmarkDataset(samples, tr, seed=self.seed, train=True)
+        if cfg.pipeline not in ("auto", "cpu", "device"):
+            raise TrainingError(f"pipeline must be auto, cpu or device, got {cfg.pipeline!r}")
+        self.pipeline = (("device" if cuda else "cpu") if cfg.pipeline == "auto"
+                         else cfg.pipeline)
+        self.patch_cache = None
+        if self.pipeline == "device":
+            from landmarknet.data.device_pipeline import PatchCache
+            self.patch_cache = PatchCache(samples, tr, self.device,
+                                          threads=max(2, cfg.workers))
         self.val_set = None
         if val_dir is not None:
             vs, vrep = read_samples(val_dir, part_val, self.scheme.n_points)
@@ -581,10 +594,16 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         """Train from start_iter to max_iter; returns a summary."""
-        loader = train_loader(self.train_set, self.batch, seed=self.seed,
-                              start_batch=self.start_iter * self.iter_size, rank=self.rank,
-                              world=self.world, workers=self.cfg.workers,
-                              pin_memory=self.device.type == "cuda")
+        start = self.start_iter * self.iter_size
+        if self.patch_cache is not None:
+            from landmarknet.data.device_pipeline import DeviceBatches
+            loader = DeviceBatches(self.patch_cache, self.cfg.augment, self.scheme.flip,
+                                   self.batch, seed=self.seed, start_batch=start,
+                                   rank=self.rank, world=self.world)
+        else:
+            loader = train_loader(self.train_set, self.batch, seed=self.seed, start_batch=start,
+                                  rank=self.rank, world=self.world, workers=self.cfg.workers,
+                                  pin_memory=self.device.type == "cuda")
         batches = iter(loader)
         f, writer = (self._open_log() if self.is_main else (None, None))
         window: deque = deque(maxlen=self.average_loss)

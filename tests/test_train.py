@@ -70,11 +70,15 @@ def subset(data_dir, tmp_path_factory) -> Path:
 
 
 def config(solver: Path, data: Path, out: Path, **kw) -> TrainConfig:
+    """The test run's TrainConfig (CPU, no loader processes)."""
     base = dict(solver=solver, data=data / "train", val=data / "val",
                 out=out, workers=0, progress=False,
                 augment=Augment(flip=0.5, rotate=30, occlusion=0.3, blur=0.3), sigma=1.0)
     base.update(kw)
     return TrainConfig(**base)
+
+
+_config = config
 
 
 def _weights(tr: Trainer) -> dict:
@@ -99,10 +103,13 @@ def test_loss_goes_down_and_logs(tmp_path, subset):
     assert (Path(s["bundle"]) / "model.json").is_file()
 
 
-def test_resume_is_exact(tmp_path, subset):
+@pytest.mark.parametrize("pipeline", ["cpu", "device"])
+def test_resume_is_exact(tmp_path, subset, pipeline):
     solver = tiny_net(tmp_path)
+    config = lambda *a, **kw: _config(*a, pipeline=pipeline, **kw)  # noqa: E731
     full = Trainer(config(solver, subset, tmp_path / "full", bundle=False, test_interval=0,
                          batch_size=4))
+    assert full.pipeline == pipeline
     full.run()
     w_full = _weights(full)
     half = Trainer(config(solver, subset, tmp_path / "half", bundle=False, test_interval=0,

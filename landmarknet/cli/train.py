@@ -43,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-interval", type=int, help="override the solver's test_interval")
     p.add_argument("--batch-size", type=int, help="override the train net's Input batch size")
     p.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
+    p.add_argument("--pipeline", choices=("auto", "cpu", "device"), default="auto",
+                   help="where training crops are made: cpu (loader processes), device "
+                        "(decoded once, warped and augmented on the GPU) or auto (device on "
+                        "CUDA; default)")
     p.add_argument("--sigma", type=float, default=1.0,
                    help="heatmap Gaussian sigma in heatmap pixels (default 1.0)")
     p.add_argument("--crop-scale", type=float,
@@ -68,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
                       channels_last=args.channels_last, compile=args.compile,
                       max_iter=args.max_iter, snapshot=args.snapshot,
                       test_interval=args.test_interval, batch_size=args.batch_size,
-                      workers=args.workers, sigma=args.sigma, crop_scale=args.crop_scale,
+                      workers=args.workers, pipeline=args.pipeline, sigma=args.sigma,
+                      crop_scale=args.crop_scale,
                       refine=args.refine, augment=aug, progress=not args.no_progress)
     try:
         summary = train(cfg)

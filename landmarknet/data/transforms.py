@@ -111,16 +111,7 @@ class SampleTransform:
                  rng: Optional[np.random.Generator] = None,
                  ) -> tuple[np.ndarray, np.ndarray, Geometry]:
         """Crop and augment; ``rng`` None is the deterministic evaluation transform."""
-        if image.ndim == 2:
-            image = image[:, :, None]
-        if self.channels == "GRAY" and image.shape[2] == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
-        elif self.channels != "GRAY" and image.shape[2] == 1:
-            image = np.repeat(image, 3, axis=2)
-        elif image.shape[2] == 4:
-            image = image[:, :, :3]
-        if self.channels == "RGB":
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        image = to_channels(image, self.channels)
         geo = self.geometry(points, rng)
         crop = geo.crop.warp(image)
         if crop.ndim == 2:
@@ -131,33 +122,75 @@ class SampleTransform:
         return crop, pts, geo
 
 
-def photometric(crop: np.ndarray, rng: np.random.Generator, a: Augment) -> np.ndarray:
-    """Colour jitter, blur and occlusion on a uint8 (S, S, C) crop; draws from rng in fixed order."""
-    # Draw everything first so the number of draws never depends on the image.
-    c_bright, c_contrast, c_sat = rng.uniform(-1, 1, 3) * a.color
-    do_blur, blur_sigma = rng.random() < a.blur, rng.uniform(0.5, 1.5)
-    do_occ = rng.random() < a.occlusion
-    occ_wh = rng.uniform(0.10, 0.35, 2)
-    occ_xy = rng.uniform(0, 1, 2)
-    occ_col = rng.uniform(0, 255, 3)
-    s = crop.shape[0]
+def to_channels(image: np.ndarray, channels: str) -> np.ndarray:
+    """A decoded (H, W[, C]) BGR/gray/BGRA image as (H, W, C) in ``channels`` (BGR, RGB, GRAY)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if channels == "GRAY" and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
+    elif channels != "GRAY" and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[:, :, :3]
+    if channels == "RGB":
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """One sample's photometric draw (all in crop units; see :func:`apply_photometric`)."""
+
+    bright: float = 0.0  # added 64 * bright
+    contrast: float = 0.0  # (x - mean) * (1 + contrast)
+    saturation: float = 0.0  # gray + (x - gray) * (1 + saturation)
+    blur_sigma: float = 0.0  # 0: no blur
+    occlusion: Optional[tuple[float, float, float, float]] = None  # w, h, x, y as fractions
+    occlusion_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, a: Augment) -> "Photometric":
+        """Draw one sample's parameters; the number of draws never depends on the image."""
+        c_bright, c_contrast, c_sat = rng.uniform(-1, 1, 3) * a.color
+        do_blur, blur_sigma = rng.random() < a.blur, rng.uniform(0.5, 1.5)
+        do_occ = rng.random() < a.occlusion
+        occ_wh = rng.uniform(0.10, 0.35, 2)
+        occ_xy = rng.uniform(0, 1, 2)
+        occ_col = rng.uniform(0, 255, 3)
+        return cls(float(c_bright), float(c_contrast), float(c_sat),
+                   float(blur_sigma) if do_blur else 0.0,
+                   (*map(float, occ_wh), *map(float, occ_xy)) if do_occ else None,
+                   tuple(map(float, occ_col)))
+
+
+def occlusion_rect(occ: tuple[float, float, float, float], s: int) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h) crop pixels of an occluder drawn as fractions (w, h, x, y) of side s."""
+    w, h = int(occ[0] * s), int(occ[1] * s)
+    return int(occ[2] * (s - w)), int(occ[3] * (s - h)), w, h
+
+
+def apply_photometric(crop: np.ndarray, p: Photometric) -> np.ndarray:
+    """Colour (saturation, contrast, brightness), blur, occlusion on a uint8 (S, S, C) crop."""
     out = crop.astype(np.float32)
-    if a.color > 0:
-        if out.shape[2] == 3 and c_sat:
-            gray = out.mean(axis=2, keepdims=True)
-            out = gray + (out - gray) * (1 + c_sat)
+    if out.shape[2] == 3 and p.saturation:
+        gray = out.mean(axis=2, keepdims=True)
+        out = gray + (out - gray) * (1 + p.saturation)
+    if p.contrast or p.bright:
         mean = out.mean()
-        out = (out - mean) * (1 + c_contrast) + mean + 64.0 * c_bright
-    if do_blur:
-        out = cv2.GaussianBlur(out, (0, 0), float(blur_sigma))
+        out = (out - mean) * (1 + p.contrast) + mean + 64.0 * p.bright
+    if p.blur_sigma > 0:
+        out = cv2.GaussianBlur(out, (0, 0), p.blur_sigma)
         if out.ndim == 2:
             out = out[:, :, None]
-    if do_occ:
-        w, h = (occ_wh * s).astype(int)
-        x0 = int(occ_xy[0] * (s - w))
-        y0 = int(occ_xy[1] * (s - h))
-        out[y0:y0 + h, x0:x0 + w] = occ_col[: out.shape[2]]
+    if p.occlusion is not None:
+        x0, y0, w, h = occlusion_rect(p.occlusion, crop.shape[0])
+        out[y0:y0 + h, x0:x0 + w] = p.occlusion_color[: out.shape[2]]
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def photometric(crop: np.ndarray, rng: np.random.Generator, a: Augment) -> np.ndarray:
+    """Colour jitter, blur and occlusion on a uint8 (S, S, C) crop, drawn from rng."""
+    return apply_photometric(crop, Photometric.draw(rng, a))
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -6,6 +6,12 @@ at a lower quality; the .pts files are copied as they are. The copy is for the r
 ignored by git and never committed (data sets stay in ../shared).
 
     python tools/dev/pack_for_device.py ytf68 --quality 88
+    python tools/dev/pack_for_device.py cuhk5 --quality 80 --scale 0.5
+
+A CelebA-layout set (cuhk5) is resized by ``--scale`` (its faces are large: a 112-pixel crop
+of 5 points shrinks them about 2x anyway); its landmark and box lists are rewritten to match
+(pixel centres at integers: ``x' = (x + 0.5) * scale - 0.5``). NME is scale-free; the published
+numbers are computed on the original files.
 """
 from __future__ import annotations
 
@@ -23,9 +29,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name", help="folder under ../shared/data (300W layout splits inside)")
     ap.add_argument("--quality", type=int, default=88)
+    ap.add_argument("--scale", type=float, default=1.0, help="resize factor (CelebA layout)")
     args = ap.parse_args()
     src = shared_dir() / "data" / args.name
     dst = Path(__file__).resolve().parents[2] / ".devcarry" / args.name
+    if (src / "list_landmarks_celeba.txt").is_file():
+        pack_celeba(src, dst, args.quality, args.scale)
+        return
     total = 0
     for pts in sorted(src.rglob("*.pts")):
         out = dst / pts.relative_to(src)
@@ -37,6 +47,36 @@ def main() -> None:
         out.with_suffix(".jpg").write_bytes(buf.tobytes())
         total += len(buf) + pts.stat().st_size
     print(f"{dst}: {total / 2**20:.1f} MiB")
+
+
+def pack_celeba(src: Path, dst: Path, quality: int, scale: float) -> None:
+    """Resize and re-encode a CelebA root's images; rewrite the coordinate lists to match."""
+    (dst / "img").mkdir(parents=True, exist_ok=True)
+    total = 0
+    for image in sorted((src / "img").iterdir()):
+        im = cv2.imread(str(image))
+        if scale != 1.0:
+            im = cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        (dst / "img" / image.name).write_bytes(buf.tobytes())
+        total += len(buf)
+    for name, size_cols in (("list_landmarks_celeba.txt", False), ("list_bbox_celeba.txt", True)):
+        lines = (src / name).read_text().splitlines()
+        out = lines[:2]
+        for line in lines[2:]:
+            parts = line.split()
+            if not parts:
+                continue
+            vals = [float(v) for v in parts[1:]]
+            if size_cols:  # x, y, w, h
+                vals = [(vals[0] + 0.5) * scale - 0.5, (vals[1] + 0.5) * scale - 0.5,
+                        vals[2] * scale, vals[3] * scale]
+            else:
+                vals = [(v + 0.5) * scale - 0.5 for v in vals]
+            out.append(parts[0] + " " + " ".join(f"{v:.3f}" for v in vals))
+        (dst / name).write_text("\n".join(out) + "\n")
+    shutil.copyfile(src / "list_eval_partition.txt", dst / "list_eval_partition.txt")
+    print(f"{dst}: {total / 2**20:.1f} MiB of images")
 
 
 if __name__ == "__main__":
