@@ -9,6 +9,8 @@ autocast and channels_last on CUDA) fed three ways, in one process:
 * ``device``: crops warped and augmented on the GPU (data/device_pipeline.py);
 * ``cpu``: the DataLoader with ``--workers`` processes (OpenCV decode, warp, augment).
 
+A mode with ``+compile`` (e.g. ``resident+compile``) also wraps the net in ``torch.compile``.
+
 Prints one table (median of ``--repeats`` timed windows of ``--steps`` steps, after warm-up)
 and the pipeline / resident ratios. Example (H200):
 
@@ -68,12 +70,14 @@ def main(argv=None) -> int:
     cuda = args.device.startswith("cuda")
     rows = []
     for batch in [int(b) for b in args.batch.split(",")]:
-        for mode in args.modes.split(","):
+        for spec in args.modes.split(","):
+            mode, _, extra = spec.partition("+")
             cfg = TrainConfig(solver=args.solver, data=args.data, val=None, device=args.device,
                               amp=cuda, channels_last=cuda, batch_size=batch,
                               workers=args.workers, progress=False, bundle=False,
                               pipeline="cpu" if mode == "cpu" else "device",
                               augment=Augment(), train_limit=args.limit,
+                              compile=extra == "compile",
                               out=Path("/tmp/bench_train"))
             tr = Trainer(cfg)
             if tr.patch_cache is not None:
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
                 feed = itertools.repeat(fixed)
             per_step = time_steps(tr, feed, args.steps, args.repeats, args.warmup)
             med = statistics.median(per_step)
-            rows.append({"batch": batch, "mode": mode, "ms_per_step": med * 1e3,
+            rows.append({"batch": batch, "mode": spec, "ms_per_step": med * 1e3,
                          "images_per_s": batch / med,
                          "spread": (max(per_step) - min(per_step)) / med})
             del tr, feed

@@ -239,6 +239,8 @@ class CaffeSolver:
         if not self.blobs:
             raise SolverError("the net has no learnable blobs: nothing to train")
         self._iter = 0
+        #: SGD and Adam use multi-tensor kernels (same numbers; set False for the per-blob path).
+        self.foreach = True
         self.last_lr: float | None = None
         self.last_grad_norm: torch.Tensor | None = None  # L2 norm before clipping (when clipping)
         self._history = [[torch.zeros_like(b.tensor, memory_format=torch.preserve_format)
@@ -285,6 +287,11 @@ class CaffeSolver:
             clip = float(p.clip_gradients)
             scale = torch.where(norm > clip, clip / norm, torch.ones_like(norm))
             grads = [g * scale.to(device=g.device, dtype=g.dtype) for g in grads]
+        if self.type in ("SGD", "Adam") and self.foreach:
+            self._apply_foreach(grads, rate)
+            self._iter += 1
+            self.last_lr = rate
+            return rate
         for b, g, hist in zip(self.blobs, grads, self._history):
             w = b.tensor
             if p.iter_size != 1:  # Normalize
@@ -296,6 +303,48 @@ class CaffeSolver:
         self._iter += 1
         self.last_lr = rate
         return rate
+
+    def _apply_foreach(self, grads: list[torch.Tensor], rate: float) -> None:
+        """SGD and Adam for all blobs at once with multi-tensor (``_foreach``) kernels.
+
+        The same arithmetic as the per-blob path (Normalize, Regularize, ComputeUpdateValue),
+        grouped by (lr_mult, decay_mult): a handful of kernel launches per group instead of
+        about ten per blob, which is most of a small net's step time on a GPU.
+        """
+        p = self.param
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i, b in enumerate(self.blobs):
+            groups.setdefault((b.lr_mult, b.decay_mult), []).append(i)
+        for (lr_mult, decay_mult), idx in groups.items():
+            w = [self.blobs[i].tensor for i in idx]
+            g = [grads[i] for i in idx]
+            if p.iter_size != 1:
+                g = torch._foreach_mul(g, 1.0 / p.iter_size)
+            local_decay = p.weight_decay * decay_mult
+            if local_decay:
+                reg = w if p.regularization_type == "L2" else torch._foreach_sign(w)
+                g = torch._foreach_add(g, reg, alpha=local_decay)
+            local_rate = rate * lr_mult
+            if self.type == "SGD":
+                h = [self._history[i][0] for i in idx]
+                torch._foreach_mul_(h, p.momentum)
+                torch._foreach_add_(h, g, alpha=local_rate)
+                torch._foreach_sub_(w, h)
+                continue
+            m = [self._history[i][0] for i in idx]
+            v = [self._history[i][1] for i in idx]
+            b1, b2 = p.momentum, p.momentum2
+            step = self._iter + 1
+            correction = math.sqrt(1.0 - b2 ** step) / (1.0 - b1 ** step)
+            torch._foreach_mul_(m, b1)
+            torch._foreach_add_(m, g, alpha=1.0 - b1)
+            torch._foreach_mul_(v, b2)
+            torch._foreach_add_(v, torch._foreach_mul(g, g), alpha=1.0 - b2)
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_add_(denom, p.delta)
+            upd = torch._foreach_mul(m, local_rate * correction)
+            torch._foreach_div_(upd, denom)
+            torch._foreach_sub_(w, upd)
 
     def _update_value(self, g: torch.Tensor, hist: list[torch.Tensor],
                       local_rate: float) -> torch.Tensor:

@@ -408,8 +408,13 @@ class Trainer:
         return p.reshape(len(p), k, 2) * self.size - 0.5
 
     # -- one iteration ----------------------------------------------------------------------
-    def step(self, it: int, batches) -> dict[str, float]:
-        """iter_size forward/backward passes and one solver update; returns the loss tops."""
+    def step(self, it: int, batches) -> torch.Tensor:
+        """iter_size forward/backward passes and one solver update.
+
+        Returns the loss tops (mean over iter_size) as a tensor on the training device, without
+        waiting for it: the caller checks them in batches (:meth:`check_tops`), so the host
+        queues the next iteration while the GPU still runs this one.
+        """
         self.solver.zero_grad()
         sums = None
         for micro in range(self.iter_size):
@@ -428,20 +433,27 @@ class Trainer:
                     out = self.model(*args)
                     loss = self.net.loss(out)
                 tops = torch.stack([out[t].detach().float().sum() for t, _ in self.loss_tops])
-                vals = tops.cpu().numpy().astype(np.float64)
-                if not np.isfinite(vals).all() or not math.isfinite(float(loss.detach())):
-                    bad = [t for (t, _), v in zip(self.loss_tops, vals) if not math.isfinite(v)]
-                    name = bad[0] if bad else "the total loss"
-                    value = vals[[t for t, _ in self.loss_tops].index(bad[0])] if bad else loss
-                    keep = (f"the last good snapshot is {self.last_snapshot}"
-                            if self.last_snapshot else "no snapshot was written in this run")
-                    raise TrainingDiverged(
-                        f"iteration {it}: loss top '{name}' is {float(value)} (non-finite); "
-                        f"training stopped, nothing written after it; {keep}")
                 loss.backward()
-            sums = vals if sums is None else sums + vals
+            sums = tops if sums is None else sums + tops
         self.solver.apply_update()
-        return {t: float(v) / self.iter_size for (t, _), v in zip(self.loss_tops, sums)}
+        return sums / self.iter_size
+
+    def check_tops(self, pending: list[tuple[int, torch.Tensor]]) -> list[dict[str, float]]:
+        """Loss tops of the queued iterations as dicts; a NaN or inf stops the run, naming the
+        first iteration and top where it appeared."""
+        if not pending:
+            return []
+        vals = torch.stack([t for _, t in pending]).cpu().numpy().astype(np.float64)
+        names = [t for t, _ in self.loss_tops]
+        bad = ~np.isfinite(vals)
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            keep = (f"the last good snapshot is {self.last_snapshot}"
+                    if self.last_snapshot else "no snapshot was written in this run")
+            raise TrainingDiverged(
+                f"iteration {pending[row][0]}: loss top '{names[col]}' is {vals[row, col]} "
+                f"(non-finite); training stopped, nothing written after it; {keep}")
+        return [dict(zip(names, map(float, v))) for v in vals]
 
     # -- validation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -615,6 +627,7 @@ class Trainer:
         t0 = time.perf_counter()
         t_last, it_last = t0, self.start_iter
         first_tops = last_tops = None
+        pending: list[tuple[int, torch.Tensor]] = []
         it = self.start_iter
         try:
             while True:
@@ -629,14 +642,23 @@ class Trainer:
                         row.update(iter=it, lr=self.solver.lr_at(it))
                         self._write(writer, f, row)
                     break
-                tops = self.step(it, batches)
-                total = sum(w * tops[t] for t, w in self.loss_tops)
-                window.append([total] + [tops[t] for t, _ in self.loss_tops])
-                first_tops = first_tops or dict(tops, loss=total)
-                last_tops = dict(tops, loss=total)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{total:.4g}", lr=f"{self.solver.lr_at(it):.3g}")
+                pending.append((it, self.step(it, batches)))
+                nxt = it + 1
+                due = (len(pending) >= 25 or nxt >= self.max_iter
+                       or (log_every and it % log_every == 0)
+                       or (self.snapshot_every and nxt % self.snapshot_every == 0)
+                       or (self.test_interval and nxt % self.test_interval == 0))
+                if due:
+                    for tops in self.check_tops(pending):
+                        total = sum(w * tops[t] for t, w in self.loss_tops)
+                        window.append([total] + [tops[t] for t, _ in self.loss_tops])
+                        first_tops = first_tops or dict(tops, loss=total)
+                        last_tops = dict(tops, loss=total)
+                    if bar is not None:
+                        bar.update(len(pending))
+                        bar.set_postfix(loss=f"{last_tops['loss']:.4g}",
+                                        lr=f"{self.solver.lr_at(it):.3g}")
+                    pending.clear()
                 if log_every and it % log_every == 0:
                     sm = np.mean(np.array(window), axis=0)
                     now = time.perf_counter()

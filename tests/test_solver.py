@@ -196,11 +196,15 @@ def assert_close(net, ref: CaffeRef, step: int, rtol: float = 1e-5) -> None:
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
 @pytest.mark.parametrize("stype", list(TYPES))
-def test_matches_numpy_caffe(stype, policy):
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "per-blob"])
+def test_matches_numpy_caffe(stype, policy, foreach):
+    if not foreach and stype not in ("SGD", "Adam"):
+        pytest.skip("only SGD and Adam have two code paths")
     fields = {"type": stype, **TYPES[stype], **POLICIES[policy], "weight_decay": 0.01,
               "iter_size": 2, "clip_gradients": 6.0, "max_iter": 30}
     net = make_net()
     solver = CaffeSolver(parse_solver(solver_text(fields)), net)
+    solver.foreach = foreach
     ref = CaffeRef(fields, weights(net), MULTS)
     rates = set()
     for step in range(30):
