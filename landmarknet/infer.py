@@ -58,7 +58,8 @@ from landmarknet.detect.boxes import BoxCalibration
 MODEL_JSON = "model.json"
 FORMAT = 1
 _INPUT_KEYS = {"blob", "channels", "mean", "scale", "size"}
-_OUTPUT_KEYS = {"blob", "decoding", "stride", "offset", "channels", "refine", "blur_sigma", "unit"}
+_OUTPUT_KEYS = {"blob", "decoding", "stride", "offset", "channels", "refine", "blur_sigma", "unit",
+                "flip_test"}
 
 
 class ModelError(DetectError):
@@ -89,6 +90,8 @@ class ModelSpec:
     crop: CropPolicy
     calibrations: dict[str, BoxCalibration]
     raw: dict
+    #: Also run the mirrored crop and average the two predictions (points mapped back).
+    flip_test: bool = False
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> "ModelSpec":
@@ -163,7 +166,7 @@ class ModelSpec:
                    None if out.get("offset") is None else float(out["offset"]),
                    None if chans is None else (int(chans[0]), int(chans[1])), refine,
                    float(out.get("blur_sigma", 0.0)), str(out.get("unit", "unit")), crop, cal,
-                   raw)
+                   raw, bool(out.get("flip_test", False)))
 
 
 @dataclass
@@ -259,7 +262,25 @@ class LandmarkModel:
 
     def run(self, batch: np.ndarray, keep_heatmaps: bool = False,
             ) -> tuple[np.ndarray, list[Optional[float]], Optional[np.ndarray]]:
-        """Network batch -> crop points (N, K, 2), confidences, heatmaps (when kept)."""
+        """Network batch -> crop points (N, K, 2), confidences, heatmaps (when kept).
+
+        With ``flip_test`` the mirrored crops run too (in the same forward pass); their points
+        are mirrored back (``x -> S - 1 - x``, re-ordered by the scheme's flip permutation)
+        and averaged with the direct ones.
+        """
+        if not self.spec.flip_test or len(batch) == 0:
+            return self._run_once(batch, keep_heatmaps)
+        n = len(batch)
+        both = np.concatenate([batch, np.ascontiguousarray(batch[..., ::-1])])
+        pts, conf, maps = self._run_once(both, keep_heatmaps)
+        back = self.scheme.flip_points(pts[n:], self.spec.crop.size)
+        avg = (pts[:n] + back) / 2
+        if conf[0] is not None:
+            conf = [(a + b) / 2 for a, b in zip(conf[:n], conf[n:])]
+        return avg, conf[:n], (maps[:n] if maps is not None else None)
+
+    def _run_once(self, batch: np.ndarray, keep_heatmaps: bool = False,
+                  ) -> tuple[np.ndarray, list[Optional[float]], Optional[np.ndarray]]:
         k = self.spec.scheme
         if len(batch) == 0:
             return np.zeros((0, k, 2)), [], None

@@ -219,6 +219,20 @@ def copy_selector(names: Iterable[str] | None = None, upto: str | None = None,
     return lambda name: True
 
 
+def layer_selector(spec: str, net: CaffeNet) -> Callable[[str], bool]:
+    """``A,B,...`` (layer names) or ``upto:NAME`` as a predicate on layer names; names that
+    the net does not have are an error (a typo must not select nothing)."""
+    if spec.startswith("upto:"):
+        return copy_selector(upto=spec[5:], net=net)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    known = {info.node.name for info in net.layers.values()}
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise WeightsError(f"no layer named {unknown or spec!r} in the net (give A,B,... or "
+                           "upto:NAME)")
+    return copy_selector(names=names)
+
+
 # ---------------------------------------------------------------------------------------------
 # Random weights for testing
 

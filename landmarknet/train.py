@@ -105,6 +105,8 @@ class TrainConfig:
     progress: bool = True
     bundle: bool = True  # write OUT/bundle at the end (deploy.prototxt beside train_val needed)
     log_every: Optional[int] = None  # CSV/curves cadence; default: display
+    #: Layers whose blobs are not trained (lr_mult and decay_mult 0): "A,B,..." or "upto:NAME".
+    freeze: Optional[str] = None
 
 
 def _resolve(path: str, solver: Path) -> Path:
@@ -258,6 +260,19 @@ class Trainer:
 
         # -- solver, model wrappers
         self.solver = CaffeSolver(self.param, self.net)
+        if cfg.freeze:
+            from landmarknet.params import WeightsError, layer_selector
+            try:
+                frozen = layer_selector(cfg.freeze, self.net)
+            except WeightsError as exc:
+                raise TrainingError(f"--freeze: {exc}") from None
+            for b in self.solver.blobs:
+                if frozen(b.layer):
+                    b.lr_mult = b.decay_mult = 0.0
+            self.frozen = sorted({b.layer for b in self.solver.blobs if frozen(b.layer)})
+            if self.is_main:
+                print(f"frozen (lr_mult 0): {len(self.frozen)} layers, {self.frozen[0]} .. "
+                      f"{self.frozen[-1]}" if self.frozen else "frozen: no learnable layer")
         self.start_iter = 0
         if cfg.resume:
             self._load_state(Path(cfg.resume))

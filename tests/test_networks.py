@@ -179,12 +179,15 @@ def _check_train_step(net, name: str) -> None:
     if name in HEATMAP:
         assert sorted(losses) == [f"stage{t}_loss" for t in range(1, cfg.stages + 1)]
     else:
-        expected = {"loss", "global_loss", "local_loss"} | ({"box_loss", "angle_loss"}
-                                                             if cfg.align else set())
+        expected = ({"loss"} | ({"global_loss", "local_loss"} if cfg.fusion else set())
+                    | ({"box_loss", "angle_loss"} if cfg.align else set()))
         assert set(losses) == expected
-        w = out["loss_region_weights"]
-        assert w.shape == (2, len(cfg.regions))
-        assert torch.allclose(w.mean(dim=1), torch.ones(2), atol=1e-5)  # mean one
+        if cfg.attention:
+            w = out["loss_region_weights"]
+            assert w.shape == (2, len(cfg.regions))
+            assert torch.allclose(w.mean(dim=1), torch.ones(2), atol=1e-5)  # mean one
+        else:
+            assert "loss_region_weights" not in out
     for k, v in losses.items():
         assert v.dim() == 0 and torch.isfinite(v) and v > 0, k
     total = net.loss(out)

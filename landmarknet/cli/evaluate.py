@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=64, help="faces per forward pass")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--flip-test", choices=("on", "off"),
+                   help="average with the mirrored crop's prediction (default: model.json's "
+                        "output.flip_test)")
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the CED curve")
     p.add_argument("--save-points", type=Path, metavar="NPZ",
                    help="write predictions, ground truth and per-face NME")
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from landmarknet.metrics import evaluate_points, nme, plot_ced
 
     model = LandmarkModel.load(args.model, device=args.device)
+    if args.flip_test:
+        model.spec.flip_test = args.flip_test == "on"
     part = args.partition if is_celeba(args.data) else None
     samples, report = read_samples(args.data, part, model.scheme.n_points)
     pred, gt, bad = evaluate_bundle(model, samples, args.batch)

@@ -43,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-interval", type=int, help="override the solver's test_interval")
     p.add_argument("--batch-size", type=int, help="override the train net's Input batch size")
     p.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
+    p.add_argument("--freeze", metavar="A,B,...|upto:NAME",
+                   help="do not train these layers (lr_mult 0), e.g. the layers copied from a "
+                        "pre-trained net: upto:fire9")
     p.add_argument("--pipeline", choices=("auto", "cpu", "device"), default="auto",
                    help="where training crops are made: cpu (loader processes), device "
                         "(decoded once, warped and augmented on the GPU) or auto (device on "
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                       max_iter=args.max_iter, snapshot=args.snapshot,
                       test_interval=args.test_interval, batch_size=args.batch_size,
                       workers=args.workers, pipeline=args.pipeline, sigma=args.sigma,
-                      crop_scale=args.crop_scale,
+                      crop_scale=args.crop_scale, freeze=args.freeze,
                       refine=args.refine, augment=aug, progress=not args.no_progress)
     try:
         summary = train(cfg)

@@ -49,6 +49,10 @@ class SqueezeConfig:
     align: bool = False
     align_input: int = 128  # the raw crop the align branch sees
     attention_reduce: int = 32  # SE bottleneck width
+    #: Ablations of the thesis: region attention weighting the loss (off: plain Euclidean loss
+    #: on the fused points) and region fusion (off: the global head alone predicts).
+    attention: bool = True
+    fusion: bool = True
     min_weight: float = 0.25  # floor of the normalised region weights
     aux_loss_weight: float = 0.5  # of the global-head and local-head losses
     #: Of the box and angle losses: the landmark loss also pulls on box and angle (through the
@@ -104,7 +108,11 @@ def _heads(ns: NetSpec, features: str, cfg: SqueezeConfig, suffix: str = "",
     pooled = ns.pool("pool10", features, method="AVE", global_pooling=True)
     g = ns.conv("conv10", pooled, 2 * k, 1, weight_filler=gaussian(0.01),
                 bias_filler=constant(0.5))
-    glob = ns.flatten("global_flatten", g, "global_points" + suffix)
+    # without fusion (and without the align warp) the global head's points are the prediction
+    top = "global_points" + suffix if cfg.fusion or cfg.align else "pred_points"
+    glob = ns.flatten("global_flatten", g, top)
+    if not cfg.fusion:
+        return pooled, glob, None, None
     ns.comment("local heads: one spatial softmax per region pools that region's features,\n"
                "one InnerProduct per region predicts its points")
     regions = cfg.regions
@@ -184,23 +192,34 @@ def squeeze_net(cfg: SqueezeConfig, deploy: bool = False) -> NetSpec:
         ns.comment("back to the input crop's coordinates, so that every loss is computed there")
         glob = ns.python("global_inverse", "InverseAffinePoints", [glob_a, theta],
                          "global_points")
-        local = ns.python("local_inverse", "InverseAffinePoints", [local_a, theta],
-                          "local_points")
+        local = None if local_a is None else \
+            ns.python("local_inverse", "InverseAffinePoints", [local_a, theta], "local_points")
     else:
         features = _backbone(ns, data)
         pooled, glob, local, gate = _heads(ns, features, cfg)
-    ns.comment("fusion: per point sigmoid(gate) * global + (1 - sigmoid(gate)) * local")
-    pred = ns.python("fusion", "RegionFusion", [glob, local, gate], "pred_points", params=params)
+    if cfg.fusion:
+        ns.comment("fusion: per point sigmoid(gate) * global + (1 - sigmoid(gate)) * local")
+        pred = ns.python("fusion", "RegionFusion", [glob, local, gate], "pred_points",
+                         params=params)
+    else:
+        ns.comment("no fusion (ablation): the global head alone predicts")
+        pred = glob
     if deploy:
         return ns
-    weights = _attention(ns, pooled, cfg)
-    ns.comment("losses (TRAIN and TEST): the fused points with region weights; each head on "
-               "its own\nso that both stay good predictors for the gate to choose between")
-    ns.python("loss", "RegionWeightedEuclideanLoss", [pred, "points", weights],
-              ["loss", "loss_region_weights"], loss_weight=[1.0, 0.0],
-              params={**params, "min_weight": cfg.min_weight})
-    ns.euclidean_loss("global_loss", glob, "points", cfg.aux_loss_weight)
-    ns.euclidean_loss("local_loss", local, "points", cfg.aux_loss_weight)
+    if cfg.attention:
+        weights = _attention(ns, pooled, cfg)
+        ns.comment("losses (TRAIN and TEST): the fused points with region weights; each head "
+                   "on its own\nso that both stay good predictors for the gate to choose "
+                   "between")
+        ns.python("loss", "RegionWeightedEuclideanLoss", [pred, "points", weights],
+                  ["loss", "loss_region_weights"], loss_weight=[1.0, 0.0],
+                  params={**params, "min_weight": cfg.min_weight})
+    else:
+        ns.comment("loss without region attention (ablation): every point weighs the same")
+        ns.euclidean_loss("loss", pred, "points", 1.0)
+    if cfg.fusion:
+        ns.euclidean_loss("global_loss", glob, "points", cfg.aux_loss_weight)
+        ns.euclidean_loss("local_loss", local, "points", cfg.aux_loss_weight)
     if cfg.align:
         ns.euclidean_loss("box_loss", box, "box", cfg.align_loss_weight)
         ns.euclidean_loss("angle_loss", angle, "angle", cfg.align_loss_weight)
@@ -241,6 +260,12 @@ SQUEEZE_NETS: dict[str, tuple[SqueezeConfig, str]] = {
                   "layer names, so its backbone copies into squeeze77 by name"),
     "squeeze77": (SQ77, "77 points (68 iBUG + 9 forehead): SqueezeNet v1.0 backbone, global + "
                         "local heads fused per point, region-attention-weighted loss"),
+    "squeeze77_noattention": (replace(SQ77, name="squeeze77_noattention", attention=False),
+                              "ablation: squeeze77 trained with a plain Euclidean loss (no "
+                              "region attention); the deploy net is squeeze77's"),
+    "squeeze77_nofusion": (replace(SQ77, name="squeeze77_nofusion", fusion=False),
+                           "ablation: squeeze77's global head alone (no local heads, no "
+                           "region fusion)"),
     "squeeze77_align": (replace(SQ77, name="squeeze77_align", align=True),
                         "squeeze77 behind a parallel alignment branch (box + angle), "
                         "a differentiable affine warp and the inverse warp of the points"),
