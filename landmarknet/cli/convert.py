@@ -16,7 +16,7 @@ examples:
   landmarknet convert net.caffemodel net.h5
   landmarknet convert net.caffemodel net.pt --prototxt deploy.prototxt
   landmarknet convert sq68.caffemodel sq77_init.caffemodel --prototxt sq77_train.prototxt \\
-      --phase train --copy-layers upto:fire9
+      --phase train --copy-layers upto:fire9/concat
 """
 
 

@@ -45,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
     p.add_argument("--freeze", metavar="A,B,...|upto:NAME",
                    help="do not train these layers (lr_mult 0), e.g. the layers copied from a "
-                        "pre-trained net: upto:fire9")
+                        "pre-trained net: upto:fire9/concat")
     p.add_argument("--pipeline", choices=("auto", "cpu", "device"), default="auto",
                    help="where training crops are made: cpu (loader processes), device "
                         "(decoded once, warped and augmented on the GPU) or auto (device on "
