@@ -92,7 +92,7 @@ class TrainConfig:
     workers: int = 4
     #: Where training crops are made: "cpu" (loader processes, OpenCV), "device" (decoded once,
     #: warped and augmented on the training device; data/device_pipeline.py) or "auto" (device
-    #: on CUDA, cpu otherwise).
+    #: on CUDA with fewer than 8 loader processes, cpu otherwise).
     pipeline: str = "auto"
     sigma: float = 1.0  # heatmap Gaussian sigma in heatmap pixels
     crop_scale: Optional[float] = None  # default: 1.25 (68/77 points), 2.2 (5 points)
@@ -240,8 +240,11 @@ class Trainer:
         self.train_set = LandmarkDataset(samples, tr, seed=self.seed, train=True)
         if cfg.pipeline not in ("auto", "cpu", "device"):
             raise TrainingError(f"pipeline must be auto, cpu or device, got {cfg.pipeline!r}")
-        self.pipeline = (("device" if cuda else "cpu") if cfg.pipeline == "auto"
-                         else cfg.pipeline)
+        # auto: measured on an H200 host (docs/performance.md), 14 loader processes keep up
+        # with the GPU and leave it all to training; with fewer, decoding and warping on the
+        # CPU become the bottleneck and the GPU does them faster.
+        self.pipeline = cfg.pipeline if cfg.pipeline != "auto" else \
+            ("device" if cuda and cfg.workers < 8 else "cpu")
         self.patch_cache = None
         if self.pipeline == "device":
             from landmarknet.data.device_pipeline import PatchCache

@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline", choices=("auto", "cpu", "device"), default="auto",
                    help="where training crops are made: cpu (loader processes), device "
                         "(decoded once, warped and augmented on the GPU) or auto (device on "
-                        "CUDA; default)")
+                        "CUDA with fewer than 8 --workers; default)")
     p.add_argument("--sigma", type=float, default=1.0,
                    help="heatmap Gaussian sigma in heatmap pixels (default 1.0)")
     p.add_argument("--crop-scale", type=float,
