@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "detect": "landmarknet.cli.detect",
     "visualize": "landmarknet.cli.visualize",
     "export": "landmarknet.cli.export",
+    "bench": "landmarknet.cli.bench",
 }
 
 
