@@ -6,7 +6,9 @@
 
 One process, one table: for each net and batch size every backend is built, checked against
 eager (max relative output difference) and timed in the same rounds with the same thread count
-(landmarknet.bench.run_bench); batch 1 is latency, batch 32 throughput. ``ratio`` is median ms /
+(landmarknet.bench.run_bench); batch 1 is latency, batch 32 throughput. The "landmarknet
+fast" row is ``--mode auto-compile``: the fastest of landmarknet.fast's CPU candidates
+(Winograd-tuned, fused oneDNN, jit, torch.compile), measured on that batch. ``ratio`` is median ms /
 OpenCV DNN's at the same batch (below 1: faster than OpenCV). ``--ablation`` adds a table of
 what each landmarknet speed mode buys over eager (landmarknet.fast flags, one at a time and
 together; ``--compile`` adds torch.compile, 10-60 s of compiling per net and batch here).
@@ -91,6 +93,9 @@ def main() -> int:
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--ablation", action="store_true", help="also time each speed mode")
     ap.add_argument("--compile", action="store_true", help="ablation: add torch.compile")
+    ap.add_argument("--mode", default="auto-compile",
+                    help="landmarknet fast row: auto-compile (default: the fastest of the CPU "
+                         "candidates, torch.compile included) or any landmarknet.fast mode")
     ap.add_argument("--json", type=Path, help="write every row here")
     args = ap.parse_args()
     set_threads(args.threads)
@@ -109,7 +114,7 @@ def main() -> int:
         for b in batches:
             reps = args.repeats if b == 1 else args.repeats_large
             rows += run_bench(model, batches=[b], threads=args.threads, repeats=reps,
-                              warmup=args.warmup if b == 1 else 1)
+                              warmup=args.warmup if b == 1 else 1, mode=args.mode)
         per_net.append((name, model, rows))
         print(render_table(rows, notes=False), file=sys.stderr, flush=True)
         for r in rows:

@@ -30,9 +30,9 @@ flag              what it does
 Presets: ``eager`` (no flag), ``fast`` (``inference+channels_last+tune`` on CPU,
 ``inference+bf16+channels_last+cuda_graph`` on CUDA) and ``auto``: the candidate modes of the
 device (:data:`AUTO_CANDIDATES`) are each built and timed on ``example_inputs`` and the fastest
-is returned; its ``timings`` say what was measured. Speed modes are chosen for the shapes of
-``example_inputs``; other shapes still run (``cuda_graph`` captures again, ``tune`` keeps its
-choices).
+is returned; its ``timings`` say what was measured. ``auto-compile`` measures the torch.compile
+candidates too. Speed modes are chosen for the shapes of ``example_inputs``; other shapes still
+run (``cuda_graph`` captures again, ``tune`` keeps its choices).
 
 Numerics: ``inference``, ``channels_last``, ``fold``, ``fuse``, ``jit`` and ``compile`` compute
 the same convolutions in another order (differences of a few float32 ulps, 1e-5 relative on
@@ -69,14 +69,22 @@ PRESETS = {
     "fast": {"cpu": "inference+channels_last+tune",
              "cuda": "inference+bf16+channels_last+cuda_graph"},
 }
-#: What ``mode="auto"`` measures, per device type (compile is left out on CPU: measured slower
-#: than ``tune`` on the shipped nets and 5-30 s to compile; ask for it by name).
+#: What ``mode="auto"`` measures, per device type; ``"auto-compile"`` adds the torch.compile
+#: candidates (2-10 s of compiling per shape here, a C++ compiler needed on CPU). On the
+#: 2-core CPU of docs/performance.md compile won on squeeze77 (4.0 against 4.6 ms) and was
+#: level with ``fuse`` on the heatmap nets (45-46 ms, ``tune`` 38-39), so it is worth
+#: measuring, not worth always paying.
 AUTO_CANDIDATES = {
     "cpu": ("inference+channels_last+tune", "inference+channels_last+fuse",
             "inference+channels_last+fold+jit"),
     "cuda": ("inference+bf16+channels_last+cuda_graph", "inference+bf16+channels_last",
              "inference+channels_last+cuda_graph"),
 }
+AUTO_COMPILE_CANDIDATES = {
+    "cpu": ("inference+channels_last+fold+compile",),
+    "cuda": ("inference+fold+bf16+channels_last+compile+cuda_graph",),
+}
+AUTO_MODES = ("auto", "auto-compile")
 #: Convolution kernels a FastConv can run, and those ``tune`` tries by default. NNPACK is left
 #: out by default: alone it beats oneDNN on the 7x7 stage convolutions (0.35 against 0.53 ms)
 #: and on 3x3 ones at 56x56 and 112x112, but inside a whole net it was slower each time
@@ -676,8 +684,9 @@ def optimize_for_inference(net: CaffeNet, mode: str = "auto",
     """
     dev = torch.device(device) if device is not None else _net_device(net)
     example = _example(net, example_inputs, dev)
-    if mode == "auto":
-        return _auto(net, example, dev, tune_rounds, auto_repeats, kernels)
+    if mode in AUTO_MODES:
+        return _auto(net, example, dev, tune_rounds, auto_repeats, kernels,
+                     with_compile=mode == "auto-compile")
     flags = parse_mode(mode, dev)
     t0 = time.perf_counter()
     gm = copy.deepcopy(net).to(dev).eval()
@@ -788,11 +797,14 @@ def time_calls(fns: Mapping[str, Callable[[], object]], *, repeats: int = 10, wa
 
 
 def _auto(net: CaffeNet, example: list[torch.Tensor], dev: torch.device, tune_rounds: int,
-          repeats: int, kernels) -> FastNet:
+          repeats: int, kernels, with_compile: bool = False) -> FastNet:
     """Build every candidate of the device, time them together, keep the fastest."""
     built: dict[str, FastNet] = {}
     errors: dict[str, str] = {}
-    for mode in AUTO_CANDIDATES.get(dev.type, AUTO_CANDIDATES["cpu"]):
+    modes = AUTO_CANDIDATES.get(dev.type, AUTO_CANDIDATES["cpu"])
+    if with_compile:
+        modes += AUTO_COMPILE_CANDIDATES.get(dev.type, ())
+    for mode in modes:
         try:
             built[mode] = optimize_for_inference(net, mode, example, device=dev,
                                                  tune_rounds=tune_rounds, kernels=kernels)
@@ -823,7 +835,7 @@ def conv_kernel_report(fast: FastNet) -> list[dict]:
     return rows
 
 
-__all__ = ["FLAGS", "PRESETS", "AUTO_CANDIDATES", "KERNELS", "FastError", "FastNet",
-           "FastConv", "parse_mode", "mode_name", "fold_batchnorm", "fuse_convolutions",
-           "tune_convolutions", "optimize_for_inference", "winograd_conv3x3",
-           "winograd_weights", "time_calls", "conv_kernel_report"]
+__all__ = ["FLAGS", "PRESETS", "AUTO_CANDIDATES", "AUTO_COMPILE_CANDIDATES", "KERNELS",
+           "FastError", "FastNet", "FastConv", "parse_mode", "mode_name", "fold_batchnorm",
+           "fuse_convolutions", "tune_convolutions", "optimize_for_inference",
+           "winograd_conv3x3", "winograd_weights", "time_calls", "conv_kernel_report"]

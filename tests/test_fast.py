@@ -174,6 +174,9 @@ def test_compile_equals_eager(net):
     except Exception as exc:  # no C++ compiler here: say so rather than fail
         pytest.skip(f"torch.compile is unavailable here: {type(exc).__name__}: {exc}")
     assert _rel(_eager(net, x), fast(x)) <= FP32_TOL
+    both = optimize_for_inference(net, "auto-compile", x, tune_rounds=1, auto_repeats=1)
+    assert "inference+channels_last+fold+compile" in both.timings
+    assert _rel(_eager(net, x), both(x)) <= WINOGRAD_TOL
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,8 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seconds", type=float, default=None,
                    help="stop timing a batch size after this long (at least one round)")
     p.add_argument("--mode", default="auto",
-                   help="landmarknet fast mode: auto (default: fastest measured), fast, or "
-                        "flags such as inference+channels_last+tune (see landmarknet.fast)")
+                   help="landmarknet fast mode: auto (default: the fastest of its candidates, "
+                        "measured), auto-compile (torch.compile among them), fast, or flags "
+                        "such as inference+channels_last+tune (see landmarknet.fast)")
     p.add_argument("--seed", type=int, default=0, help="seed of inputs and random weights")
     p.add_argument("--json", action="store_true",
                    help='print {"rows": [{"backend", "device", "batch", "dtype", "median_ms", '
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--repeats must be at least 1 and --warmup at least 0")
     if not args.model.exists():
         raise UsageError(f"{args.model}: no such model folder or prototxt")
-    if args.mode != "auto":
+    if args.mode not in ("auto", "auto-compile"):
         try:
             parse_mode(args.mode, args.device)
         except FastError as exc:
