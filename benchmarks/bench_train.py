@@ -80,14 +80,7 @@ def main(argv=None) -> int:
                               compile=extra == "compile",
                               out=Path("/tmp/bench_train"))
             tr = Trainer(cfg)
-            if tr.patch_cache is not None:
-                from landmarknet.data.device_pipeline import DeviceBatches
-                feed = iter(DeviceBatches(tr.patch_cache, cfg.augment, tr.scheme.flip, batch,
-                                          seed=1))
-            else:
-                from landmarknet.data.dataset import train_loader
-                feed = iter(train_loader(tr.train_set, batch, seed=1, workers=args.workers,
-                                         pin_memory=cuda))
+            feed = iter(tr.batch_source())
             if mode == "resident":
                 fixed = next(feed)
                 feed = itertools.repeat(fixed)

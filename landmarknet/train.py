@@ -366,6 +366,18 @@ class Trainer:
         return found
 
     # -- batches ----------------------------------------------------------------------------
+    def batch_source(self, start_batch: int = 0):
+        """The infinite training batches from position ``start_batch``, from the pipeline the
+        run uses (device: data/device_pipeline.py; cpu: the DataLoader)."""
+        if self.patch_cache is not None:
+            from landmarknet.data.device_pipeline import DeviceBatches
+            return DeviceBatches(self.patch_cache, self.cfg.augment, self.scheme.flip,
+                                 self.batch, seed=self.seed, start_batch=start_batch,
+                                 rank=self.rank, world=self.world)
+        return train_loader(self.train_set, self.batch, seed=self.seed, start_batch=start_batch,
+                            rank=self.rank, world=self.world, workers=self.cfg.workers,
+                            pin_memory=self.device.type == "cuda")
+
     def inputs(self, batch: dict) -> list[torch.Tensor]:
         """A collated batch -> the net's inputs in order, made on the training device."""
         dev = self.device
@@ -624,17 +636,7 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> dict:
         """Train from start_iter to max_iter; returns a summary."""
-        start = self.start_iter * self.iter_size
-        if self.patch_cache is not None:
-            from landmarknet.data.device_pipeline import DeviceBatches
-            loader = DeviceBatches(self.patch_cache, self.cfg.augment, self.scheme.flip,
-                                   self.batch, seed=self.seed, start_batch=start,
-                                   rank=self.rank, world=self.world)
-        else:
-            loader = train_loader(self.train_set, self.batch, seed=self.seed, start_batch=start,
-                                  rank=self.rank, world=self.world, workers=self.cfg.workers,
-                                  pin_memory=self.device.type == "cuda")
-        batches = iter(loader)
+        batches = iter(self.batch_source(self.start_iter * self.iter_size))
         f, writer = (self._open_log() if self.is_main else (None, None))
         window: deque = deque(maxlen=self.average_loss)
         log_every = self.cfg.log_every or self.display or 0
