@@ -146,6 +146,48 @@ def test_region_loss_weight_grad_scale(rng):
     assert torch.allclose(grads[0.0][1], grads[1.0][1])  # the points' gradient is unchanged
 
 
+def _ref_wing(d, w, eps):
+    """The Wing loss of Feng et al. (CVPR 2018), eq. 5, one coordinate at a time."""
+    c = w - w * math.log(1 + w / eps)
+    return w * math.log(1 + abs(d) / eps) if abs(d) < w else abs(d) - c
+
+
+@pytest.mark.parametrize("w, eps", [(0.1, 0.02), (0.5, 0.1)])
+def test_region_loss_wing_matches_numpy(rng, w, eps):
+    n, k = 3, 6
+    # errors on both sides of w, so that both branches of the penalty are used
+    pred = rng.normal(scale=w, size=(n, 2 * k))
+    target = rng.normal(scale=w, size=(n, 2 * k))
+    weights = rng.uniform(0.05, 1, size=(n, 3))
+    built, _ = _module("RegionWeightedEuclideanLoss", [(n, 2 * k), (n, 2 * k), (n, 3)],
+                       {"regions": REGIONS, "min_weight": 0.25, "penalty": "wing",
+                        "wing_w": w, "wing_epsilon": eps}, n_tops=2)
+    loss, wn = built.module(*(torch.tensor(a) for a in (pred, target, weights)))
+    _, ref_w = _ref_region_loss(pred, target, weights, list(REGIONS.values()), 0.25)
+    ref = 0.0
+    for i in range(n):
+        for r, idx in enumerate(REGIONS.values()):
+            ref += ref_w[i, r] * sum(_ref_wing(pred[i, 2 * p + c] - target[i, 2 * p + c], w, eps)
+                                     for p in idx for c in (0, 1))
+    diffs = np.abs(pred - target)
+    assert (diffs < w).any() and (diffs >= w).any()
+    np.testing.assert_allclose(float(loss), ref / n, rtol=1e-12)
+
+
+def test_region_loss_wing_is_continuous_and_keeps_small_errors_steep():
+    """At |d| = w both branches meet; near 0 the slope is w / eps, not the squared error's 2d."""
+    built, _ = _module("RegionWeightedEuclideanLoss", [(1, 2), (1, 2)],
+                       {"regions": {"all": [0]}, "penalty": "wing"})  # w 0.1, eps 0.02
+    f = lambda d: float(built.module(torch.tensor([[d, 0.0]], dtype=torch.float64),  # noqa: E731
+                                     torch.zeros(1, 2, dtype=torch.float64)))
+    assert f(0.1 - 1e-9) == pytest.approx(f(0.1 + 1e-9), abs=1e-8)
+    assert (f(1e-4) - f(0.0)) / 1e-4 == pytest.approx(0.1 / 0.02, rel=1e-2)
+    pred = torch.tensor([[0.3, -0.01]], dtype=torch.float64, requires_grad=True)
+    built.module(pred, torch.zeros(1, 2, dtype=torch.float64)).backward()
+    # beyond w: slope 1 (L1); inside: w / (eps + |d|) with the sign of d
+    np.testing.assert_allclose(_np(pred.grad), [[1.0, -0.1 / 0.03]], rtol=1e-12)
+
+
 @pytest.mark.parametrize("params, shapes, match", [
     ({"regions": {"a": [0, 1], "b": [1, 2]}}, [(2, 6), (2, 6)], "exactly once"),
     ({"regions": {"a": "0-1"}}, [(2, 6), (2, 6)], "exactly once"),
@@ -154,6 +196,9 @@ def test_region_loss_weight_grad_scale(rng):
     ({"regions": REGIONS}, [(2, 12), (2, 12), (2, 4)], "region weights"),
     ({"regions": REGIONS}, [(2, 11), (2, 11)], "even"),
     ({"regions": REGIONS, "min_weight": 1.0}, [(2, 12), (2, 12)], "min_weight"),
+    ({"regions": REGIONS, "penalty": "l1"}, [(2, 12), (2, 12)], "penalty must be"),
+    ({"regions": REGIONS, "wing_w": 0.2}, [(2, 12), (2, 12)], "need penalty"),
+    ({"regions": REGIONS, "penalty": "wing", "wing_epsilon": 0}, [(2, 12), (2, 12)], "> 0"),
 ])
 def test_region_loss_checks(params, shapes, match):
     spec = _spec("RegionWeightedEuclideanLoss", shapes, params)

@@ -18,7 +18,12 @@ Layers:
     the layer, per sample, to ``w~ = m + (1 - m) * R * w / sum(w)``: they average exactly one
     whatever the attention branch outputs, so they cannot all shrink to zero, and no region
     falls below the floor ``m`` (param ``min_weight``). With uniform weights it *is*
-    EuclideanLoss: sum of squared errors / 2N.
+    EuclideanLoss: sum of squared errors / 2N. Without the third bottom every weight is one.
+    Param ``penalty: "wing"`` swaps the squared error of each coordinate for the Wing loss
+    (Feng et al., CVPR 2018): ``w * ln(1 + |d| / eps)`` for ``|d| < w``, ``|d| - C`` beyond,
+    with ``C = w - w * ln(1 + w / eps)`` (params ``wing_w``, default 0.1, and ``wing_epsilon``,
+    default 0.02, in the unit coordinates of the points), summed and divided by N: small and
+    medium errors keep a large gradient, where the squared error's fades as they shrink.
 ``RegionPool``  bottoms: features (N, C, H, W), region logits (N, R, H, W); top (N, R, C): for
     each region a softmax over the H*W positions of its logit map, and the features averaged
     with those weights (a learned spatial attention: "that region's features").
@@ -156,15 +161,17 @@ def _coordinate_regions(regions: Sequence[Sequence[int]], n_points: int) -> list
 
 
 class RegionWeightedEuclideanLoss(nn.Module):
-    """sum_n sum_r w~[n, r] * ||pred - target||^2 over region r / (2N), w~ normalised."""
+    """sum_n sum_r w~[n, r] * penalty(pred - target) over region r / (2N or N), w~ normalised."""
 
     def __init__(self, regions: Sequence[Sequence[int]], n_points: int, min_weight: float,
-                 weight_grad_scale: float, weights_top: bool) -> None:
+                 weight_grad_scale: float, weights_top: bool, penalty: str = "l2",
+                 wing_w: float = 0.1, wing_epsilon: float = 0.02) -> None:
         super().__init__()
         self.regions = [tuple(r) for r in regions]
         self.n_points, self.min_weight = n_points, float(min_weight)
         self.weight_grad_scale = float(weight_grad_scale)
         self.weights_top = weights_top
+        self.penalty, self.wing_w, self.wing_epsilon = penalty, float(wing_w), float(wing_epsilon)
         # A constant of the layer, not a Caffe blob: kept out of state_dict.
         self.register_buffer("coord_region", torch.tensor(_coordinate_regions(regions, n_points)),
                              persistent=False)
@@ -179,27 +186,39 @@ class RegionWeightedEuclideanLoss(nn.Module):
         share = r * w / (w.sum(dim=1, keepdim=True) + 1e-12)
         return self.min_weight + (1.0 - self.min_weight) * share
 
+    def elementwise(self, d: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The penalty of each coordinate's error and the divisor's factor (2 for L2)."""
+        if self.penalty == "l2":
+            return d * d, 2.0
+        w, eps = self.wing_w, self.wing_epsilon
+        a = d.abs()
+        c = w - w * math.log1p(w / eps)
+        return torch.where(a < w, w * torch.log1p(a / eps), a - c), 1.0
+
     def forward(self, pred: torch.Tensor, target: torch.Tensor,
                 weights: torch.Tensor | None = None):
         n = pred.shape[0]
-        d2 = (pred.reshape(n, -1) - target.reshape(n, -1)) ** 2
-        per_region = d2.new_zeros(n, len(self.regions)).index_add(1, self.coord_region, d2)
+        e, factor = self.elementwise(pred.reshape(n, -1) - target.reshape(n, -1))
+        per_region = e.new_zeros(n, len(self.regions)).index_add(1, self.coord_region, e)
         if weights is None:
             w = torch.ones_like(per_region)
         else:
             w = self.normalise(weights.reshape(n, -1).to(per_region.dtype))
-        loss = (w * per_region).sum() / (2 * n)
+        loss = (w * per_region).sum() / (factor * n)
         return (loss, w) if self.weights_top else loss
 
     def extra_repr(self) -> str:
+        wing = (f", wing_w={self.wing_w}, wing_epsilon={self.wing_epsilon}"
+                if self.penalty == "wing" else "")
         return (f"regions={[len(r) for r in self.regions]}, min_weight={self.min_weight}, "
-                f"weight_grad_scale={self.weight_grad_scale}")
+                f"weight_grad_scale={self.weight_grad_scale}, penalty={self.penalty}{wing}")
 
 
 @register("Python:RegionWeightedEuclideanLoss", family=_FAMILY, origin=_ORIGIN)
 def region_weighted_euclidean_loss(spec: LayerSpec) -> Built:
     """Euclidean loss re-weighted per region by attention weights normalised to mean one."""
-    p = layer_params(spec, ("regions", "min_weight", "weight_grad_scale"))
+    p = layer_params(spec, ("regions", "min_weight", "weight_grad_scale", "penalty", "wing_w",
+                            "wing_epsilon"))
     spec.expect_bottoms(2, 3)
     _expect_tops(spec, 1, 2)
     pred, target = (tuple(s) for s in spec.bottom_shapes[:2])
@@ -218,8 +237,16 @@ def region_weighted_euclidean_loss(spec: LayerSpec) -> Built:
     m = float(p.get("min_weight", 0.0))
     if not 0.0 <= m < 1.0:
         raise spec.error(f"min_weight must be in [0, 1), got {m}")
+    penalty = p.get("penalty", "l2")
+    if penalty not in ("l2", "wing"):
+        raise spec.error(f"penalty must be \"l2\" or \"wing\", got {penalty!r}")
+    if penalty == "l2" and ("wing_w" in p or "wing_epsilon" in p):
+        raise spec.error("wing_w and wing_epsilon need penalty: \"wing\"")
+    wing_w, wing_eps = float(p.get("wing_w", 0.1)), float(p.get("wing_epsilon", 0.02))
+    if not (wing_w > 0 and wing_eps > 0):
+        raise spec.error(f"wing_w and wing_epsilon must be > 0, got {wing_w}, {wing_eps}")
     module = RegionWeightedEuclideanLoss(regions, k, m, float(p.get("weight_grad_scale", 1.0)),
-                                         spec.n_tops == 2)
+                                         spec.n_tops == 2, penalty, wing_w, wing_eps)
     return Built(module, default_loss_weight=1.0)
 
 

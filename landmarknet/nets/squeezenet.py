@@ -58,6 +58,9 @@ class SqueezeConfig:
     #: Of the box and angle losses: the landmark loss also pulls on box and angle (through the
     #: warp, summed over all K points), so their own supervision is weighted up.
     align_loss_weight: float = 10.0
+    #: Penalty of the point losses: "l2" (Caffe's EuclideanLoss, the thesis') or "wing" (the
+    #: Wing loss inside Python:RegionWeightedEuclideanLoss, for every point loss).
+    penalty: str = "l2"
     train_batch: int = 64
     test_batch: int = 32
     #: Weight filler of the backbone and align-branch convolutions: "msra" (He) or "xavier"
@@ -68,6 +71,8 @@ class SqueezeConfig:
     def __post_init__(self) -> None:
         scheme = get_scheme(self.points)
         order = [i for r in scheme.regions.values() for i in r]
+        if self.penalty not in ("l2", "wing"):
+            raise ValueError(f"penalty must be l2 or wing, got {self.penalty!r}")
         if self.init not in ("msra", "xavier"):
             raise ValueError(f"init must be msra or xavier, got {self.init!r}")
         if order != list(range(self.points)) or len(scheme.regions) < 2:
@@ -206,6 +211,7 @@ def squeeze_net(cfg: SqueezeConfig, deploy: bool = False) -> NetSpec:
         pred = glob
     if deploy:
         return ns
+    wing = {"penalty": "wing"} if cfg.penalty == "wing" else {}
     if cfg.attention:
         weights = _attention(ns, pooled, cfg)
         ns.comment("losses (TRAIN and TEST): the fused points with region weights; each head "
@@ -213,17 +219,28 @@ def squeeze_net(cfg: SqueezeConfig, deploy: bool = False) -> NetSpec:
                    "between")
         ns.python("loss", "RegionWeightedEuclideanLoss", [pred, "points", weights],
                   ["loss", "loss_region_weights"], loss_weight=[1.0, 0.0],
-                  params={**params, "min_weight": cfg.min_weight})
+                  params={**params, "min_weight": cfg.min_weight, **wing})
     else:
         ns.comment("loss without region attention (ablation): every point weighs the same")
-        ns.euclidean_loss("loss", pred, "points", 1.0)
+        _point_loss(ns, "loss", pred, 1.0, cfg)
     if cfg.fusion:
-        ns.euclidean_loss("global_loss", glob, "points", cfg.aux_loss_weight)
-        ns.euclidean_loss("local_loss", local, "points", cfg.aux_loss_weight)
+        _point_loss(ns, "global_loss", glob, cfg.aux_loss_weight, cfg)
+        _point_loss(ns, "local_loss", local, cfg.aux_loss_weight, cfg)
     if cfg.align:
         ns.euclidean_loss("box_loss", box, "box", cfg.align_loss_weight)
         ns.euclidean_loss("angle_loss", angle, "angle", cfg.align_loss_weight)
     return ns
+
+
+def _point_loss(ns: NetSpec, name: str, pred: str, loss_weight: float,
+                cfg: SqueezeConfig) -> None:
+    """An unweighted loss on points: EuclideanLoss, or the Wing penalty's Python layer."""
+    if cfg.penalty == "l2":
+        ns.euclidean_loss(name, pred, "points", loss_weight)
+    else:
+        ns.python(name, "RegionWeightedEuclideanLoss", [pred, "points"], name,
+                  loss_weight=loss_weight,
+                  params={"regions": cfg.regions_param, "penalty": "wing"})
 
 
 def squeeze_solver(cfg: SqueezeConfig, net_path: str, val_size: int) -> dict:
@@ -258,6 +275,9 @@ SQUEEZE_NETS: dict[str, tuple[SqueezeConfig, str]] = {
     "squeeze68": (replace(SQ77, name="squeeze68", points=68),
                   "the 68-point twin of squeeze77 (pre-training model): same backbone and "
                   "layer names, so its backbone copies into squeeze77 by name"),
+    "squeeze68_wing": (replace(SQ77, name="squeeze68_wing", points=68, penalty="wing"),
+                       "squeeze68 trained with the Wing loss (pre-training for squeeze77_wing); "
+                       "the deploy net is squeeze68's"),
     "squeeze77": (SQ77, "77 points (68 iBUG + 9 forehead): SqueezeNet v1.0 backbone, global + "
                         "local heads fused per point, region-attention-weighted loss"),
     "squeeze77_noattention": (replace(SQ77, name="squeeze77_noattention", attention=False),
@@ -266,6 +286,9 @@ SQUEEZE_NETS: dict[str, tuple[SqueezeConfig, str]] = {
     "squeeze77_nofusion": (replace(SQ77, name="squeeze77_nofusion", fusion=False),
                            "ablation: squeeze77's global head alone (no local heads, no "
                            "region fusion)"),
+    "squeeze77_wing": (replace(SQ77, name="squeeze77_wing", penalty="wing"),
+                       "squeeze77 trained with the Wing loss instead of the squared error on "
+                       "every point loss; the deploy net is squeeze77's"),
     "squeeze77_align": (replace(SQ77, name="squeeze77_align", align=True),
                         "squeeze77 behind a parallel alignment branch (box + angle), "
                         "a differentiable affine warp and the inverse warp of the points"),

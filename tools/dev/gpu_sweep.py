@@ -106,7 +106,7 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=540, help="seconds from start for all")
     ap.add_argument("--probe", type=int, default=300, help="probe iterations per job")
     ap.add_argument("--eval-reserve", type=float, default=75, help="seconds kept for evaluation")
-    ap.add_argument("--keep", type=int, default=3, help="caffemodels brought back (best first)")
+    ap.add_argument("--keep", type=int, default=3, help="caffemodels brought back per val set and solver (best first)")
     ap.add_argument("--min-iter", type=int, default=200, help="shorter runs are skipped")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/sweep_out")))
     ap.add_argument("--work", type=Path, default=Path("/tmp/sweep"))
@@ -172,12 +172,17 @@ def main() -> int:
             results[name] = {"error": str(exc)}
     summary = {"rates": rates, "iters": sizes, "exit": codes, "eval": results}
     (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    # the best `--keep` candidates (jobs marked "keep") by val NME_io come back as caffemodels
-    ranked = sorted((results[j["name"]]["nme_io"], j["name"]) for j in jobs
-                    if j.get("keep") and "nme_io" in results.get(j["name"], {}))
-    for _, name in ranked[:args.keep]:
-        for f in (work / "runs" / name).glob("*_bundle/*.caffemodel"):
-            shutil.copy(f, out / f"{name}.caffemodel")
+    # the best `--keep` candidates (jobs marked "keep") of each (val set, solver), by NME_io,
+    # come back as caffemodels (NMEs of different sets or nets do not rank against each other)
+    groups: dict[str, list] = {}
+    for j in jobs:
+        if j.get("keep") and "nme_io" in results.get(j["name"], {}):
+            key = (j.get("eval_data", j.get("val", "")), j["solver"])
+            groups.setdefault(key, []).append((results[j["name"]]["nme_io"], j["name"]))
+    for ranked in groups.values():
+        for _, name in sorted(ranked)[:args.keep]:
+            for f in (work / "runs" / name).glob("*_bundle/*.caffemodel"):
+                shutil.copy(f, out / f"{name}.caffemodel")
     with tarfile.open(out / "sweep.tgz", "w:gz") as tar:
         tar.add(work / "summary.json", "summary.json")
         tar.add(work / "logs", "logs")

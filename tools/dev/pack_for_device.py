@@ -7,6 +7,11 @@ ignored by git and never committed (data sets stay in ../shared).
 
     python tools/dev/pack_for_device.py ytf68 --quality 88
     python tools/dev/pack_for_device.py cuhk5 --quality 80 --scale 0.5
+    python tools/dev/pack_for_device.py ytf77 --pts-only   # its images are ytf68's
+
+``--pts-only`` copies the .pts files alone, for a set whose images another packed set already
+holds (ytf77's are ytf68's, byte for byte): on the device, ``tools/dev/link_images.sh`` links
+them in.
 
 A CelebA-layout set (cuhk5) is resized by ``--scale`` (its faces are large: a 112-pixel crop
 of 5 points shrinks them about 2x anyway); its landmark and box lists are rewritten to match
@@ -30,6 +35,7 @@ def main() -> None:
     ap.add_argument("name", help="folder under ../shared/data (300W layout splits inside)")
     ap.add_argument("--quality", type=int, default=88)
     ap.add_argument("--scale", type=float, default=1.0, help="resize factor (CelebA layout)")
+    ap.add_argument("--pts-only", action="store_true", help="copy the .pts files, no images")
     args = ap.parse_args()
     src = shared_dir() / "data" / args.name
     dst = Path(__file__).resolve().parents[2] / ".devcarry" / args.name
@@ -41,11 +47,14 @@ def main() -> None:
         out = dst / pts.relative_to(src)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pts, out)
+        total += pts.stat().st_size
+        if args.pts_only:
+            continue
         image = next((pts.with_suffix(e) for e in (".jpg", ".png") if pts.with_suffix(e).exists()))
         ok, buf = cv2.imencode(".jpg", cv2.imread(str(image)), [cv2.IMWRITE_JPEG_QUALITY,
                                                                 args.quality])
         out.with_suffix(".jpg").write_bytes(buf.tobytes())
-        total += len(buf) + pts.stat().st_size
+        total += len(buf)
     print(f"{dst}: {total / 2**20:.1f} MiB")
 
 
