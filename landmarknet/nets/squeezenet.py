@@ -289,6 +289,13 @@ SQUEEZE_NETS: dict[str, tuple[SqueezeConfig, str]] = {
     "squeeze77_wing": (replace(SQ77, name="squeeze77_wing", penalty="wing"),
                        "squeeze77 trained with the Wing loss instead of the squared error on "
                        "every point loss; the deploy net is squeeze77's"),
+    # the thesis' ablations again, under the Wing recipe of the shipped squeeze77
+    "squeeze77_wing_noattention": (
+        replace(SQ77, name="squeeze77_wing_noattention", penalty="wing", attention=False),
+        "ablation: squeeze77_wing without region attention (deploy = squeeze77's)"),
+    "squeeze77_wing_nofusion": (
+        replace(SQ77, name="squeeze77_wing_nofusion", penalty="wing", fusion=False),
+        "ablation: squeeze77_wing's global head alone (no local heads, no region fusion)"),
     "squeeze77_align": (replace(SQ77, name="squeeze77_align", align=True),
                         "squeeze77 behind a parallel alignment branch (box + angle), "
                         "a differentiable affine warp and the inverse warp of the points"),
