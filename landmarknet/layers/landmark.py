@@ -216,7 +216,7 @@ class RegionWeightedEuclideanLoss(nn.Module):
 
 @register("Python:RegionWeightedEuclideanLoss", family=_FAMILY, origin=_ORIGIN)
 def region_weighted_euclidean_loss(spec: LayerSpec) -> Built:
-    """Euclidean loss re-weighted per region by attention weights normalised to mean one."""
+    """Euclidean (or Wing) loss re-weighted per region by attention weights of mean one."""
     p = layer_params(spec, ("regions", "min_weight", "weight_grad_scale", "penalty", "wing_w",
                             "wing_epsilon"))
     spec.expect_bottoms(2, 3)

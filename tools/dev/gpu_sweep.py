@@ -106,7 +106,8 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=540, help="seconds from start for all")
     ap.add_argument("--probe", type=int, default=300, help="probe iterations per job")
     ap.add_argument("--eval-reserve", type=float, default=75, help="seconds kept for evaluation")
-    ap.add_argument("--keep", type=int, default=3, help="caffemodels brought back per val set and solver (best first)")
+    ap.add_argument("--keep", type=int, default=3,
+                    help="caffemodels brought back per val set and solver (best first)")
     ap.add_argument("--min-iter", type=int, default=200, help="shorter runs are skipped")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/sweep_out")))
     ap.add_argument("--work", type=Path, default=Path("/tmp/sweep"))
