@@ -6,8 +6,9 @@ guessed: every job first runs ``--probe`` iterations, all at once (the same cont
 real runs); each job's rate then sets its ``max_iter`` to fill the time left (capped by the
 job's own ``max_iter``), its solver is rewritten with the lr steps scaled to the new length,
 and all jobs train at once. Each bundle is evaluated (``landmarknet evaluate --json``) and
-logs, curves and metrics are packed into ``OUT/sweep.tgz``; the caffemodels named in ``keep``
-are copied to OUT too (the device returns at most 8 files).
+logs, curves and metrics are packed into ``OUT/sweep.tgz``; of the jobs marked ``keep``, the
+``--keep`` best caffemodels of each (val set, solver) are copied to OUT too (the device returns
+at most 8 files).
 
     python tools/dev/gpu_sweep.py jobs.json --deadline 540 --out $OUT
 
