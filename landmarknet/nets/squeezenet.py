@@ -22,6 +22,11 @@ above runs on the aligned face, and ``Python:InverseAffinePoints`` maps its poin
 every loss is computed in the original crop's coordinates.
 
 Targets (``points``) are unit coordinates ``(x + 0.5) / W``, interleaved u0, v0, u1, v1, ...
+
+Loss: the thesis' squared error, or with ``penalty="wing"`` the Wing loss on every point loss
+(the ``*_wing`` nets). In unit coordinates the squared error's gradient fades with the error and
+weight decay outweighs it; the Wing loss took squeeze77 from 0.054 to 0.046 NME on ytf77/val
+(docs/results.md), so the shipped squeeze77 is trained with it.
 """
 from __future__ import annotations
 
