@@ -160,18 +160,24 @@ def _coordinate_regions(regions: Sequence[Sequence[int]], n_points: int) -> list
 # RegionWeightedEuclideanLoss
 
 
+#: Wing loss defaults, in unit coordinates (about 11 and 2 pixels of a 112-pixel crop).
+WING_W, WING_EPSILON = 0.1, 0.02
+
+
 class RegionWeightedEuclideanLoss(nn.Module):
     """sum_n sum_r w~[n, r] * penalty(pred - target) over region r / (2N or N), w~ normalised."""
 
     def __init__(self, regions: Sequence[Sequence[int]], n_points: int, min_weight: float,
                  weight_grad_scale: float, weights_top: bool, penalty: str = "l2",
-                 wing_w: float = 0.1, wing_epsilon: float = 0.02) -> None:
+                 wing_w: float = WING_W, wing_epsilon: float = WING_EPSILON) -> None:
         super().__init__()
         self.regions = [tuple(r) for r in regions]
         self.n_points, self.min_weight = n_points, float(min_weight)
         self.weight_grad_scale = float(weight_grad_scale)
         self.weights_top = weights_top
         self.penalty, self.wing_w, self.wing_epsilon = penalty, float(wing_w), float(wing_epsilon)
+        # where the log branch meets the linear one: |d| - C = w * ln(1 + |d| / eps) at |d| = w
+        self.wing_c = self.wing_w - self.wing_w * math.log1p(self.wing_w / self.wing_epsilon)
         # A constant of the layer, not a Caffe blob: kept out of state_dict.
         self.register_buffer("coord_region", torch.tensor(_coordinate_regions(regions, n_points)),
                              persistent=False)
@@ -190,10 +196,8 @@ class RegionWeightedEuclideanLoss(nn.Module):
         """The penalty of each coordinate's error and the divisor's factor (2 for L2)."""
         if self.penalty == "l2":
             return d * d, 2.0
-        w, eps = self.wing_w, self.wing_epsilon
-        a = d.abs()
-        c = w - w * math.log1p(w / eps)
-        return torch.where(a < w, w * torch.log1p(a / eps), a - c), 1.0
+        w, a = self.wing_w, d.abs()
+        return torch.where(a < w, w * torch.log1p(a / self.wing_epsilon), a - self.wing_c), 1.0
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor,
                 weights: torch.Tensor | None = None):
@@ -242,7 +246,8 @@ def region_weighted_euclidean_loss(spec: LayerSpec) -> Built:
         raise spec.error(f"penalty must be \"l2\" or \"wing\", got {penalty!r}")
     if penalty == "l2" and ("wing_w" in p or "wing_epsilon" in p):
         raise spec.error("wing_w and wing_epsilon need penalty: \"wing\"")
-    wing_w, wing_eps = float(p.get("wing_w", 0.1)), float(p.get("wing_epsilon", 0.02))
+    wing_w = float(p.get("wing_w", WING_W))
+    wing_eps = float(p.get("wing_epsilon", WING_EPSILON))
     if not (wing_w > 0 and wing_eps > 0):
         raise spec.error(f"wing_w and wing_epsilon must be > 0, got {wing_w}, {wing_eps}")
     module = RegionWeightedEuclideanLoss(regions, k, m, float(p.get("weight_grad_scale", 1.0)),

@@ -216,7 +216,6 @@ def squeeze_net(cfg: SqueezeConfig, deploy: bool = False) -> NetSpec:
         pred = glob
     if deploy:
         return ns
-    wing = {"penalty": "wing"} if cfg.penalty == "wing" else {}
     if cfg.attention:
         weights = _attention(ns, pooled, cfg)
         ns.comment("losses (TRAIN and TEST): the fused points with region weights; each head "
@@ -224,7 +223,7 @@ def squeeze_net(cfg: SqueezeConfig, deploy: bool = False) -> NetSpec:
                    "between")
         ns.python("loss", "RegionWeightedEuclideanLoss", [pred, "points", weights],
                   ["loss", "loss_region_weights"], loss_weight=[1.0, 0.0],
-                  params={**params, "min_weight": cfg.min_weight, **wing})
+                  params={**params, "min_weight": cfg.min_weight, **_penalty_param(cfg)})
     else:
         ns.comment("loss without region attention (ablation): every point weighs the same")
         _point_loss(ns, "loss", pred, 1.0, cfg)
@@ -237,6 +236,11 @@ def squeeze_net(cfg: SqueezeConfig, deploy: bool = False) -> NetSpec:
     return ns
 
 
+def _penalty_param(cfg: SqueezeConfig) -> dict:
+    """The loss layer's ``penalty`` entry: none for the squared error (the layer's default)."""
+    return {} if cfg.penalty == "l2" else {"penalty": cfg.penalty}
+
+
 def _point_loss(ns: NetSpec, name: str, pred: str, loss_weight: float,
                 cfg: SqueezeConfig) -> None:
     """An unweighted loss on points: EuclideanLoss, or the Wing penalty's Python layer."""
@@ -245,7 +249,7 @@ def _point_loss(ns: NetSpec, name: str, pred: str, loss_weight: float,
     else:
         ns.python(name, "RegionWeightedEuclideanLoss", [pred, "points"], name,
                   loss_weight=loss_weight,
-                  params={"regions": cfg.regions_param, "penalty": "wing"})
+                  params={"regions": cfg.regions_param, **_penalty_param(cfg)})
 
 
 def squeeze_solver(cfg: SqueezeConfig, net_path: str, val_size: int) -> dict:

@@ -176,7 +176,7 @@ def main() -> int:
     (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     # the best `--keep` candidates (jobs marked "keep") of each (val set, solver), by NME_io,
     # come back as caffemodels (NMEs of different sets or nets do not rank against each other)
-    groups: dict[str, list] = {}
+    groups: dict[tuple[str, str], list[tuple[float, str]]] = {}
     for j in jobs:
         if j.get("keep") and "nme_io" in results.get(j["name"], {}):
             key = (j.get("eval_data", j.get("val", "")), j["solver"])
