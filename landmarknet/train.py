@@ -15,7 +15,12 @@ train net's Input batch size, then ``solver.apply_update()``. As in Caffe:
   ``weights_only=True``). ``resume`` continues exactly: the batch order and every sample's
   augmentation are functions of ``(random_seed, position)``, not of a live generator;
 * a NaN or inf loss top stops the run (:class:`TrainingDiverged`) naming the iteration and the
-  top; nothing is written after it, so the last snapshot stays the last good one.
+  top; nothing is written after it, so the last snapshot stays the last good one;
+* ``ema`` (not a Caffe solver field, a flag of ours): an exponential moving average of the
+  weights is kept beside them, ``a <- a + (1 - d_t) (w - a)`` after every update with
+  ``d_t = min(d, (1 + t) / (10 + t))`` (so the first iterations do not drag the initial weights
+  along); validation, the ``.caffemodel`` snapshots and the bundle use the average, the state
+  file keeps both.
 
 GPU extras behind flags: bf16 autocast (``amp``), ``channels_last``, ``torch.compile``; DDP when
 started by ``torchrun`` (``WORLD_SIZE`` > 1): one process per GPU, each a shard of every
@@ -31,7 +36,7 @@ import os
 import time
 import warnings
 from collections import deque
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -107,6 +112,10 @@ class TrainConfig:
     log_every: Optional[int] = None  # CSV/curves cadence; default: display
     #: Layers whose blobs are not trained (lr_mult and decay_mult 0): "A,B,..." or "upto:NAME".
     freeze: Optional[str] = None
+    #: Exponential moving average of the weights (decay per iteration, e.g. 0.999), or None.
+    #: Validation, the .caffemodel snapshots and the bundle then hold the averaged weights; the
+    #: state file keeps both, so --resume stays exact.
+    ema: Optional[float] = None
 
 
 def _resolve(path: str, solver: Path) -> Path:
@@ -276,6 +285,11 @@ class Trainer:
             if self.is_main:
                 print(f"frozen (lr_mult 0): {len(self.frozen)} layers, {self.frozen[0]} .. "
                       f"{self.frozen[-1]}" if self.frozen else "frozen: no learnable layer")
+        self.ema: Optional[dict[str, torch.Tensor]] = None
+        if cfg.ema is not None:
+            if not 0.0 < cfg.ema < 1.0:
+                raise TrainingError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {cfg.ema}")
+            self.ema = {k: v.detach().clone() for k, v in self._averaged_tensors().items()}
         self.start_iter = 0
         if cfg.resume:
             self._load_state(Path(cfg.resume))
@@ -437,6 +451,38 @@ class Trainer:
             return pts
         return p.reshape(len(p), k, 2) * self.size - 0.5
 
+    # -- weight averaging -----------------------------------------------------------------
+    def _averaged_tensors(self) -> dict[str, torch.Tensor]:
+        """The net's floating-point weights and buffers, by state_dict key (what EMA averages)."""
+        return {k: v for k, v in self.net.state_dict(keep_vars=True).items()
+                if v.is_floating_point()}
+
+    @torch.no_grad()
+    def _update_ema(self, it: int) -> None:
+        decay = min(float(self.cfg.ema), (1.0 + it) / (10.0 + it))
+        live = self._averaged_tensors()
+        keys = list(self.ema)
+        torch._foreach_lerp_([self.ema[k] for k in keys], [live[k].detach() for k in keys],
+                             1.0 - decay)
+
+    @contextmanager
+    def averaged_weights(self):
+        """Inside: the net holds the EMA weights (when --ema is on); the live ones after."""
+        if self.ema is None:
+            yield
+            return
+        live = self._averaged_tensors()
+        saved = {k: v.detach().clone() for k, v in live.items()}
+        with torch.no_grad():
+            for k, v in live.items():
+                v.copy_(self.ema[k])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in live.items():
+                    v.copy_(saved[k])
+
     # -- one iteration ----------------------------------------------------------------------
     def step(self, it: int, batches) -> torch.Tensor:
         """iter_size forward/backward passes and one solver update.
@@ -466,6 +512,8 @@ class Trainer:
                 loss.backward()
             sums = tops if sums is None else sums + tops
         self.solver.apply_update()
+        if self.ema is not None:
+            self._update_ema(it)
         return sums / self.iter_size
 
     def check_tops(self, pending: list[tuple[int, torch.Tensor]]) -> list[dict[str, float]]:
@@ -488,10 +536,15 @@ class Trainer:
     # -- validation ---------------------------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
-        """Val loss tops (mean per batch) and metrics over the whole val set."""
-        from landmarknet.metrics import evaluate_points
+        """Val loss tops (mean per batch) and metrics over the whole val set (of the averaged
+        weights under --ema)."""
         if self.val_set is None:
             return {}
+        with self.averaged_weights():
+            return self._validate()
+
+    def _validate(self) -> dict:
+        from landmarknet.metrics import evaluate_points
         self.net.eval()
         loader = eval_loader(self.val_set, self.batch, workers=min(self.cfg.workers, 2),
                              rank=self.rank, world=self.world)
@@ -537,7 +590,8 @@ class Trainer:
         model = Path(f"{self.prefix}_iter_{it}.caffemodel")
         state = Path(f"{self.prefix}_iter_{it}.state.pt")
         if self.is_main:
-            save_weights(self.net, model, self.parsed.net)
+            with self.averaged_weights():
+                save_weights(self.net, model, self.parsed.net)
             st = {"format": STATE_FORMAT, "iter": int(it),
                   "solver": self.solver.state_dict(),
                   "net": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
@@ -546,6 +600,8 @@ class Trainer:
                                else []),
                   "seed": int(self.seed), "n_bad": int(self.n_bad),
                   "solver_file": str(self.solver_path), "weights_file": model.name}
+            if self.ema is not None:
+                st["ema"] = {k: v.detach().cpu().clone() for k, v in self.ema.items()}
             _atomic_torch_save(st, state)
         self.last_snapshot = model
         return model
@@ -563,6 +619,18 @@ class Trainer:
                                 f"(missing {missing.missing_keys[:3]}, unexpected "
                                 f"{missing.unexpected_keys[:3]})")
         self.solver.load_state_dict(st["solver"])
+        if self.ema is not None:
+            if "ema" not in st:  # a run started without --ema: average from here on
+                warnings.warn(f"{path}: no weight average in the state; --ema starts from the "
+                              "resumed weights")
+                for k, v in self._averaged_tensors().items():
+                    self.ema[k].copy_(v)
+            else:
+                for k, v in self.ema.items():
+                    v.copy_(st["ema"][k])
+        elif "ema" in st and self.is_main:
+            warnings.warn(f"{path}: the run kept a weight average (--ema); resuming without "
+                          "--ema continues from the live weights and drops the average")
         torch.set_rng_state(st["torch_rng"])
         if st.get("cuda_rng") and torch.cuda.is_available():
             try:
@@ -754,12 +822,15 @@ class Trainer:
                 "weights_init": str(self.cfg.weights) if self.cfg.weights else None,
                 "sigma": self.cfg.sigma, "augment": self.cfg.augment.__dict__,
                 "terms": "trained on research-only data; non-commercial use"}
-        return save_bundle(Path(f"{self.prefix}_bundle"), self.net, deploy,
-                           scheme=self.scheme.n_points, input_size=self.size,
-                           decoding=decoding, metrics=metrics, provenance=prov,
-                           crop_scale=self.policy.scale, mean=self.cfg.mean,
-                           scale=self.cfg.scale, channels=self.channels,
-                           name=self.prefix.name)
+        if self.ema is not None:
+            prov["ema"] = self.cfg.ema
+        with self.averaged_weights():
+            return save_bundle(Path(f"{self.prefix}_bundle"), self.net, deploy,
+                               scheme=self.scheme.n_points, input_size=self.size,
+                               decoding=decoding, metrics=metrics, provenance=prov,
+                               crop_scale=self.policy.scale, mean=self.cfg.mean,
+                               scale=self.cfg.scale, channels=self.channels,
+                               name=self.prefix.name)
 
     @property
     def last_iter(self) -> Optional[int]:

@@ -496,3 +496,88 @@ def test_layers_in_a_prototxt_net(rng):
         grads = [p.grad for p in net.get_submodule(name).parameters()]
         assert all(g is not None and torch.isfinite(g).all() for g in grads), name
         assert any(torch.count_nonzero(g) for g in grads), name
+
+
+# ---------------------------------------------------------------------------------------------
+# AdaptiveWingLoss
+
+
+def _ref_awing_pixel(d, y, alpha, omega, eps, theta):
+    """Adaptive Wing loss (Wang et al., ICCV 2019, eq. 8 with A and C of eq. 9), one pixel."""
+    p = alpha - y
+    a_ = omega * (1 / (1 + (theta / eps) ** p)) * p * (theta / eps) ** (p - 1) * (1 / eps)
+    c_ = theta * a_ - omega * math.log(1 + (theta / eps) ** p)
+    return omega * math.log(1 + abs(d / eps) ** p) if abs(d) < theta else a_ * abs(d) - c_
+
+
+def _ref_awing(pred, target, alpha=2.1, omega=14.0, eps=1.0, theta=0.5, fg_w=10.0, fg_t=0.2):
+    """Loops: the weighted loss map (target > t, dilated 3x3) times the pixel loss, sum / N."""
+    n, c, h, w = pred.shape
+    total = 0.0
+    for i in range(n):
+        for k in range(c):
+            for r in range(h):
+                for s in range(w):
+                    win = target[i, k, max(r - 1, 0):r + 2, max(s - 1, 0):s + 2]
+                    weight = 1 + fg_w * float((win > fg_t).any())
+                    total += weight * _ref_awing_pixel(pred[i, k, r, s] - target[i, k, r, s],
+                                                       target[i, k, r, s], alpha, omega, eps,
+                                                       theta)
+    return total / n
+
+
+@pytest.mark.parametrize("params", [{}, {"alpha": 2.5, "omega": 5.0, "epsilon": 0.5,
+                                         "theta": 0.3, "foreground_weight": 3.0,
+                                         "foreground_threshold": 0.5}])
+def test_adaptive_wing_matches_numpy(rng, params):
+    shape = (2, 3, 5, 6)
+    target = np.clip(rng.uniform(-0.6, 1.2, size=shape), 0, 1)  # many zeros, some peaks of 1
+    pred = target + rng.normal(scale=0.5, size=shape)  # errors on both sides of theta
+    built, _ = _module("AdaptiveWingLoss", [shape, shape], params)
+    loss = built.module(torch.tensor(pred), torch.tensor(target))
+    kw = {"alpha": 2.1, "omega": 14.0, "eps": 1.0, "theta": 0.5, "fg_w": 10.0, "fg_t": 0.2}
+    names = {"epsilon": "eps", "foreground_weight": "fg_w", "foreground_threshold": "fg_t"}
+    kw.update({names.get(k, k): v for k, v in params.items()})
+    diffs = np.abs(pred - target)
+    assert (diffs < kw["theta"]).any() and (diffs >= kw["theta"]).any()
+    np.testing.assert_allclose(float(loss), _ref_awing(pred, target, **kw), rtol=1e-6)
+
+
+def test_adaptive_wing_is_continuous_and_steeper_near_peaks():
+    """Value and slope meet at theta; at a peak (y = 1) small errors get a far larger gradient
+    than on the background (y = 0), the point of the adaptive exponent."""
+    built, _ = _module("AdaptiveWingLoss", [(1, 1, 1, 1)] * 2, {"foreground_weight": 0.0})
+
+    def f(d, y):
+        t = torch.full((1, 1, 1, 1), y, dtype=torch.float64)
+        return float(built.module(t + d, t))
+    for y in (0.0, 0.5, 1.0):
+        assert f(0.5 - 1e-9, y) == pytest.approx(f(0.5 + 1e-9, y), abs=1e-7)
+        left = (f(0.5 - 1e-6, y) - f(0.5 - 2e-6, y)) / 1e-6
+        right = (f(0.5 + 2e-6, y) - f(0.5 + 1e-6, y)) / 1e-6
+        assert left == pytest.approx(right, rel=1e-3)
+    slope = lambda y: (f(0.02, y) - f(0.01, y)) / 0.01  # noqa: E731
+    assert slope(1.0) > 20 * slope(0.0)
+
+
+def test_adaptive_wing_gradcheck(rng):
+    shape = (1, 2, 3, 3)
+    target = torch.tensor(np.clip(rng.uniform(-0.5, 1, size=shape), 0, 1))
+    pred = (target + torch.tensor(rng.uniform(0.05, 0.9, size=shape) *
+                                  rng.choice([-1, 1], size=shape))).requires_grad_()
+    built, _ = _module("AdaptiveWingLoss", [shape, shape])
+    assert torch.autograd.gradcheck(lambda p: built.module(p, target), (pred,))
+
+
+@pytest.mark.parametrize("params, shapes, match", [
+    ({"alpha": 1.0}, [(1, 2, 4, 4)] * 2, "alpha must be > 1"),
+    ({"theta": 0}, [(1, 2, 4, 4)] * 2, "theta must be > 0"),
+    ({"foreground_weight": -1}, [(1, 2, 4, 4)] * 2, "foreground_weight"),
+    ({"beta": 1}, [(1, 2, 4, 4)] * 2, "unknown key"),
+    ({}, [(1, 2, 4, 4), (1, 2, 4, 5)], "same size"),
+    ({}, [(1, 8), (1, 8)], "heatmaps"),
+])
+def test_adaptive_wing_checks(params, shapes, match):
+    spec = _spec("AdaptiveWingLoss", shapes, params)
+    with pytest.raises(LayerError, match=match):
+        converter_for(spec)(spec)

@@ -149,3 +149,65 @@ def test_nan_stops_and_keeps_snapshot(tmp_path, subset):
     net2 = Trainer(config(solver, subset, tmp_path / "n2", bundle=False)).net
     load_weights(net2, snap, strict=True)
     assert all(torch.isfinite(p).all() for p in net2.parameters())
+
+
+def _caffemodel_blobs(path: Path) -> dict:
+    """{layer/i: array} read back from a .caffemodel with the Caffe reader."""
+    from landmarknet.caffe.weights import read_weights
+    return {f"{lb.name}/{i}": np.asarray(b) for lb in read_weights(path)
+            for i, b in enumerate(lb.blobs)}
+
+
+def test_ema_snapshot_holds_the_average(tmp_path, subset):
+    """The .caffemodel of an --ema run = the average computed here from the live weights seen
+    after every update, by the documented formula (decay min(d, (1 + t) / (10 + t)))."""
+    solver = tiny_net(tmp_path)
+    tr = Trainer(config(solver, subset, tmp_path / "e", bundle=False, test_interval=0,
+                        max_iter=12, snapshot=12, batch_size=4, ema=0.9))
+    live = []
+    update = tr.solver.apply_update
+
+    def recording():
+        update()
+        live.append({n: p.detach().double().clone() for n, p in tr.net.named_parameters()})
+    tr.solver.apply_update = recording
+    init = {n: p.detach().double().clone() for n, p in tr.net.named_parameters()}
+    tr.run()
+    avg = dict(init)
+    for t, w in enumerate(live):
+        d = min(0.9, (1 + t) / (10 + t))
+        avg = {n: d * avg[n] + (1 - d) * w[n] for n in avg}
+    saved = _caffemodel_blobs(tmp_path / "e" / "tiny_iter_12.caffemodel")
+    final = live[-1]
+    for name, value in avg.items():
+        layer, slot = name.rsplit(".", 1)
+        key = f"{layer}/{0 if slot == 'weight' else 1}"
+        np.testing.assert_allclose(saved[key].reshape(value.shape), value.numpy(), rtol=1e-5,
+                                   atol=1e-7, err_msg=name)
+        assert not np.allclose(saved[key].reshape(value.shape), final[name].numpy()), name
+    # the live weights are back in the net after the snapshot
+    for n, p in tr.net.named_parameters():
+        assert torch.equal(p.detach().double(), final[n]), n
+
+
+def test_ema_resume_is_exact(tmp_path, subset):
+    solver = tiny_net(tmp_path)
+    kw = dict(bundle=False, test_interval=0, batch_size=4, ema=0.95, snapshot=10)
+    full = Trainer(config(solver, subset, tmp_path / "full", **kw))
+    full.run()
+    half = Trainer(config(solver, subset, tmp_path / "half", max_iter=10, **kw))
+    half.run()
+    rest = Trainer(config(solver, subset, tmp_path / "half",
+                          resume=tmp_path / "half" / "tiny_iter_10.state.pt", **kw))
+    rest.run()
+    for k, v in _weights(full).items():
+        assert torch.equal(v, _weights(rest)[k]), k
+    a = _caffemodel_blobs(tmp_path / "full" / "tiny_iter_20.caffemodel")
+    b = _caffemodel_blobs(tmp_path / "half" / "tiny_iter_20.caffemodel")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_ema_decay_checked(tmp_path, subset):
+    from landmarknet.train import TrainingError
+    with pytest.raises(TrainingError, match="--ema must be a decay in"):
+        Trainer(config(tiny_net(tmp_path), subset, tmp_path / "x", ema=1.5))

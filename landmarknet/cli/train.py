@@ -13,6 +13,7 @@ examples:
       --resume runs/heatmap4_68/heatmap4_68_iter_2000.state.pt --out runs/heatmap4_68
   torchrun --nproc_per_node 2 -m landmarknet.cli.main train --solver S.prototxt \\
       --data D --device cuda --amp --channels-last        # DDP, one process per GPU
+  landmarknet train --solver S.prototxt --data D --ema 0.999   # deploy the averaged weights
 
 --data is a 300W folder (image + .pts), a folder with train/ and val/, or a CelebA root
 (partition 0 trains, partition 1 validates). Snapshots, the CSV log, the PNG curves and a
@@ -56,6 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="crop side / landmarks' box (default 1.25; 2.2 for 5 points)")
     p.add_argument("--refine", choices=("taylor", "quarter", "none"), default="taylor",
                    help="heatmap decoding for val NME and the bundle (default taylor = DARK)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999); "
+                        "validation, .caffemodel snapshots and the bundle use it, the state "
+                        "file keeps both (not a Caffe solver field)")
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
     p.add_argument("--rotate", type=float, default=30.0, help="max rotation, degrees (30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                       test_interval=args.test_interval, batch_size=args.batch_size,
                       workers=args.workers, pipeline=args.pipeline, sigma=args.sigma,
                       crop_scale=args.crop_scale, freeze=args.freeze,
-                      refine=args.refine, augment=aug, progress=not args.no_progress)
+                      refine=args.refine, augment=aug, progress=not args.no_progress,
+                      ema=args.ema)
     try:
         summary = train(cfg)
     except TrainingDiverged as exc:

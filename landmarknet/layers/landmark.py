@@ -39,6 +39,17 @@ Layers:
     out upright; differentiable in box and angle.
 ``InverseAffinePoints``  bottoms: points (N, 2K) in aligned unit coordinates, theta (N, 6);
     top: the points in the original image's unit coordinates ``A p + b``.
+``AdaptiveWingLoss``  bottoms: predicted heatmaps (N, C, h, w), target heatmaps (same shape);
+    top: loss. The Adaptive Wing loss of Wang, Bo and Fuxin (ICCV 2019) per pixel, with the
+    exponent ``alpha - y`` following the target value y: ``omega * ln(1 + |d / eps|^(alpha - y))``
+    for ``|d| < theta``, linear beyond (``A |d| - C``, A and C making value and slope
+    continuous at theta). Near a peak (y near 1) the exponent is near 1 and small errors keep a
+    large gradient, like the Wing loss; on the background (y near 0) it is near 2, close to the
+    squared error, so the many background pixels do not drown the few foreground ones. Each
+    pixel is weighted ``1 + foreground_weight`` where the target, dilated by a 3x3 max, exceeds
+    ``foreground_threshold`` (the paper's weighted loss map), else 1; the sum is divided by N.
+    Params ``alpha`` 2.1, ``omega`` 14, ``epsilon`` 1, ``theta`` 0.5, ``foreground_weight`` 10,
+    ``foreground_threshold`` 0.2 (the paper's).
 ``HeatmapToPoints``  bottom: heatmaps (N, C, h, w); top: points (N, 2K) with K = C - 1 when
     the last channel is the background map (param ``background``, default true).
     ``mode: "soft"`` (default): soft-argmax, the expectation of the position under
@@ -506,3 +517,64 @@ def heatmap_to_points(spec: LayerSpec) -> Built:
     if beta <= 0:
         raise spec.error(f"beta must be positive, got {beta}")
     return Built(HeatmapToPoints(mode, beta, background))
+
+
+# ---------------------------------------------------------------------------------------------
+# AdaptiveWingLoss
+
+#: The paper's settings (Wang et al., ICCV 2019, section 4.1 and the weighted loss map).
+AWING_DEFAULTS = {"alpha": 2.1, "omega": 14.0, "epsilon": 1.0, "theta": 0.5,
+                  "foreground_weight": 10.0, "foreground_threshold": 0.2}
+
+
+class AdaptiveWingLoss(nn.Module):
+    """sum over pixels of weight * AWing(pred - target; exponent alpha - target) / N."""
+
+    def __init__(self, alpha: float, omega: float, epsilon: float, theta: float,
+                 foreground_weight: float, foreground_threshold: float) -> None:
+        super().__init__()
+        self.alpha, self.omega, self.epsilon, self.theta = alpha, omega, epsilon, theta
+        self.foreground_weight, self.foreground_threshold = foreground_weight, foreground_threshold
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # at least float32 whatever autocast gives: the power and log lose too much in bf16
+        dtype = torch.promote_types(pred.dtype, torch.float32)
+        pred, y = pred.to(dtype), target.to(dtype).reshape(pred.shape)
+        a = (pred - y).abs()
+        p = self.alpha - y  # the exponent, per pixel
+        om, eps, th = self.omega, self.epsilon, self.theta
+        r = (th / eps) ** p  # (theta / eps)^(alpha - y)
+        big_a = om * p * r / (th * (1.0 + r))  # slope of the log branch at theta
+        big_c = th * big_a - om * torch.log1p(r)
+        loss = torch.where(a < th, om * torch.log1p((a / eps) ** p), big_a * a - big_c)
+        fg = (y > self.foreground_threshold).to(loss.dtype)
+        if fg.dim() == 4:  # dilate the foreground by a 3x3 max, as the paper's map does
+            fg = F.max_pool2d(fg, 3, stride=1, padding=1)
+        return ((1.0 + self.foreground_weight * fg) * loss).sum() / pred.shape[0]
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={getattr(self, k)}" for k in AWING_DEFAULTS)
+
+
+@register("Python:AdaptiveWingLoss", family=_FAMILY, origin=_ORIGIN)
+def adaptive_wing_loss(spec: LayerSpec) -> Built:
+    """Adaptive Wing loss on heatmaps with the weighted loss map (Wang et al., ICCV 2019)."""
+    p = layer_params(spec, tuple(AWING_DEFAULTS))
+    spec.expect_bottoms(2)
+    _expect_tops(spec, 1, 1)
+    pred, target = (tuple(s) for s in spec.bottom_shapes)
+    if len(pred) != 4 or math.prod(target) != math.prod(pred) or target[0] != pred[0]:
+        raise spec.error(f"needs heatmaps (N, C, h, w) and a target of the same size, got "
+                         f"{list(pred)} and {list(target)}", shape=True)
+    v = {k: float(p.get(k, d)) for k, d in AWING_DEFAULTS.items()}
+    for k in ("omega", "epsilon", "theta"):
+        if v[k] <= 0:
+            raise spec.error(f"{k} must be > 0, got {v[k]}")
+    if v["alpha"] <= 1.0:
+        # targets run up to 1: the exponent alpha - y must stay positive (the paper: 2.1, so
+        # that it stays above 1 and the loss is smooth at zero error)
+        raise spec.error(f"alpha must be > 1 (the exponent alpha - target must stay positive "
+                         f"for targets up to 1), got {v['alpha']}")
+    if v["foreground_weight"] < 0:
+        raise spec.error(f"foreground_weight must be >= 0, got {v['foreground_weight']}")
+    return Built(AdaptiveWingLoss(**v), default_loss_weight=1.0)

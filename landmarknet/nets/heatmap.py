@@ -3,8 +3,9 @@
 A VGG-like trunk (conv1_1/1_2 64, pool, conv2_1/2_2 128, pool, conv3_1..3_3 256, then two
 "CPM" convolutions down to 64 features) at stride 4, then stages. Stage 1 predicts K+1 maps
 (one per landmark plus a background map, as OpenPose does); every later stage reads the trunk
-features concatenated with the previous stage's maps. Every stage has its own EuclideanLoss
-against the target maps (intermediate supervision).
+features concatenated with the previous stage's maps. Every stage has its own loss against the
+target maps (intermediate supervision): EuclideanLoss, or the Adaptive Wing loss in the awing
+variant.
 
 Why stride 4 by *two* pools instead of VGG's three pools plus a Deconvolution: the maps must be
 28x28 at 112 input (at 14x14, argmax decoding alone costs about 7% NME). Keeping conv3_x and
@@ -47,7 +48,10 @@ class HeatmapConfig:
     features: int = 64  # trunk channels fed to every stage
     stage_channels: int = 32  # width of the stage convolutions
     head_channels: int = 128  # width of the 1x1 layer before the maps
-    loss_weight: float = 1.0  # of every stage's EuclideanLoss
+    loss_weight: float = 1.0  # of every stage's loss
+    #: Every stage's loss: "euclidean" (Caffe's EuclideanLoss, as OpenPose) or "awing" (the
+    #: Adaptive Wing loss with its weighted loss map, Wang et al. 2019: Python:AdaptiveWingLoss).
+    loss: str = "euclidean"
     #: Weight filler of the hidden convolutions: "msra" (He) or "gaussian" (std 0.01, as
     #: OpenPose writes it, where the trunk starts from ImageNet VGG weights). From scratch,
     #: std 0.01 through ~20 convolutions shrinks the activations to ~1e-12 and the gradients
@@ -73,7 +77,8 @@ class HeatmapConfig:
             raise ValueError("input_size must be a multiple of 16 (stride 4, hourglass x4)")
         if self.trunk not in ("vgg", "hourglass") or self.head not in ("base", "strong") \
                 or self.stage_kernels not in ("7x7", "dilated") or self.init not in ("gaussian",
-                                                                                     "msra"):
+                                                                                     "msra") \
+                or self.loss not in ("euclidean", "awing"):
             raise ValueError(f"bad heatmap config {self}")
 
 
@@ -181,8 +186,11 @@ def heatmap_net(cfg: HeatmapConfig, deploy: bool = False) -> NetSpec:
         ns.comment(f"stage {t}" + (" (trunk features only)" if t == 1 else
                                    f" (trunk features + stage {t - 1} maps)"))
         prev = _stage(ns, t, features, prev, cfg)
-        if not deploy:
+        if not deploy and cfg.loss == "euclidean":
             ns.euclidean_loss(f"stage{t}_loss", prev, "heatmaps", cfg.loss_weight)
+        elif not deploy:
+            ns.python(f"stage{t}_loss", "AdaptiveWingLoss", [prev, "heatmaps"], f"stage{t}_loss",
+                      loss_weight=cfg.loss_weight)
     return ns
 
 
@@ -239,6 +247,11 @@ HEATMAP_NETS: dict[str, tuple[HeatmapConfig, str]] = {
                               "back up to 1/4 with fixed bilinear Deconvolutions and Eltwise SUM "
                               "skips: a larger field of view for the trunk features at less "
                               "compute than conv3_x at 1/4"),
+    "heatmap4_68_awing": (replace(BASE, name="heatmap4_68_awing", loss="awing"),
+                          "the Adaptive Wing loss (Wang et al. 2019) at every stage instead of "
+                          "the Euclidean loss: steep for small errors near the peaks, close to "
+                          "squared on the background, and 11x weight on the dilated foreground "
+                          "pixels, which the Euclidean loss lets the background outvote"),
     "heatmap4_5": (replace(BASE, name="heatmap4_5", points=5),
                    "5 points (CUHK/CelebA layout): the main net with 6 maps"),
 }
