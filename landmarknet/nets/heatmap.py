@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from landmarknet.data.schemes import get_scheme
-from landmarknet.netspec import NetSpec, gaussian, msra
+from landmarknet.netspec import NetSpec, gaussian, msra, relu_name_for
 
 #: VGG trunk up to conv3_3, as the issue fixes it: (name, channels) per block, pool between.
 VGG_BLOCKS = ((("conv1_1", 64), ("conv1_2", 64)),
@@ -52,6 +52,9 @@ class HeatmapConfig:
     #: Every stage's loss: "euclidean" (Caffe's EuclideanLoss, as OpenPose) or "awing" (the
     #: Adaptive Wing loss with its weighted loss map, Wang et al. 2019: Python:AdaptiveWingLoss).
     loss: str = "euclidean"
+    #: BatchNorm + Scale after every hidden convolution (not the map layers); the convolutions
+    #: before them lose their bias (BatchNorm removes it, Scale adds one back).
+    batch_norm: bool = False
     #: Weight filler of the hidden convolutions: "msra" (He) or "gaussian" (std 0.01, as
     #: OpenPose writes it, where the trunk starts from ImageNet VGG weights). From scratch,
     #: std 0.01 through ~20 convolutions shrinks the activations to ~1e-12 and the gradients
@@ -82,16 +85,25 @@ class HeatmapConfig:
             raise ValueError(f"bad heatmap config {self}")
 
 
+def _conv(ns: NetSpec, cfg: HeatmapConfig, name: str, x: str, n: int, kernel: int = 3,
+          dilation: int = 1, relu_name: str | None = None, relu: bool = True) -> str:
+    """A hidden convolution: conv [+ BatchNorm + Scale when cfg.batch_norm] [+ ReLU]."""
+    x = ns.conv(name, x, n, kernel, dilation=dilation, bias=not cfg.batch_norm)
+    if cfg.batch_norm:
+        x = ns.bn_scale(f"{name}/bn", f"{name}/scale", x)
+    return ns.relu(relu_name or relu_name_for(name), x) if relu else x
+
+
 def _trunk_vgg(ns: NetSpec, data: str, cfg: HeatmapConfig) -> str:
     x = data
     for b, block in enumerate(VGG_BLOCKS):
         for name, ch in block:
-            x = ns.conv_relu(name, x, ch)
+            x = _conv(ns, cfg, name, x, ch)
         if b < 2:  # two pools: stride 4
             x = ns.pool(f"pool{b + 1}", x)
     ns.comment("CPM features: 256 -> 128 -> features, still at stride 4")
-    x = ns.conv_relu("conv4_1_CPM", x, 128)
-    return ns.conv_relu("conv4_2_CPM", x, cfg.features)
+    x = _conv(ns, cfg, "conv4_1_CPM", x, 128)
+    return _conv(ns, cfg, "conv4_2_CPM", x, cfg.features)
 
 
 def _trunk_hourglass(ns: NetSpec, data: str, cfg: HeatmapConfig) -> str:
@@ -100,48 +112,49 @@ def _trunk_hourglass(ns: NetSpec, data: str, cfg: HeatmapConfig) -> str:
     x = data
     for b, block in enumerate(VGG_BLOCKS[:2]):
         for name, ch in block:
-            x = ns.conv_relu(name, x, ch)
+            x = _conv(ns, cfg, name, x, ch)
         x = ns.pool(f"pool{b + 1}", x)
     ns.comment("hourglass down: 1/4 -> 1/8 -> 1/16")
-    x = ns.conv_relu("conv3_1", x, 256)
-    skip4 = ns.conv_relu("conv3_2", x, 128)
+    x = _conv(ns, cfg, "conv3_1", x, 256)
+    skip4 = _conv(ns, cfg, "conv3_2", x, 128)
     x = ns.pool("pool3", skip4)
-    x = ns.conv_relu("conv4_1", x, 256)
-    skip8 = ns.conv_relu("conv4_2", x, 128)
+    x = _conv(ns, cfg, "conv4_1", x, 256)
+    skip8 = _conv(ns, cfg, "conv4_2", x, 128)
     x = ns.pool("pool4", skip8)
-    x = ns.conv_relu("conv5_1", x, 128)
-    x = ns.conv_relu("conv5_2", x, 128)
+    x = _conv(ns, cfg, "conv5_1", x, 128)
+    x = _conv(ns, cfg, "conv5_2", x, 128)
     ns.comment("hourglass up: bilinear x2 (fixed, lr_mult 0) + skip, twice")
     x = ns.upsample_bilinear("up5", x, 128)
     x = ns.eltwise_sum("up5_sum", [x, skip8])
-    x = ns.conv_relu("conv6_1", x, 128)
+    x = _conv(ns, cfg, "conv6_1", x, 128)
     x = ns.upsample_bilinear("up6", x, 128)
     x = ns.eltwise_sum("up6_sum", [x, skip4])
-    return ns.conv_relu("conv7_1_CPM", x, cfg.features)
+    return _conv(ns, cfg, "conv7_1_CPM", x, cfg.features)
 
 
 def _head(ns: NetSpec, p: str, x: str, cfg: HeatmapConfig, first: int) -> str:
     """The prediction head of a stage: 1x1 layers down to the K+1 maps (no ReLU on maps)."""
     if cfg.head == "strong":
         # Spatial context first: a 3x3 layer (the base head is pointwise), then the 1x1 layer.
-        x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels // 2, 3,
-                         relu_name=f"{p}_relu{first}")
+        x = _conv(ns, cfg, f"{p}_conv{first}", x, cfg.head_channels // 2, 3,
+                  relu_name=f"{p}_relu{first}")
         first += 1
-    x = ns.conv_relu(f"{p}_conv{first}", x, cfg.head_channels, 1, relu_name=f"{p}_relu{first}")
+    x = _conv(ns, cfg, f"{p}_conv{first}", x, cfg.head_channels, 1, relu_name=f"{p}_relu{first}")
     # Small weights on the maps whatever the hidden filler: predictions start near zero.
     return ns.conv(f"{p}_maps", x, cfg.maps, 1, weight_filler=gaussian(0.01))
 
 
-def _residual_body(ns: NetSpec, p: str, x: str, n: int, ks: list[tuple[int, int]]) -> str:
+def _residual_body(ns: NetSpec, cfg: HeatmapConfig, p: str, x: str, n: int,
+                   ks: list[tuple[int, int]]) -> str:
     """conv1 (projection) then residual units of two convolutions each: y = relu(x + F(x))."""
     k, d = ks[0]
-    x = ns.conv_relu(f"{p}_conv1", x, n, k, dilation=d, relu_name=f"{p}_relu1")
+    x = _conv(ns, cfg, f"{p}_conv1", x, n, k, d, relu_name=f"{p}_relu1")
     i = 2
     while i + 1 <= len(ks):
         k1, d1 = ks[i - 1]
         k2, d2 = ks[i]
-        y = ns.conv_relu(f"{p}_conv{i}", x, n, k1, dilation=d1, relu_name=f"{p}_relu{i}")
-        y = ns.conv(f"{p}_conv{i + 1}", y, n, k2, dilation=d2)
+        y = _conv(ns, cfg, f"{p}_conv{i}", x, n, k1, d1, relu_name=f"{p}_relu{i}")
+        y = _conv(ns, cfg, f"{p}_conv{i + 1}", y, n, k2, d2, relu=False)
         x = ns.eltwise_sum(f"{p}_res{i // 2}", [x, y])
         x = ns.relu(f"{p}_relu{i + 1}", x)
         i += 2
@@ -157,9 +170,10 @@ def _stage(ns: NetSpec, t: int, features: str, prev: str | None, cfg: HeatmapCon
         n = cfg.stage_channels
         ks = [(7, 1)] * 5 if cfg.stage_kernels == "7x7" else [(3, d) for d in DILATIONS]
     if cfg.residual:
-        x = _residual_body(ns, p, x, n, ks)
+        x = _residual_body(ns, cfg, p, x, n, ks)
     else:
-        x = ns.conv_stack(p, x, [(n, k, d) for k, d in ks])
+        for i, (k, d) in enumerate(ks, start=1):
+            x = _conv(ns, cfg, f"{p}_conv{i}", x, n, k, d, relu_name=f"{p}_relu{i}")
     return _head(ns, p, x, cfg, len(ks) + 1)
 
 
@@ -252,6 +266,11 @@ HEATMAP_NETS: dict[str, tuple[HeatmapConfig, str]] = {
                           "the Euclidean loss: steep for small errors near the peaks, close to "
                           "squared on the background, and 11x weight on the dilated foreground "
                           "pixels, which the Euclidean loss lets the background outvote"),
+    "heatmap4_68_bn": (replace(BASE, name="heatmap4_68_bn", batch_norm=True),
+                       "BatchNorm + Scale after every hidden convolution (trunk and stages; "
+                       "the maps stay plain): the net trains from scratch, and ~25 "
+                       "convolutions deep, without ImageNet weights; BatchNorm keeps every "
+                       "layer's input scaled whatever the initialisation"),
     "heatmap4_5": (replace(BASE, name="heatmap4_5", points=5),
                    "5 points (CUHK/CelebA layout): the main net with 6 maps"),
 }
