@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 # The main job: faces and 68 landmarks on the shipped sample pictures, written to out/.
 run: setup
 	$(VENV)/bin/landmarknet detect samples/ -o out/ --show-heatmaps
-	$(VENV)/bin/landmarknet visualize weights/heatmap4_68/deploy.prototxt -o out/heatmap4_68.html
+	$(VENV)/bin/landmarknet visualize weights/heatmap4_68_bn/deploy.prototxt -o out/heatmap4_68_bn.html
 
 test: setup
 	$(PY) -m pytest -q

@@ -18,7 +18,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ["heatmap4_68", "heatmap3_68", "heatmap4_68_dilated", "heatmap4_68_residual",
-        "heatmap4_68_head", "heatmap4_68_hourglass", "heatmap4_68_160"]
+        "heatmap4_68_head", "heatmap4_68_hourglass", "heatmap4_68_160", "heatmap4_68_bn"]
 
 
 def main(argv=None) -> int:
