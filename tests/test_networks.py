@@ -202,6 +202,15 @@ def _check_train_step(net, name: str) -> None:
 def test_test_phase_forward(name):
     net = _build(name, "test", size=_fast_size(name))
     assert not net.training
+    from landmarknet.layers.norm import CaffeBatchNorm
+    for m in net.modules():
+        if isinstance(m, CaffeBatchNorm):
+            # TEST uses the stored statistics; fresh blobs are zeros, i.e. variance 0, which
+            # scales by 1/sqrt(eps) per layer (as Caffe would) and overflows 20 layers deep:
+            # give them what a trained net's look like (mean 0, variance 1).
+            m.mean.zero_()
+            m.variance.fill_(1.0)
+            m.scale_factor.fill_(1.0)
     with torch.no_grad():
         out = net(*_inputs(net, seed=1))
     assert out and all(torch.isfinite(v).all() for v in out.values())
