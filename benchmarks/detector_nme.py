@@ -7,8 +7,8 @@ the annotated face, calibrated and cropped exactly as at inference; the model's 
 crops is printed beside its NME on crops from the ground-truth landmarks' box. One markdown
 table (the one in docs/results.md):
 
-    python benchmarks/detector_nme.py                     # both shipped heatmap models
-    python benchmarks/detector_nme.py --json out.json
+    python benchmarks/detector_nme.py                     # the default 68- and 5-point models
+    python benchmarks/detector_nme.py --models heatmap4_68 --json out.json
 """
 from __future__ import annotations
 
@@ -20,11 +20,15 @@ from pathlib import Path
 from landmarknet.paths import shared_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-RUNS = [("heatmap4_68", "ytf68/val", None), ("heatmap4_5", "cuhk5", "val")]
+#: bundle -> (data set, CelebA partition or None) it is measured on
+SETS = {"heatmap4_68_bn": ("ytf68/val", None), "heatmap4_68": ("ytf68/val", None),
+        "heatmap4_5": ("cuhk5", "val")}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="heatmap4_68_bn,heatmap4_5",
+                    help=f"bundles in weights/, comma-separated (known: {', '.join(SETS)})")
     ap.add_argument("--detectors", default="mtcnn,haar")
     ap.add_argument("--limit", type=int, help="first N faces of each set (quick look)")
     ap.add_argument("--json", type=Path)
@@ -33,8 +37,13 @@ def main(argv=None) -> int:
     from landmarknet.detect.evaluate import detector_box_stats, nme_detector_vs_gt
     from landmarknet.infer import LandmarkModel
 
+    names = args.models.split(",")
+    unknown = [n for n in names if n not in SETS]
+    if unknown:
+        ap.error(f"--models: no data set known for {', '.join(unknown)} (known: {', '.join(SETS)})")
     rows = []
-    for name, split, part in RUNS:
+    for name in names:
+        split, part = SETS[name]
         model = LandmarkModel.load(ROOT / "weights" / name)
         samples, _ = read_samples(shared_dir() / "data" / split, part, model.scheme.n_points)
         samples = samples[:args.limit] if args.limit else samples
