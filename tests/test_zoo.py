@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -159,3 +160,22 @@ def test_train_val_both_phases(zoo, tmp_path, folder, train_val, deploy, logits,
     assert float(out[loss]) == pytest.approx(expected, rel=1e-4)
     assert any(i.node.type == "Accuracy" for i in train_net.layers.values()) == acc_in_train
     assert any(i.node.type == "Accuracy" for i in test_net.layers.values())
+
+
+# The shipped heatmap bundles (trained weights, BatchNorm included) against OpenCV DNN on a real
+# face crop's value range. squeeze77 is not here: its Python layers are ours, OpenCV has none.
+SHIPPED_HEATMAP = ["heatmap4_68_bn", "heatmap4_68", "heatmap4_5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", SHIPPED_HEATMAP)
+def test_shipped_bundle_matches_opencv(bundle):
+    folder = Path(__file__).resolve().parents[1] / "weights" / bundle
+    prototxt, weights = folder / "deploy.prototxt", folder / f"{bundle}.caffemodel"
+    net = build_net(prototxt)
+    load_weights(net, weights, strict=True)
+    rng = np.random.default_rng(5)
+    # normalised pixels ((x - 127.5) / 128) of a smooth random image, not white noise
+    img = cv2.resize(rng.uniform(0, 255, (14, 14, 3)), (112, 112)).astype(np.float32)
+    x = ((img - 127.5) / 128).transpose(2, 0, 1)[None].copy()
+    compare_with_opencv(prototxt, net, {"data": x}, weights)
