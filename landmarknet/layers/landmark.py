@@ -547,9 +547,9 @@ class AdaptiveWingLoss(nn.Module):
         big_a = om * p * r / (th * (1.0 + r))  # slope of the log branch at theta
         big_c = th * big_a - om * torch.log1p(r)
         loss = torch.where(a < th, om * torch.log1p((a / eps) ** p), big_a * a - big_c)
-        fg = (y > self.foreground_threshold).to(loss.dtype)
-        if fg.dim() == 4:  # dilate the foreground by a 3x3 max, as the paper's map does
-            fg = F.max_pool2d(fg, 3, stride=1, padding=1)
+        # the foreground, dilated by a 3x3 max as the paper's map is (maps are 4-D: checked
+        # when the layer is built)
+        fg = F.max_pool2d((y > self.foreground_threshold).to(loss.dtype), 3, stride=1, padding=1)
         return ((1.0 + self.foreground_weight * fg) * loss).sum() / pred.shape[0]
 
     def extra_repr(self) -> str:
