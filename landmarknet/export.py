@@ -40,6 +40,14 @@ from landmarknet.errors import LandmarknetError
 
 DEFAULT_OPSET = 19
 DEFAULT_TOL = 1e-4  # relative: max |onnx - ours| / max |ours|
+# Layers whose output can saturate (random weights drive a Softmax to one-hot, a Sigmoid to 0/1):
+# a check on their output alone can pass whatever the weights, so the check also compares the
+# blobs that feed them. Layers that only move values (SHAPE_ONLY) are looked through.
+SATURATING = frozenset({"Softmax", "Sigmoid", "TanH", "ArgMax", "Threshold", "ReLU6", "Clip",
+                        "HardSigmoid", "HardSwish"})
+SHAPE_ONLY = frozenset({"Reshape", "Flatten", "Permute", "Concat", "Slice", "Split", "Crop",
+                        "Silence", "Dropout"})
+MAX_PROBES = 16
 CAFFE2ONNX_INSTALL = "pip install --no-deps caffe2onnx"
 
 
@@ -77,7 +85,9 @@ class ExportReport:
     opset: int
     dynamic_batch: bool
     tol: float
-    checks: list[OutputCheck] = field(default_factory=list)
+    checks: list[OutputCheck] = field(default_factory=list)  # the net's outputs
+    probes: dict[str, str] = field(default_factory=dict)  # inner blob (SSA name) -> why checked
+    probe_checks: list[OutputCheck] = field(default_factory=list)
     extra_batch: int | None = None  # the second batch size checked with --dynamic-batch
     extra_checks: list[OutputCheck] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -85,14 +95,19 @@ class ExportReport:
     check_seconds: float = 0.0
 
     @property
+    def all_checks(self) -> list[OutputCheck]:
+        """Outputs and inner blobs, at every batch size checked."""
+        return self.checks + self.probe_checks + self.extra_checks
+
+    @property
     def ok(self) -> bool:
-        """Every compared output within the tolerance."""
-        return all(c.rel <= self.tol for c in self.checks + self.extra_checks)
+        """Every compared blob within the tolerance."""
+        return all(c.rel <= self.tol for c in self.all_checks)
 
     @property
     def max_rel(self) -> float:
         """The worst relative difference."""
-        return max((c.rel for c in self.checks + self.extra_checks), default=0.0)
+        return max((c.rel for c in self.all_checks), default=0.0)
 
     def render(self) -> str:
         """Lines for the terminal."""
@@ -102,6 +117,11 @@ class ExportReport:
         if self.checks:
             lines.append("ONNX Runtime vs landmarknet on a seeded random input:")
             lines += ["  " + c.line(self.tol) for c in self.checks]
+        if self.probe_checks:
+            lines.append("and the blobs that feed saturating outputs (a one-hot softmax agrees "
+                         "whatever the weights):")
+            lines += ["  " + c.line(self.tol) + f"  [{self.probes[c.name]}]"
+                      for c in self.probe_checks]
         if self.extra_checks:
             lines.append(f"again at batch {self.extra_batch}:")
             lines += ["  " + c.line(self.tol) for c in self.extra_checks]
@@ -135,16 +155,49 @@ def _quiet_output():
 
 
 class _TupleOutputs(nn.Module):
-    """Positional inputs -> a tuple of outputs in a fixed order (what the exporter wants)."""
+    """Positional inputs -> a tuple of outputs in a fixed order (what the exporter wants);
+    ``probes`` adds inner blobs (SSA names) after the outputs, for the check."""
 
-    def __init__(self, net: CaffeNet, names: Sequence[str]) -> None:
+    def __init__(self, net: CaffeNet, names: Sequence[str], probes: Sequence[str] = ()) -> None:
         super().__init__()
         self.net = net
         self.names = list(names)
+        self.probes = list(probes)
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.net(*inputs)
-        return tuple(out[n] for n in self.names)
+        if not self.probes:
+            out = self.net(*inputs)
+            return tuple(out[n] for n in self.names)
+        named = dict(zip(self.net.input_names, inputs))
+        out = self.net.run(named, blobs=self.names + self.probes)
+        return tuple(out[n] for n in self.names + self.probes)
+
+
+def saturation_probes(net: CaffeNet, names: Sequence[str]) -> dict[str, str]:
+    """Inner blobs (SSA names) that feed a saturating layer on the way to an output, with why.
+
+    Walks back from each output through SHAPE_ONLY layers; each SATURATING layer met adds its
+    bottom (and the walk goes on through it: Softmax after Sigmoid adds both inputs).
+    """
+    producer = {top: info.node for info in net.layers.values() for top in info.node.tops}
+    outputs = {net.caffe_graph.latest.get(n, n) for n in names}
+    probes: dict[str, str] = {}
+    todo = list(outputs)
+    seen: set[str] = set()
+    while todo and len(probes) < MAX_PROBES:
+        blob = todo.pop()
+        node = producer.get(blob)
+        if blob in seen or node is None:
+            continue
+        seen.add(blob)
+        if node.type in SATURATING:
+            for b in node.bottoms:
+                if b in producer and b not in outputs and b not in probes:
+                    probes[b] = f"input of {node.type} layer '{node.name}'"
+            todo.extend(node.bottoms)
+        elif node.type in SHAPE_ONLY:
+            todo.extend(node.bottoms)
+    return probes
 
 
 def output_names(net: CaffeNet) -> list[str]:
@@ -196,17 +249,21 @@ def compare(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
 
 
 def our_outputs(net: CaffeNet, feeds: Mapping[str, np.ndarray],
-                names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Our forward in eval mode, as numpy."""
+                names: Sequence[str] | None = None, probes: Sequence[str] = ()
+                ) -> dict[str, np.ndarray]:
+    """Our forward in eval mode, as numpy; ``probes`` adds those inner blobs."""
     was_training = net.training
     net.eval()
+    tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
     try:
         with torch.no_grad():
-            out = net.run({k: torch.from_numpy(v) for k, v in feeds.items()})
+            out = net.run(tensors)
+            if probes:
+                out.update(net.run(tensors, blobs=list(probes)))
     finally:
         net.train(was_training)
     return {k: v.detach().cpu().numpy() for k, v in out.items()
-            if names is None or k in names}
+            if names is None or k in names or k in probes}
 
 
 def ort_session(path: str | os.PathLike, *, quiet: bool = False):
@@ -266,7 +323,11 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
     names = output_names(net)
     ins = list(input_shapes(net))
     feeds = random_inputs(net, seed)
-    wrapper = _TupleOutputs(net, names)
+    # The check compares the blobs feeding saturating outputs too; they are extra outputs of
+    # the exported graph while checking and are dropped from the file afterwards.
+    report.probes = saturation_probes(net, names) if check else {}
+    probes = list(report.probes)
+    wrapper = _TupleOutputs(net, names, probes)
     was_training = net.training
     net.eval()
     t0 = time.perf_counter()
@@ -285,7 +346,7 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
                 # Placeholder names first: the exporter refuses names such as '374' (it uses
                 # numbers for its own values); the Caffe names are put back below.
                 tmp_in = [f"lnet_input_{i}" for i in range(len(ins))]
-                tmp_out = [f"lnet_output_{i}" for i in range(len(names))]
+                tmp_out = [f"lnet_output_{i}" for i in range(len(names) + len(probes))]
                 tmp_dyn = None
                 if dyn is not None:
                     tmp_dyn = {n: {0: "batch"} for n in tmp_in + tmp_out}
@@ -302,7 +363,8 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
                     batch = torch.export.Dim("batch")
                     shapes = tuple({0: batch} for _ in ins)
                 torch.onnx.export(wrapper, args, str(path), opset_version=opset, dynamo=True,
-                                  input_names=ins, output_names=names, dynamic_shapes=shapes)
+                                  input_names=ins, output_names=names + probes,
+                                  dynamic_shapes=shapes)
             else:
                 raise ExportError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
     except ExportError:
@@ -314,9 +376,15 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
         net.train(was_training)
     report.export_seconds = time.perf_counter() - t0
     import onnx
+    probe_names = [f"probe:{p}" for p in probes]
     if exporter == "torchscript":
         model = onnx.load(str(path))
-        rename_values(model, {**dict(zip(tmp_in, ins)), **dict(zip(tmp_out, names))})
+        rename_values(model, {**dict(zip(tmp_in, ins)),
+                              **dict(zip(tmp_out, names + probe_names))})
+        onnx.save(model, str(path))
+    elif probes:
+        model = onnx.load(str(path))
+        rename_values(model, dict(zip(probes, probe_names)))
         onnx.save(model, str(path))
     try:
         onnx.checker.check_model(str(path))
@@ -325,15 +393,17 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
     if not check:
         return report
     t0 = time.perf_counter()
-    ref = our_outputs(net, feeds, names)
+    ref = our_outputs(net, feeds, names, probes)
     got = ort_outputs(path, feeds)
+    got.update({p: got.pop(q) for p, q in zip(probes, probe_names)})
     report.checks = compare(ref, got, names)
+    report.probe_checks = compare(ref, got, probes) if probes else []
     if dynamic_batch:
         b0 = next(iter(feeds.values())).shape[0]
         b1 = b0 + 1
         feeds2 = random_inputs(net, seed + 1, batch=b1)
         try:
-            ref2 = our_outputs(net, feeds2, names)
+            ref2 = our_outputs(net, feeds2, names, probes)
         except (LandmarknetError, RuntimeError) as exc:
             report.notes.append(f"not checked at batch {b1}: our own net does not run at that "
                                 f"batch ({exc})")
@@ -343,10 +413,25 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
             except Exception as exc:  # onnxruntime raises its own exception types
                 raise ExportError(f"{path}: ONNX Runtime cannot run the dynamic-batch model at "
                                   f"batch {b1}: {exc}") from exc
+            got2.update({p: got2.pop(q) for p, q in zip(probes, probe_names)})
             report.extra_batch = b1
-            report.extra_checks = compare(ref2, got2, names)
+            report.extra_checks = compare(ref2, got2, names + probes)
     report.check_seconds = time.perf_counter() - t0
+    if probes:
+        drop_outputs(path, probe_names)
     return report
+
+
+def drop_outputs(path: str | os.PathLike, names: Sequence[str]) -> None:
+    """Remove graph outputs (the check's inner blobs) from an ONNX file; the values stay
+    computed, since the real outputs depend on them."""
+    import onnx
+    model = onnx.load(str(path))
+    keep = [o for o in model.graph.output if o.name not in set(names)]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _needed_opset(exc: BaseException) -> int | None:

@@ -217,3 +217,60 @@ def test_caffe2onnx_cross_check(zoo, tmp_path):
     print(cross.render())
     assert cross.ok and cross.vs_ours and cross.vs_torch
     assert np.isfinite([c.max_abs_diff for c in cross.vs_ours]).all()
+
+
+# A classifier whose random logits are so large that its softmax is one-hot whatever the weights:
+# a check on `prob` alone passes even when the logits are wrong.
+SATURATED = """name: "saturated"
+input: "data" input_shape { dim: 2 dim: 8 }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+        inner_product_param { num_output: 5 } }
+layer { name: "scale" type: "Power" bottom: "fc" top: "fc" power_param { scale: 1000 } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def test_check_compares_the_blob_before_a_saturating_output(tmp_path):
+    net = build_net(parse_net(SATURATED))
+    randomize(net, 0)
+    rep = _export_and_check(net, tmp_path)
+    assert [c.name for c in rep.checks] == ["prob"]
+    # the in-place `fc` written by `scale` feeds the Softmax: it is checked, under its SSA name
+    probes = [c.name for c in rep.probe_checks]
+    assert len(probes) == 1 and net.caffe_graph.blob_of[probes[0]] == "fc", probes
+    assert "input of Softmax layer 'prob'" in rep.render()
+    # the probe is an output only while checking: the file keeps the net's outputs
+    model = onnx.load(str(rep.path))
+    assert [o.name for o in model.graph.output] == ["prob"]
+
+
+def test_saturated_softmax_hides_wrong_logits_but_the_probe_does_not(tmp_path, monkeypatch):
+    """With a 1 % error in the exported weights the saturated `prob` still agrees to 1e-4;
+    the compared pre-softmax blob does not, so the export check fails as it must."""
+    import landmarknet.export as ex
+    net = build_net(parse_net(SATURATED))
+    randomize(net, 0)
+    real = ex.ort_outputs
+
+    def perturbed(path, feeds):
+        model = onnx.load(str(path))
+        for init in model.graph.initializer:
+            arr = onnx.numpy_helper.to_array(init)
+            if arr.ndim == 2:
+                init.CopyFrom(onnx.numpy_helper.from_array(arr * 1.01, init.name))
+        onnx.save(model, str(tmp_path / "bad.onnx"))
+        return real(tmp_path / "bad.onnx", feeds)
+
+    monkeypatch.setattr(ex, "ort_outputs", perturbed)
+    rep = export_onnx(net, tmp_path / "m.onnx")
+    assert [c.name for c in rep.checks] == ["prob"]
+    assert rep.checks[0].rel <= TOL  # saturated: blind to the error
+    assert rep.probe_checks[0].rel > TOL
+    assert not rep.ok and rep.max_rel > TOL
+
+
+def test_no_probe_for_nets_without_saturating_outputs(tmp_path):
+    net = build_net(parse_net(CEIL_AVE))
+    randomize(net, 0)
+    rep = _export_and_check(net, tmp_path)
+    assert rep.probes == {}

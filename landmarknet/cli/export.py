@@ -4,7 +4,8 @@ The model is exported through PyTorch's (TorchScript) exporter at opset 19 by de
 Runtime gets ceil-mode average pooling right only from opset 19), then run in ONNX Runtime and
 in landmarknet on the same seeded random input: the maximum differences are printed, and the
 command fails (exit 1) when the relative difference (max |diff| / max |output|) of any output
-is above --tol. ``--via caffe2onnx`` also converts with the independent caffe2onnx package and
+is above --tol. Blobs that feed a saturating output (the logits before a final Softmax or
+Sigmoid) are compared too, since a one-hot softmax agrees whatever the weights. ``--via caffe2onnx`` also converts with the independent caffe2onnx package and
 compares the two ONNX files.
 """
 from __future__ import annotations
