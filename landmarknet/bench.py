@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from landmarknet.build import CaffeNet, build_net
+from landmarknet.runtime import ort_session_options, set_threads
 from landmarknet.errors import LandmarknetError
 
 BACKENDS = ("eager", "fast", "onnxruntime", "opencv")
@@ -152,16 +153,6 @@ def parse_batches(text: str) -> list[int]:
     return list(dict.fromkeys(out))
 
 
-def set_threads(threads: int) -> None:
-    """The same intra-op thread count for torch and OpenCV (ORT gets it per session)."""
-    torch.set_num_threads(threads)
-    try:
-        import cv2
-        cv2.setNumThreads(threads)
-    except ImportError:
-        pass
-
-
 def random_batch(model: BenchModel, batch: int, seed: int = 0) -> list[torch.Tensor]:
     """Seeded N(0, 1) inputs of the net's input shapes at this batch."""
     gen = torch.Generator().manual_seed(seed)
@@ -235,9 +226,7 @@ def _onnxruntime(net: CaffeNet, xs: list[torch.Tensor], threads: int, tmp: Path,
         export_onnx(net, path, check=False)
     except LandmarknetError as exc:
         raise _Skip(f"ONNX export failed: {exc}") from None
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
+    opts = ort_session_options(threads)
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3

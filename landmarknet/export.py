@@ -270,7 +270,8 @@ def ort_session(path: str | os.PathLike, *, quiet: bool = False):
     """An ONNX Runtime CPU session (warnings off; errors too when ``quiet``: the caller
     reports them)."""
     import onnxruntime as ort
-    opts = ort.SessionOptions()
+    from landmarknet.runtime import ort_session_options
+    opts = ort_session_options()
     opts.log_severity_level = 4 if quiet else 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 

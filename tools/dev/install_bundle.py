@@ -5,7 +5,7 @@ The trainer writes a bundle on the device; its model.json names the device's pat
 copies the weights and the deploy net, sets the output options and the provenance given here,
 evaluates the bundle on the original val data (../shared, not the re-encoded device copy) and
 stores those metrics in model.json. The model card (README.md) and weights/MANIFEST are
-updated by hand / by the MANIFEST command in weights/README.md.
+updated by hand (weights/MANIFEST: `cd weights && sha256sum $(awk '{print $2}' MANIFEST)`).
 
     python tools/dev/install_bundle.py heatmap4_68 --caffemodel /work/.device/2/h4_final.caffemodel \\
         --model-json /tmp/swB/runs/h4_final/heatmap4_68_bundle/model.json \\
