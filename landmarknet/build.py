@@ -20,7 +20,7 @@ from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.prototxt import ParsedNet, read_net
 from landmarknet.errors import GraphError, LayerError, ShapeError
 from landmarknet.fillers import fill
-from landmarknet.graph import Graph, NetState, Node, build_graph, python_identifier
+from landmarknet.graph import Graph, GraphInput, NetState, Node, build_graph, python_identifier
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, converter_for
 
 Shape = tuple[int, ...]
@@ -186,6 +186,9 @@ def _infer(node: Node, spec: LayerSpec) -> tuple[Built, list[Shape]]:
         built = conv(spec)
     if built.top_shapes is not None:
         return built, [tuple(s) for s in built.top_shapes]
+    # Run in the mode the net will have (build_net ends with net.train(phase == "train")), so
+    # shape inference takes the same code path as the real forward (BatchNorm's statistics).
+    built.module.train(spec.phase == "train")
     try:
         with torch.no_grad():
             out = built.module(*[torch.empty(s, device="meta") for s in spec.bottom_shapes])
@@ -218,11 +221,7 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
     blob_shapes: dict[str, Shape] = {}
     for inp in graph.inputs:
         if inp.shape is None or any(d <= 0 for d in inp.shape):
-            given = "unknown" if inp.shape is None else str(list(inp.shape))
-            raise GraphError(f"{inp.source}: the shape of input '{inp.name}' (from {inp.layer_type} "
-                             f"layer '{inp.layer}') is {given}; give it, e.g. --input-shape "
-                             f"{inp.name}=1,3,224,224 (input_shapes={{'{inp.name}': (1, 3, 224, "
-                             "224)} in Python)")
+            raise GraphError(_unknown_input_message(inp))
         blob_shapes[inp.name] = inp.shape
 
     # Pass 1: shapes, on meta.
@@ -259,6 +258,21 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
     net = CaffeNet(root, fx_graph, graph, infos, blob_shapes)
     net.train(phase == "train")
     return net
+
+
+def _unknown_input_message(inp: GraphInput) -> str:
+    """Why an input has no usable shape, and the three ways to give one."""
+    how = (f"give it, e.g. --input-shape {inp.name}=1,3,224,224 (input_shapes={{'{inp.name}': "
+           "(1, 3, 224, 224)} in Python)")
+    if inp.layer_type == "Input" and inp.shape is None:
+        # `input: "data"` with no dims (OpenCV takes the shape from the data), or an Input layer
+        # without input_param.
+        return (f"{inp.source}: input '{inp.name}' has no dims in the prototxt, so its shape "
+                f"must come with the data: {how}; `landmarknet forward` takes it from the "
+                "--input .npy file")
+    given = "unknown" if inp.shape is None else str(list(inp.shape))
+    return (f"{inp.source}: the shape of input '{inp.name}' (from {inp.layer_type} layer "
+            f"'{inp.layer}') is {given}; {how}")
 
 
 def _materialise(built: Built, spec: LayerSpec, device: str | torch.device) -> Built:

@@ -530,6 +530,8 @@ def _emit_layer(ctx: _Ctx, module: str, info: LayerInfo) -> list[str] | None:
             return [f"{one} = F.leaky_relu({x}, {_num(sub.negative_slope)})"]
         return [f"{one} = F.relu({x})"]
     if t == "ReLU6":
+        if sub.negative_slope or sub.threshold != 6.0:
+            return None  # brocolli's relu6_param: left to the user (NotImplementedError stub)
         return [f"{one} = torch.clamp({x}, 0.0, 6.0)"]
     if t == "PReLU":
         if sub.channel_shared:
@@ -652,6 +654,8 @@ def _emit_layer(ctx: _Ctx, module: str, info: LayerInfo) -> list[str] | None:
         return [f"{one} = {x}.reshape({x}.shape[0], {g}, {x}.shape[1] // {g}, *{x}.shape[2:])"
                 f".transpose(1, 2).reshape({x}.shape)"]
     if t == "Upsample":
+        if not hasattr(sub, "scale_h"):
+            return None  # SegNet's two-bottom (max-unpooling) Upsample
         expr = x
         if sub.scale_h != 1:
             expr = f"{expr}.repeat_interleave({sub.scale_h}, dim=-2)"

@@ -21,7 +21,18 @@ Shape = tuple[int, ...]
 
 #: Layer types that read data from outside the net: in the graph they are inputs.
 DATA_LAYER_TYPES = frozenset({"Input", "Data", "ImageData", "HDF5Data", "MemoryData",
-                              "WindowData", "AnnotatedData", "VideoData", "ImageLabelmapData"})
+                              "WindowData", "AnnotatedData", "VideoData", "ImageLabelmapData",
+                              "DenseImageData"})
+
+#: Caffe's LossLayer subclasses (BVLC and the SSD fork). Their AutoTopBlobs() is true: a layer
+#: written without a top gets an anonymous one (net.cpp, Net::Init), which carries the loss
+#: (weight 1 by default) but which no other layer can read and which is no net output.
+AUTO_TOP_TYPES = frozenset({"EuclideanLoss", "SoftmaxWithLoss", "SigmoidCrossEntropyLoss",
+                            "MultinomialLogisticLoss", "HingeLoss", "InfogainLoss",
+                            "ContrastiveLoss", "SmoothL1Loss", "MultiBoxLoss"})
+#: Caffe names every anonymous top "(automatic)"; ours get the layer name in front, so that
+#: several of them stay apart in the dict a forward returns.
+AUTOMATIC_SUFFIX = " (automatic)"
 
 _PHASES = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
 
@@ -104,6 +115,7 @@ class Node:
     bottoms: list[str]  # SSA names of the inputs
     tops: list[str]  # SSA names of the outputs
     source: str | None  # "file:line"
+    auto_tops: int = 0  # how many of the last tops are Caffe's anonymous loss tops
 
     @property
     def bottom_blobs(self) -> list[str]:
@@ -151,8 +163,8 @@ class Graph:
     def outputs(self) -> list[str]:
         """SSA names no layer consumes (Caffe's net outputs), in the order they are produced."""
         used = self.consumers()
-        outs = [t for n in self.nodes for t in n.tops if t not in used]
-        return outs
+        return [t for n in self.nodes for t in n.tops[:len(n.tops) - n.auto_tops]
+                if t not in used]
 
 
 def _unique_version(blob: str, layer: str, taken: set[str]) -> str:
@@ -184,12 +196,14 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
     excluded_tops: dict[str, str] = {}  # blob -> layer that would produce it in another phase
 
     net = parsed.net
+    all_tops = {t for layer in net.layer for t in layer.top}
     for index, layer in enumerate(net.layer):
         source = parsed.source(index)
         if not layer_included(layer, state):
             for t in layer.top:
                 excluded_tops.setdefault(t, layer.name)
             continue
+        layer, n_auto = _with_auto_top(layer, all_tops)
         # Bottoms read the latest version of each blob.
         bottoms = []
         for b in layer.bottom:
@@ -218,10 +232,11 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
                     "name as the bottom at the same position); rename one of the tops")
             ssa = t if t not in blob_of else _unique_version(t, layer.name, set(blob_of))
             blob_of[ssa] = t
-            latest[t] = ssa
-            producer[t] = layer.name
+            if i < len(layer.top) - n_auto:  # anonymous tops are readable by no later layer
+                latest[t] = ssa
+                producer[t] = layer.name
             tops.append(ssa)
-        node = Node(index, layer.name, mod, layer.type, layer, bottoms, tops, source)
+        node = Node(index, layer.name, mod, layer.type, layer, bottoms, tops, source, n_auto)
         if layer.type in DATA_LAYER_TYPES:
             if layer.bottom:
                 raise GraphError(f"{source}: data layer '{layer.name}' cannot have bottoms")
@@ -238,6 +253,24 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
         raise GraphError(f"--input-shape names {', '.join(input_shapes)}, which is not an input "
                          f"of this net in phase {state.phase} (inputs: {known})")
     return Graph(net.name, state, inputs, nodes, blob_of, latest, data_nodes, parsed.path)
+
+
+def _with_auto_top(layer: caffe_pb2.LayerParameter, taken: set[str],
+                   ) -> tuple[caffe_pb2.LayerParameter, int]:
+    """(layer, 0), or a copy with Caffe's anonymous top added and 1 for a top-less loss layer.
+
+    Caffe adds tops up to max(MinTopBlobs, ExactNumTopBlobs), which is 1 for every LossLayer.
+    """
+    if layer.top or layer.type not in AUTO_TOP_TYPES:
+        return layer, 0
+    name = (layer.name or layer.type) + AUTOMATIC_SUFFIX
+    while name in taken:  # never shadow a blob the prototxt names
+        name += "'"
+    taken.add(name)
+    copy = caffe_pb2.LayerParameter()
+    copy.CopyFrom(layer)
+    copy.top.append(name)
+    return copy, 1
 
 
 def _missing_bottom_message(parsed: ParsedNet, index: int, layer: caffe_pb2.LayerParameter,

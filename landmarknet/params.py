@@ -266,6 +266,8 @@ def _random_blob(layer_type: str, i: int, shape: tuple[int, ...], gen: torch.Gen
     if layer_type == "BatchNorm":
         return [torch.randn(shape, generator=gen) * 0.1, u(0.5, 1.5),
                 torch.full(shape, 0.5 + torch.rand((), generator=gen).item())][i]
+    if layer_type == "BN":  # fork BN: slope/scale, bias/shift, moving mean, moving var or 1/std
+        return [u(0.5, 1.5), u(-0.1, 0.1), u(-0.1, 0.1), u(0.5, 1.5)][i]
     if layer_type in ("Scale", "Normalize") and i == 0:
         return u(0.5, 1.5)
     if layer_type == "PReLU":

@@ -825,7 +825,6 @@ BAD = [
     ("Scale", "scale_param { axis: 1 }", [(2, 3, 4, 5), (4, 5)], "match"),
     ("Scale", "scale_param { axis: 2 num_axes: 3 }", [(2, 3, 4, 5)], "num_axes"),
     ("Bias", "bias_param { axis: 4 }", [(2, 3, 4, 5)], "axis"),
-    ("BatchNorm", "param { lr_mult: 1 }", [(2, 3, 4, 5)], "lr_mult"),
     ("SPP", "spp_param { }", [(1, 3, 5, 5)], "pyramid_height"),
     ("Embed", "embed_param { num_output: 3 }", [(4,)], "input_dim"),
 ]
@@ -840,6 +839,20 @@ def test_bad_parameters_raise_layer_error(type_, text, shapes, word):
     assert info.value.layer == "bad_layer" and "bad_layer" in message
     assert type_ in message and "test.prototxt:1" in message
     assert word in message
+
+
+def test_batch_norm_lr_mult_refused_in_train_ignored_in_test():
+    """BVLC Caffe refuses learnable statistics; deploy files of nets trained with older Caffe or
+    SSD-based forks carry them (ShuffleNet v2's), and OpenCV runs those: TEST warns, TRAIN
+    refuses."""
+    spec = make_spec("BatchNorm", "param { lr_mult: 1 }", [(2, 3, 4, 5)], name="bn")
+    spec.phase = "train"
+    with pytest.raises(LayerError, match="lr_mult 1.0.*Scale layer"):
+        converter_for(spec)(spec)
+    spec.phase = "test"
+    with pytest.warns(UserWarning, match="BatchNorm layers with lr_mult != 0.*ignored"):
+        with torch.device("meta"):
+            converter_for(spec)(spec)
 
 
 def test_runtime_shape_error_names_the_layer(rng):

@@ -51,7 +51,6 @@ def test_input_dim_and_input_shape_become_one_input_layer():
 
 @pytest.mark.parametrize("text, message", [
     ('input: "a" input_dim: 1 input_dim: 3', "need 4 input_dim values"),
-    ('input: "a"', "has no input_dim or input_shape"),
     ('input: "a" input_shape { dim: 1 } input_dim: 1 input_dim: 1 input_dim: 1 input_dim: 1',
      "either input_shape or input_dim"),
 ])

@@ -404,8 +404,8 @@ def _upgrade_inputs(parsed: ParsedNet) -> None:
         dims = list(net.input_dim)
         shapes = [dims[4 * i:4 * i + 4] for i in range(n)]
     else:
-        raise PrototxtError(f"input '{net.input[0]}' has no input_dim or input_shape",
-                            path=parsed.path)
+        _upgrade_bare_inputs(parsed)
+        return
     layer = caffe_pb2.LayerParameter(name="input", type="Input")
     layer.top.extend(net.input)
     for dims in shapes:
@@ -418,6 +418,37 @@ def _upgrade_inputs(parsed: ParsedNet) -> None:
     del net.input_shape[:]
     parsed.layer_lines = [None, *parsed.layer_lines]
     parsed.notes.append("net-level input fields became an 'Input' layer named 'input'")
+
+
+def _upgrade_bare_inputs(parsed: ParsedNet) -> None:
+    """Net-level ``input`` names without ``input_dim``/``input_shape``.
+
+    Caffe's UpgradeNetInput just clears them (old files repeated the input names this way), so
+    a name that a layer of the net produces (typically an ``Input`` layer of the same name) is
+    dropped. A name that nothing produces would leave Caffe with an unknown bottom; OpenCV reads
+    it as an input whose shape comes with the data, and so do we: it becomes an ``Input`` layer
+    without a shape, which build_net asks for (``--input-shape NAME=...``, or ``forward`` takes
+    it from the .npy it is given).
+    """
+    net = parsed.net
+    produced = {t for layer in net.layer for t in layer.top}
+    dropped = [name for name in net.input if name in produced]
+    open_inputs = [name for name in net.input if name not in produced]
+    del net.input[:]
+    if dropped:
+        parsed.notes.append(f"net-level input(s) {', '.join(dropped)} without dims dropped: "
+                            "layers of the net produce them (as Caffe's UpgradeNetInput does)")
+    if not open_inputs:
+        return
+    layer = caffe_pb2.LayerParameter(name="input", type="Input")
+    layer.top.extend(open_inputs)
+    layers = [layer, *net.layer]
+    del net.layer[:]
+    net.layer.extend(layers)
+    parsed.layer_lines = [None, *parsed.layer_lines]
+    parsed.notes.append(f"net-level input(s) {', '.join(open_inputs)} without dims became an "
+                        "'Input' layer named 'input' whose shape comes from the data (Caffe "
+                        "would refuse the net; OpenCV takes the shape from the input)")
 
 
 # ---------------------------------------------------------------------------------------------

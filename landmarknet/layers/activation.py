@@ -51,22 +51,70 @@ def relu(spec: LayerSpec) -> Built:
 
 
 class ReLU6(nn.Module):
-    """``min(max(x, 0), 6)``."""
+    """``min(max(x, 0) + negative_slope * min(x, 0), threshold)``: 6 and 0 by default."""
+
+    def __init__(self, negative_slope: float = 0.0, threshold: float = 6.0) -> None:
+        super().__init__()
+        self.negative_slope, self.threshold = float(negative_slope), float(threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.clamp(x, 0.0, 6.0)
+        if self.negative_slope == 0.0:
+            return torch.clamp(x, 0.0, self.threshold)
+        return torch.clamp_max(F.leaky_relu(x, self.negative_slope), self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"negative_slope={self.negative_slope}, threshold={self.threshold}"
 
 
-@register("ReLU6", family=_FAMILY, origin="Caffe forks (MobileNet-v2 ports; read by OpenCV DNN)")
+@register("ReLU6", family=_FAMILY, origin="Caffe forks (MobileNet-v2 ports, brocolli; read by "
+          "OpenCV DNN)")
 def relu6(spec: LayerSpec) -> Built:
-    """Rectifier clipped at 6: min(max(x, 0), 6); no parameters."""
+    """Clipped rectifier min(max(x, 0) + negative_slope * min(x, 0), threshold), threshold 6."""
     _neuron(spec)
-    for field in ("relu_param", "relu6_param"):
-        if field in spec.param.DESCRIPTOR.fields_by_name and spec.param.HasField(field) \
-                and getattr(spec.param, field).negative_slope != 0:
-            raise spec.error(f"a negative slope in {field} is not supported for ReLU6 "
-                             "(landmarknet's ReLU6 is min(max(x, 0), 6))")
-    return Built(ReLU6())
+    if spec.param.HasField("relu_param") and spec.param.relu_param.negative_slope != 0:
+        raise spec.error("a negative slope in relu_param is ignored by the forks' ReLU6, which "
+                         "reads relu6_param: move negative_slope there")
+    fields = spec.param.DESCRIPTOR.fields_by_name
+    if "relu6_param" not in fields:
+        return Built(ReLU6())
+    p = spec.param.relu6_param
+    return Built(ReLU6(p.negative_slope, p.threshold))
+
+
+class HardSwish(nn.Module):
+    """``x * min(max(x / 6 + 0.5, 0), 1)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.clamp(x / 6.0 + 0.5, 0.0, 1.0)
+
+
+@register("HardSwish", family=_FAMILY, origin="brocolli (inisis/caffe)")
+def hardswish(spec: LayerSpec) -> Built:
+    """x * clip(x / 6 + 0.5, 0, 1) (MobileNet-v3); no parameters."""
+    _neuron(spec)
+    return Built(HardSwish())
+
+
+class HardSigmoid(nn.Module):
+    """``min(max(alpha * x + beta, 0), 1)``."""
+
+    def __init__(self, alpha: float, beta: float) -> None:
+        super().__init__()
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x * self.alpha + self.beta, 0.0, 1.0)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, beta={self.beta}"
+
+
+@register("HardSigmoid", family=_FAMILY, origin="brocolli (inisis/caffe)")
+def hardsigmoid(spec: LayerSpec) -> Built:
+    """clip(alpha * x + beta, 0, 1) with hardsigmoid_param alpha (0.2) and beta (0.5)."""
+    _neuron(spec)
+    p = spec.param.hardsigmoid_param
+    return Built(HardSigmoid(p.alpha, p.beta))
 
 
 class PReLU(nn.Module):

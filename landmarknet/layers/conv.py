@@ -133,6 +133,64 @@ def convolution(spec: LayerSpec) -> Built:
     return Built(module, blobs)
 
 
+@register("ConvolutionDepthwise", family="conv",
+          origin="MobileNet-v2 / YOLOv3 Caffe forks (conv_dw_layer.cpp; read by OpenCV DNN)")
+def convolution_depthwise(spec: LayerSpec) -> Built:
+    """One filter per channel: top channels = bottom channels; weights (C, 1, kh, kw), bias (C,)."""
+    spec.expect_bottoms(1)
+    if spec.n_tops != 1:
+        raise spec.error(f"needs exactly 1 top, got {spec.n_tops}")
+    shape = tuple(spec.bottom_shapes[0])
+    if len(shape) != 4:
+        raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got shape {shape}", shape=True)
+    cp = spec.param.convolution_param
+    channels = shape[1]
+    # conv_dw_layer.cpp sizes its blobs and its top from the bottom's channels alone: it reads
+    # neither num_output nor group. A num_output that disagrees means the file is not what its
+    # author thought; say so rather than build something else silently.
+    if cp.HasField("num_output") and cp.num_output != channels:
+        raise spec.error(f"num_output {cp.num_output} differs from the bottom's {channels} "
+                         "channels; ConvolutionDepthwise always gives one output channel per "
+                         "input channel (the fork ignores num_output)", shape=True)
+    if cp.HasField("group") and cp.group not in (1, channels):
+        raise spec.error(f"group {cp.group} is neither 1 nor the {channels} channels; "
+                         "ConvolutionDepthwise is always one filter per channel")
+    geom = conv_geometry(spec, cp)
+    _check_kernel_fits(spec, geom)
+    module = CaffeConvolution(channels, channels, geom, channels, cp.bias_term)
+    blobs = [BlobSlot("weight", tuple(module.weight.shape), _filler(cp, "weight_filler"))]
+    blobs += _bias_blobs(cp, channels, module)
+    return Built(module, blobs)
+
+
+@register("DepthwiseConvolution", family="conv",
+          origin="yonghenglh6/DepthwiseConvolution (ShuffleNet/MobileNet forks; OpenCV 4.14 cannot run it)")
+def depthwise_convolution(spec: LayerSpec) -> Built:
+    """Convolution with the fork's fast depthwise kernel: same blobs and maths as Convolution."""
+    # depthwise_conv_layer.cpp derives from BaseConvolutionLayer and its CPU path is Caffe's
+    # grouped convolution, so group/num_output come from convolution_param as usual. Its GPU
+    # kernel, though, assumes group == channels == num_output: anything else gives other numbers
+    # on the GPU, so such a net is refused rather than matched to one of the two.
+    channels = spec.bottom_shapes[0][1] if spec.bottom_shapes and spec.bottom_shapes[0] else 0
+    cp = spec.param.convolution_param
+    if cp.group != channels or cp.num_output != channels:
+        raise spec.error(f"DepthwiseConvolution needs group == num_output == the bottom's "
+                         f"channels ({channels}), got group {cp.group} and num_output "
+                         f"{cp.num_output}; the fork's GPU and CPU paths disagree otherwise")
+    return convolution(spec)
+
+
+def _check_kernel_fits(spec: LayerSpec, geom: Geometry2d) -> None:
+    """The dilated kernel must fit in the padded input (else the output would be empty)."""
+    h, w = spec.bottom_shapes[0][2:]
+    for size, k, p, d, name in ((h, geom.kernel[0], geom.pad[0], geom.dilation[0], "height"),
+                                (w, geom.kernel[1], geom.pad[1], geom.dilation[1], "width")):
+        extent = d * (k - 1) + 1
+        if size + 2 * p < extent:
+            raise spec.error(f"the dilated kernel ({extent}) is larger than the padded input "
+                             f"{name} ({size} + 2*{p})", shape=True)
+
+
 @register("Deconvolution", family="conv")
 def deconvolution(spec: LayerSpec) -> Built:
     """2-D transposed convolution; weights (C_in, O/g, kh, kw), out = s*(i-1)+d*(k-1)+1-2p."""

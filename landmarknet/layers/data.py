@@ -48,7 +48,38 @@ def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> li
         return ([None, (n,) if n else None])[:n_tops]
     if t == "HDF5Data":
         return _hdf5_shapes(layer, net_path)
+    if t == "DenseImageData":
+        return _dense_image_shapes(layer, crop)
     return [None] * n_tops
+
+
+def _dense_image_shapes(layer: caffe_pb2.LayerParameter, crop: int) -> list[Shape | None]:
+    """SegNet's DenseImageData: an image top and a one-channel label map of the same size.
+
+    dense_image_data_layer.cpp sizes both tops from transform_param.crop_size, else from
+    crop_height/crop_width, else from new_height/new_width (the first image of the list decides
+    when none is given: unknown here). Channels: 3 when is_color, else 1.
+    """
+    if "dense_image_data_param" not in layer.DESCRIPTOR.fields_by_name:
+        raise LayerError("the legacy V1 format has no DenseImageData layer", layer=layer.name,
+                         type=layer.type)
+    p = layer.dense_image_data_param
+    for a, b in (("crop_height", "crop_width"), ("new_height", "new_width")):
+        if (getattr(p, a) == 0) != (getattr(p, b) == 0):
+            raise LayerError(f"dense_image_data_param.{a} and {b} must be set together "
+                             "(Caffe refuses one without the other)", layer=layer.name,
+                             type=layer.type)
+    if crop:
+        h, w = crop, crop
+    elif p.crop_height:
+        h, w = p.crop_height, p.crop_width
+    else:
+        h, w = p.new_height, p.new_width
+    n, c = p.batch_size, (3 if p.is_color else 1)
+    known = bool(h and w and n)
+    image = (n, c, h, w) if known else None
+    label = (n, 1, h, w) if known else None
+    return [image, label][:len(layer.top)]
 
 
 def _hdf5_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> list[Shape | None]:

@@ -9,6 +9,8 @@ tensor of that shape on the meta device. Both layers have no gradient (Caffe's B
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import warnings
 
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from landmarknet.errors import LayerError
 from landmarknet.layers.registry import Built, LayerSpec, register
 from landmarknet.layers.shape import field_values, fork_param, has_field
 
@@ -176,43 +179,221 @@ def prior_box(spec: LayerSpec) -> Built:
 
 
 # ----------------------------------------------------------------------------------------------
+# libstdc++'s std::sort, for DetectionOutput's keep_top_k step
+# ----------------------------------------------------------------------------------------------
+# detection_output_layer.cpp orders the detections of an image with std::sort on (score, (label,
+# prior)) pairs under a comparator that looks at the score only. std::sort is not stable, so the
+# order of equal scores (common with random or quantised weights) and which of them survive the
+# keep_top_k cut are whatever the C++ library's algorithm produces. The reference builds of Caffe
+# use GCC's libstdc++, whose std::sort has been the same introsort since GCC 4 (median-of-three
+# pivot moved to the front, unguarded Hoare partition, a recursion budget of 2*floor(log2 n)
+# with heapsort past it, insertion sort of runs up to 16 at the end). It is reproduced here step
+# for step so that the rows come out in Caffe's order, ties included. (MSVC's and libc++'s
+# std::sort order ties differently; a Caffe built with them gives other rows on ties.)
+
+_SORT_THRESHOLD = 16
+
+
+def _move_median_to_first(v: list, result: int, a: int, b: int, c: int, less) -> None:
+    if less(v[a], v[b]):
+        if less(v[b], v[c]):
+            v[result], v[b] = v[b], v[result]
+        elif less(v[a], v[c]):
+            v[result], v[c] = v[c], v[result]
+        else:
+            v[result], v[a] = v[a], v[result]
+    elif less(v[a], v[c]):
+        v[result], v[a] = v[a], v[result]
+    elif less(v[b], v[c]):
+        v[result], v[c] = v[c], v[result]
+    else:
+        v[result], v[b] = v[b], v[result]
+
+
+def _unguarded_partition(v: list, first: int, last: int, pivot: int, less) -> int:
+    while True:
+        while less(v[first], v[pivot]):
+            first += 1
+        last -= 1
+        while less(v[pivot], v[last]):
+            last -= 1
+        if not first < last:
+            return first
+        v[first], v[last] = v[last], v[first]
+        first += 1
+
+
+def _adjust_heap(v: list, first: int, hole: int, length: int, value, less) -> None:
+    top = hole
+    child = hole
+    while child < (length - 1) // 2:
+        child = 2 * (child + 1)
+        if less(v[first + child], v[first + child - 1]):
+            child -= 1
+        v[first + hole] = v[first + child]
+        hole = child
+    if length % 2 == 0 and child == (length - 2) // 2:
+        child = 2 * (child + 1)
+        v[first + hole] = v[first + child - 1]
+        hole = child - 1
+    parent = (hole - 1) // 2
+    while hole > top and less(v[first + parent], value):
+        v[first + hole] = v[first + parent]
+        hole = parent
+        parent = (hole - 1) // 2
+    v[first + hole] = value
+
+
+def _heap_sort(v: list, first: int, last: int, less) -> None:
+    """std::__partial_sort(first, last, last): make_heap, then sort_heap."""
+    length = last - first
+    if length >= 2:
+        parent = (length - 2) // 2
+        while True:
+            _adjust_heap(v, first, parent, length, v[first + parent], less)
+            if parent == 0:
+                break
+            parent -= 1
+    while last - first > 1:
+        last -= 1
+        value = v[last]
+        v[last] = v[first]
+        _adjust_heap(v, first, 0, last - first, value, less)
+
+
+def _introsort_loop(v: list, first: int, last: int, depth: int, less) -> None:
+    while last - first > _SORT_THRESHOLD:
+        if depth == 0:
+            _heap_sort(v, first, last, less)
+            return
+        depth -= 1
+        mid = first + (last - first) // 2
+        _move_median_to_first(v, first, first + 1, mid, last - 1, less)
+        cut = _unguarded_partition(v, first + 1, last, first, less)
+        _introsort_loop(v, cut, last, depth, less)
+        last = cut
+
+
+def _linear_insert(v: list, last: int, less) -> None:
+    value = v[last]
+    nxt = last - 1
+    while less(value, v[nxt]):
+        v[last] = v[nxt]
+        last = nxt
+        nxt -= 1
+    v[last] = value
+
+
+def _insertion_sort(v: list, first: int, last: int, less) -> None:
+    for i in range(first + 1, last):
+        if less(v[i], v[first]):
+            value = v[i]
+            v[first + 1:i + 1] = v[first:i]
+            v[first] = value
+        else:
+            _linear_insert(v, i, less)
+
+
+def libstdcxx_sort(items: list, less) -> None:
+    """Sort ``items`` in place exactly as GCC's ``std::sort(begin, end, less)`` would."""
+    n = len(items)
+    if n < 2:
+        return
+    _introsort_loop(items, 0, n, 2 * (n.bit_length() - 1), less)
+    if n > _SORT_THRESHOLD:
+        _insertion_sort(items, 0, _SORT_THRESHOLD, less)
+        for i in range(_SORT_THRESHOLD, n):
+            _linear_insert(items, i, less)
+    else:
+        _insertion_sort(items, 0, n, less)
+
+
+def _score_greater(a: tuple, b: tuple) -> bool:
+    return a[0] > b[0]
+
+
+def caffe_score_order(scores: np.ndarray) -> np.ndarray:
+    """Positions of ``scores`` in the order Caffe's std::sort (score descending) leaves them."""
+    if np.unique(scores).size == scores.size and not np.isnan(scores).any():
+        return np.argsort(-scores.astype(np.float64), kind="stable")  # no ties: one answer
+    items = [(float(s), i) for i, s in enumerate(scores)]
+    libstdcxx_sort(items, _score_greater)
+    return np.fromiter((i for _, i in items), dtype=np.int64, count=len(items))
+
+
+# ----------------------------------------------------------------------------------------------
 # DetectionOutput
 # ----------------------------------------------------------------------------------------------
 
 def decode_boxes(prior: np.ndarray, var: np.ndarray, loc: np.ndarray, code_type: int,
                  variance_in_target: bool) -> np.ndarray:
-    """bbox_util.cpp DecodeBBox, in float32: ``(..., 4)`` offsets -> (xmin, ymin, xmax, ymax)."""
+    """bbox_util.cpp DecodeBBox: ``(..., 4)`` offsets -> (xmin, ymin, xmax, ymax), float32.
+
+    The C++ keeps every intermediate in a ``float`` (its ``exp`` is the C library's ``expf``)
+    but halves with the double literal ``2.``, so the halving and the
+    additions after it run in float64 here and are rounded where the C++ stores into a float.
+    Checked bit for bit against the reference Caffe (tests/test_ssd.py).
+    """
+    f64 = np.float64
     px0, py0, px1, py1 = (prior[..., i] for i in range(4))
     lx0, ly0, lx1, ly1 = (loc[..., i] for i in range(4))
     if variance_in_target:
-        v0 = v1 = v2 = v3 = _F32(1)
+        v0 = v1 = v2 = v3 = None
     else:
         v0, v1, v2, v3 = (var[..., i] for i in range(4))
+
+    def scaled(v, x):  # variance * offset, a float product in the C++
+        return x if v is None else (v * x).astype(_F32)
+
     if code_type == _CORNER:
-        if variance_in_target:
-            out = (px0 + lx0, py0 + ly0, px1 + lx1, py1 + ly1)
-        else:
-            out = (px0 + v0 * lx0, py0 + v1 * ly0, px1 + v2 * lx1, py1 + v3 * ly1)
+        out = (px0 + scaled(v0, lx0), py0 + scaled(v1, ly0),
+               px1 + scaled(v2, lx1), py1 + scaled(v3, ly1))
     elif code_type == _CENTER_SIZE:
         pw, ph = px1 - px0, py1 - py0
-        pcx, pcy = (px0 + px1) / _F32(2), (py0 + py1) / _F32(2)
-        if variance_in_target:
-            cx, cy = lx0 * pw + pcx, ly0 * ph + pcy
-            w, h = np.exp(lx1) * pw, np.exp(ly1) * ph
-        else:
-            cx, cy = v0 * lx0 * pw + pcx, v1 * ly0 * ph + pcy
-            w, h = np.exp(v2 * lx1) * pw, np.exp(v3 * ly1) * ph
-        out = (cx - w / _F32(2), cy - h / _F32(2), cx + w / _F32(2), cy + h / _F32(2))
+        pcx = ((px0 + px1).astype(f64) / 2.0).astype(_F32)
+        pcy = ((py0 + py1).astype(f64) / 2.0).astype(_F32)
+        cx = (scaled(v0, lx0) * pw + pcx).astype(_F32)
+        cy = (scaled(v1, ly0) * ph + pcy).astype(_F32)
+        w = _expf(scaled(v2, lx1)) * pw
+        h = _expf(scaled(v3, ly1)) * ph
+        hw, hh = w.astype(f64) / 2.0, h.astype(f64) / 2.0
+        out = (cx - hw, cy - hh, cx + hw, cy + hh)
     elif code_type == _CORNER_SIZE:
         pw, ph = px1 - px0, py1 - py0
-        if variance_in_target:
-            out = (px0 + lx0 * pw, py0 + ly0 * ph, px1 + lx1 * pw, py1 + ly1 * ph)
-        else:
-            out = (px0 + v0 * lx0 * pw, py0 + v1 * ly0 * ph,
-                   px1 + v2 * lx1 * pw, py1 + v3 * ly1 * ph)
+        out = (px0 + scaled(v0, lx0) * pw, py0 + scaled(v1, ly0) * ph,
+               px1 + scaled(v2, lx1) * pw, py1 + scaled(v3, ly1) * ph)
     else:
         raise ValueError(f"unknown code_type {code_type}")
     return np.stack(out, axis=-1).astype(_F32)
+
+
+def _libm_expf():
+    """The C library's ``expf`` (what Caffe's ``exp(float)`` calls), or None without one."""
+    try:
+        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        fn = libm.expf
+    except (OSError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_float, [ctypes.c_float]
+    return fn
+
+
+_EXPF = _libm_expf()
+
+
+def _expf(x: np.ndarray) -> np.ndarray:
+    """float32 exp with the bits of the C library's expf.
+
+    glibc's expf is accurate to about 0.5 ulp but not correctly rounded, and numpy's float32
+    exp is another approximation: with the reference Caffe, 9 of 12,750 widths of RefineDet's
+    boxes differed by one ulp between a correctly rounded exp and glibc's. Calling the same
+    expf as Caffe gives its bits on the same C library; without one, a correctly rounded exp.
+    """
+    x = np.asarray(x, dtype=_F32)
+    if _EXPF is None:
+        return np.exp(x.astype(np.float64)).astype(_F32)
+    flat = x.ravel().tolist()
+    return np.fromiter(map(_EXPF, flat), dtype=_F32, count=len(flat)).reshape(x.shape)
 
 
 def box_sizes(boxes: np.ndarray) -> np.ndarray:
@@ -231,7 +412,7 @@ def jaccard(box: np.ndarray, size: np.float32, others: np.ndarray,
     iw = np.minimum(box[2], others[:, 2]) - np.maximum(box[0], others[:, 0])
     ih = np.minimum(box[3], others[:, 3]) - np.maximum(box[1], others[:, 1])
     inter = iw * ih
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         iou = inter / ((size + other_sizes) - inter)
     return np.where(apart | ~((iw > 0) & (ih > 0)), _F32(0), iou).astype(_F32)
 
@@ -241,7 +422,8 @@ def nms_fast(boxes: np.ndarray, sizes: np.ndarray, scores: np.ndarray, score_thr
     """ApplyNMSFast: scores > threshold, stable sort descending, top_k, greedy suppression with
     ``overlap <= threshold`` to keep and the adaptive (eta) threshold."""
     cand = np.nonzero(scores > _F32(score_threshold))[0]
-    order = cand[np.argsort(-scores[cand], kind="stable")]
+    # GetMaxScoreIndex uses std::stable_sort: equal scores keep the prior order.
+    order = cand[np.argsort(-scores[cand].astype(np.float64), kind="stable")]
     if -1 < top_k < order.size:
         order = order[:top_k]
     kept: list[int] = []
@@ -259,21 +441,63 @@ def nms_fast(boxes: np.ndarray, sizes: np.ndarray, scores: np.ndarray, score_thr
     return kept
 
 
+def objectness_filtered(conf: np.ndarray, arm_conf: np.ndarray, objectness: float) -> np.ndarray:
+    """RefineDet's OSGetConfidenceScores: a prior whose ARM foreground probability is below
+    ``objectness_score`` gets scores (1, 0, 0, ...), whatever the background label is."""
+    easy = arm_conf[:, :, 1] < _F32(objectness)  # (n, P)
+    out = conf.copy()
+    out[easy] = 0
+    out[..., 0][easy] = 1
+    return out
+
+
 class DetectionOutput(nn.Module):
-    """Decode, per-class NMS, keep_top_k: rows [image, label, score, xmin, ymin, xmax, ymax]."""
+    """Decode, per-class NMS, keep_top_k: rows [image, label, score, xmin, ymin, xmax, ymax].
+
+    With ``refine`` (RefineDet, 4 or 5 bottoms) the ARM confidences filter easy negatives by
+    ``objectness_score`` and, with a fifth bottom, the ARM offsets first move the priors.
+    """
 
     def __init__(self, num_classes: int, share_location: bool, background_label_id: int,
                  code_type: int, variance_encoded_in_target: bool, keep_top_k: int,
                  confidence_threshold: float, nms_threshold: float, eta: float,
-                 top_k: int) -> None:
+                 top_k: int, clip: bool = False, objectness_score: float | None = None) -> None:
         super().__init__()
         self.num_classes, self.share_location = num_classes, share_location
         self.background_label_id, self.code_type = background_label_id, code_type
         self.variance_encoded_in_target = variance_encoded_in_target
         self.keep_top_k, self.confidence_threshold = keep_top_k, confidence_threshold
         self.nms_threshold, self.eta, self.top_k = nms_threshold, eta, top_k
+        self.clip, self.objectness_score = clip, objectness_score
 
-    def detect(self, loc: np.ndarray, conf: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    def _decode(self, prior: np.ndarray, var: np.ndarray, loc: np.ndarray) -> np.ndarray:
+        if self.code_type in (_CENTER_SIZE, _CORNER_SIZE):
+            # DecodeBBox CHECKs that every prior has a positive width and height (Caffe aborts).
+            w, h = prior[..., 2] - prior[..., 0], prior[..., 3] - prior[..., 1]
+            if not (np.all(w > 0) and np.all(h > 0)):
+                raise LayerError("DetectionOutput: a prior box has a width or height <= 0, "
+                                 "which Caffe's DecodeBBox refuses (CHECK_GT(prior_width, 0))",
+                                 type="DetectionOutput")
+        boxes = decode_boxes(prior, var, loc, self.code_type, self.variance_encoded_in_target)
+        if self.clip:
+            # OpenCV's `clip` (SSD's C++ passes clip_bbox = false): clamp to [0, 1]; the size
+            # used by NMS is that of the clipped box.
+            boxes = np.clip(boxes, _F32(0), _F32(1))
+        return boxes
+
+    def _keep_top_k(self, picked: dict[int, list[int]], conf: np.ndarray) -> dict[int, list[int]]:
+        """Caffe's per-image cut to keep_top_k, in the order its std::sort leaves the pairs."""
+        labels = [c for c in sorted(picked) for _ in picked[c]]
+        idxs = [i for c in sorted(picked) for i in picked[c]]
+        scores = np.asarray([conf[i, c] for c, i in zip(labels, idxs)], dtype=_F32)
+        chosen: dict[int, list[int]] = {}
+        for j in caffe_score_order(scores)[:self.keep_top_k]:
+            chosen.setdefault(labels[j], []).append(idxs[j])
+        return chosen
+
+    def detect(self, loc: np.ndarray, conf: np.ndarray, prior: np.ndarray,
+               arm_conf: np.ndarray | None = None,
+               arm_loc: np.ndarray | None = None) -> np.ndarray:
         """The (rows, 7) float32 detections for numpy inputs laid out as Caffe's blobs."""
         n = loc.shape[0]
         num_priors = prior.shape[2] // 4
@@ -283,8 +507,18 @@ class DetectionOutput(nn.Module):
         flat_prior = prior.reshape(-1).astype(_F32)
         boxes_p = flat_prior[:num_priors * 4].reshape(num_priors, 4)
         var_p = flat_prior[num_priors * 4:num_priors * 8].reshape(num_priors, 4)
-        decoded = decode_boxes(boxes_p[None, :, None, :], var_p[None, :, None, :], loc,
-                               self.code_type, self.variance_encoded_in_target)
+        if arm_conf is not None:
+            arm_conf = arm_conf.reshape(n, num_priors, 2).astype(_F32)
+            conf = objectness_filtered(conf, arm_conf, self.objectness_score)
+        if arm_loc is not None:
+            # CasRegDecodeBBoxesAll: the ARM offsets move each image's priors (never clipped),
+            # then the ODM offsets are decoded against the moved priors.
+            arm_loc = arm_loc.reshape(n, num_priors, 4).astype(_F32)
+            moved = decode_boxes(boxes_p[None], var_p[None], arm_loc, self.code_type,
+                                 self.variance_encoded_in_target)  # (n, P, 4)
+            decoded = self._decode(moved[:, :, None, :], var_p[None, :, None, :], loc)
+        else:
+            decoded = self._decode(boxes_p[None, :, None, :], var_p[None, :, None, :], loc)
         sizes = box_sizes(decoded)  # (n, P, n_loc)
         rows: list[list[float]] = []
         for i in range(n):
@@ -296,15 +530,9 @@ class DetectionOutput(nn.Module):
                 picked[c] = nms_fast(decoded[i, :, lc], sizes[i, :, lc], conf[i, :, c],
                                      self.confidence_threshold, self.nms_threshold, self.eta,
                                      self.top_k)
-            num_det = sum(len(v) for v in picked.values())
-            if -1 < self.keep_top_k < num_det:
-                pairs = [(conf[i, idx, c], c, idx) for c in sorted(picked) for idx in picked[c]]
-                order = sorted(range(len(pairs)), key=lambda j: -float(pairs[j][0]))
-                chosen: dict[int, list[int]] = {}
-                for j in order[:self.keep_top_k]:
-                    chosen.setdefault(pairs[j][1], []).append(pairs[j][2])
-                picked = chosen
-            for c in sorted(picked):
+            if -1 < self.keep_top_k < sum(len(v) for v in picked.values()):
+                picked = self._keep_top_k(picked, conf[i])
+            for c in sorted(picked):  # a std::map: labels ascending
                 lc = 0 if self.share_location else c
                 for idx in picked[c]:
                     rows.append([i, c, conf[i, idx, c], *decoded[i, idx, lc]])
@@ -315,27 +543,106 @@ class DetectionOutput(nn.Module):
             return out
         return np.asarray(rows, dtype=_F32)
 
-    def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor,
+                *refine: torch.Tensor) -> torch.Tensor:
+        if _is_exporting():
+            raise LayerError(_NO_EXPORT, type="DetectionOutput")
         if loc.device.type == "meta":
             return torch.empty((1, 1, 1, 7), device=loc.device, dtype=loc.dtype)
-        rows = self.detect(loc.detach().cpu().float().numpy(), conf.detach().cpu().float().numpy(),
-                           prior.detach().cpu().float().numpy())
+        arrays = [t.detach().cpu().float().numpy() for t in (loc, conf, prior, *refine)]
+        rows = self.detect(*arrays)
         return torch.from_numpy(rows).reshape(1, 1, -1, 7).to(device=loc.device, dtype=loc.dtype)
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, share_location={self.share_location}, "
+        text = (f"num_classes={self.num_classes}, share_location={self.share_location}, "
                 f"background_label_id={self.background_label_id}, code_type={self.code_type}, "
                 f"keep_top_k={self.keep_top_k}, confidence_threshold="
                 f"{self.confidence_threshold}, nms_threshold={self.nms_threshold}, "
-                f"top_k={self.top_k}, eta={self.eta}")
+                f"top_k={self.top_k}, eta={self.eta}, clip={self.clip}")
+        if self.objectness_score is not None:
+            text += f", objectness_score={self.objectness_score}"
+        return text
+
+
+_NO_EXPORT = (
+    "DetectionOutput cannot be exported to ONNX or traced: SSD's per-class NMS and keep_top_k "
+    "give a number of rows that depends on the data, and landmarknet computes them outside "
+    "torch (tracing would bake one input's detections into the graph as constants). Export the "
+    "net without its DetectionOutput layer (delete it from the prototxt: its bottoms, e.g. "
+    "mbox_loc, mbox_conf_flatten and mbox_priorbox, become the outputs) and decode them with "
+    "landmarknet.layers.detection.DetectionOutput.detect or your runtime's SSD post-processing.")
+
+
+def _is_exporting() -> bool:
+    """Whether torch is tracing or exporting this forward (TorchScript, ONNX or dynamo)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and compiler.is_compiling())
+
+
+def _refine_bottoms(spec: LayerSpec, dp, num_priors: int) -> tuple[float | None, int]:
+    """RefineDet's extra bottoms: (objectness_score or None, number of bottoms used)."""
+    n_bottoms = len(spec.bottom_shapes)
+    refinedet = n_bottoms == 5 or (n_bottoms == 4 and not dp.visualize)
+    if not refinedet:
+        if has_field(dp, "objectness_score"):
+            raise spec.error("objectness_score (RefineDet) needs the ARM confidences as a "
+                             "fourth bottom")
+        return None, 3  # weiliu89's optional fourth bottom is the image, used by visualize only
+    arm_conf = tuple(spec.bottom_shapes[3])
+    if len(arm_conf) < 2 or math.prod(arm_conf[1:]) != num_priors * 2:
+        raise spec.error(f"bottom 3 (RefineDet's ARM confidences) needs {num_priors * 2} values "
+                         f"per image (2 per prior), got {arm_conf}", shape=True)
+    if n_bottoms == 5:
+        if not dp.share_location:
+            raise spec.error("RefineDet's ARM locations (bottom 4) need share_location: true")
+        arm_loc = tuple(spec.bottom_shapes[4])
+        if len(arm_loc) < 2 or math.prod(arm_loc[1:]) != num_priors * 4:
+            raise spec.error(f"bottom 4 (RefineDet's ARM locations) needs {num_priors * 4} "
+                             f"values per image, got {arm_loc}", shape=True)
+    return float(dp.objectness_score), n_bottoms
+
+
+def _check_heads(spec: LayerSpec, num_priors: int, num_classes: int, n_loc: int) -> None:
+    """Bottoms 0 and 1 must hold one location / one score set per prior (Reshape's CHECKs)."""
+    loc, conf = (tuple(s) for s in spec.bottom_shapes[:2])
+    if len(loc) < 2 or loc[1] != num_priors * n_loc * 4:
+        hint = ""
+        if len(loc) >= 2 and loc[1] % (n_loc * 4) == 0 and loc[1] // (n_loc * 4) > num_priors:
+            hint = (f" (the location head predicts {loc[1] // (n_loc * 4)} boxes; if this is "
+                    "a FaceBoxes net, its fork's PriorBox densifies the anchors of min_size 32 "
+                    "and 64 in code that no prototxt field describes, and SSD's PriorBox "
+                    "cannot reproduce it)")
+        raise spec.error(f"bottom 0 (locations) needs {num_priors * n_loc * 4} channels for "
+                         f"{num_priors} priors, got {loc}{hint}", shape=True)
+    if len(conf) < 2 or conf[1] != num_priors * num_classes:
+        raise spec.error(f"bottom 1 (confidences) needs {num_priors * num_classes} channels for "
+                         f"{num_priors} priors and {num_classes} classes, got {conf}",
+                         shape=True)
+    if loc[0] != conf[0]:
+        raise spec.error(f"bottoms 0 and 1 differ in batch size: {loc} and {conf}", shape=True)
+    if math.prod(loc[2:]) != 1 or math.prod(conf[2:]) != 1:
+        raise spec.error(f"bottoms 0 and 1 must be (N, channels[, 1, 1]), got {loc} and {conf}",
+                         shape=True)
+
+
+def _warn_ignored(spec: LayerSpec, dp) -> None:
+    """Fields that only write files or draw windows: accepted, never change the detections."""
+    if dp.visualize or has_field(dp, "visualize_threshold") or has_field(dp, "save_file"):
+        warnings.warn(f"layer '{spec.name}': visualize/visualize_threshold/save_file are "
+                      "ignored (they draw detections on screen or into a video in SSD's Caffe; "
+                      "the detections are the same)", stacklevel=3)
+    if dp.HasField("save_output_param"):
+        warnings.warn(f"layer '{spec.name}': save_output_param is ignored (SSD's Caffe writes "
+                      "result files with it; the detections are the same and landmarknet "
+                      "returns them without writing files)", stacklevel=3)
 
 
 @register("DetectionOutput", family=_FAMILY, origin=_ORIGIN)
 def detection_output(spec: LayerSpec) -> Built:
     """SSD decoding + per-class NMS + keep_top_k; rows [image, label, score, x0, y0, x1, y1]."""
-    if len(spec.bottom_shapes) == 4:
-        raise spec.error("a fourth bottom (RefineDet's ARM confidences) is not supported")
-    spec.expect_bottoms(3)
+    spec.expect_bottoms(3, 5)
     if spec.n_tops != 1:
         raise spec.error(f"needs exactly 1 top, got {spec.n_tops}")
     dp = fork_param(spec, "detection_output_param", "SSD")
@@ -343,9 +650,17 @@ def detection_output(spec: LayerSpec) -> Built:
         raise spec.error("num_classes is required")
     num_classes = int(dp.num_classes)
     share = bool(dp.share_location)
+    if share and dp.background_label_id == -1:
+        # DecodeBBoxesAll skips the shared location label (-1) as the background, then the
+        # layer aborts with "Could not find location predictions for label -1".
+        raise spec.error("background_label_id: -1 with share_location: true makes SSD's Caffe "
+                         "abort (the shared locations carry label -1 and are skipped as the "
+                         "background); use share_location: false or a real background label")
     code_type = int(dp.code_type)
     if code_type not in (_CORNER, _CENTER_SIZE, _CORNER_SIZE):
         raise spec.error(f"unknown code_type {code_type}")
+    # Without nms_param, SSD's Caffe (weiliu89) still runs NMS with the message's defaults
+    # (nms_threshold 0.3, no top_k, eta 1). The brocolli-caffe fork skips NMS instead.
     nms = dp.nms_param
     if nms.nms_threshold < 0:
         raise spec.error(f"nms_threshold must be non-negative, got {nms.nms_threshold}")
@@ -357,32 +672,31 @@ def detection_output(spec: LayerSpec) -> Built:
     if has_field(dp, "normalized_bbox") and not dp.normalized_bbox:
         raise spec.error("normalized_bbox: false (OpenCV's pixel-coordinate boxes) is not "
                          "supported; SSD's boxes are normalised")
-    if has_field(dp, "visualize") and dp.visualize:
-        warnings.warn(f"layer '{spec.name}': visualize is ignored (landmarknet draws no "
-                      "windows)", stacklevel=2)
-    if has_field(dp, "save_output_param") and dp.save_output_param.output_directory:
-        warnings.warn(f"layer '{spec.name}': save_output_param is ignored (landmarknet returns "
-                      "the detections and writes no result files)", stacklevel=2)
-    loc, conf, prior = (tuple(s) for s in spec.bottom_shapes)
+    _warn_ignored(spec, dp)
+    prior = tuple(spec.bottom_shapes[2])
     if len(prior) < 3 or prior[2] % 4:
         raise spec.error(f"bottom 2 must be PriorBox's (1, 2, P*4), got {prior}", shape=True)
     num_priors = prior[2] // 4
     if math.prod(prior) < 2 * num_priors * 4:
         raise spec.error(f"bottom 2 {prior} lacks the variance channel", shape=True)
-    n_loc = 1 if share else num_classes
-    if len(loc) < 2 or loc[1] != num_priors * n_loc * 4:
-        raise spec.error(f"bottom 0 (locations) needs {num_priors * n_loc * 4} channels for "
-                         f"{num_priors} priors, got {loc}", shape=True)
-    if len(conf) < 2 or conf[1] != num_priors * num_classes:
-        raise spec.error(f"bottom 1 (confidences) needs {num_priors * num_classes} channels for "
-                         f"{num_priors} priors and {num_classes} classes, got {conf}",
-                         shape=True)
-    if loc[0] != conf[0]:
-        raise spec.error(f"bottoms 0 and 1 differ in batch size: {loc} and {conf}", shape=True)
-    if math.prod(loc[2:]) != 1 or math.prod(conf[2:]) != 1:
-        raise spec.error(f"bottoms 0 and 1 must be (N, channels[, 1, 1]), got {loc} and {conf}",
-                         shape=True)
+    _check_heads(spec, num_priors, num_classes, 1 if share else num_classes)
+    objectness, used = _refine_bottoms(spec, dp, num_priors)
     module = DetectionOutput(num_classes, share, int(dp.background_label_id), code_type,
                              bool(dp.variance_encoded_in_target), int(dp.keep_top_k), conf_thr,
-                             float(nms.nms_threshold), float(nms.eta), top_k)
+                             float(nms.nms_threshold), float(nms.eta), top_k,
+                             clip=bool(dp.clip), objectness_score=objectness)
+    if used == 3 and len(spec.bottom_shapes) == 4:
+        module = _DropImage(module)
     return Built(module, top_shapes=[(1, 1, 1, 7)])
+
+
+class _DropImage(nn.Module):
+    """SSD's DetectionOutput with the image as fourth bottom (only drawn by visualize)."""
+
+    def __init__(self, inner: DetectionOutput) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor,
+                image: torch.Tensor) -> torch.Tensor:
+        return self.inner(loc, conf, prior)

@@ -1,5 +1,5 @@
 """Loss and metric layers: EuclideanLoss, SoftmaxWithLoss, SigmoidCrossEntropyLoss,
-MultinomialLogisticLoss, HingeLoss and Accuracy.
+MultinomialLogisticLoss, HingeLoss, ContrastiveLoss and Accuracy.
 
 Every loss top is a 0-axis tensor (Caffe's ``vector<int> loss_shape(0)``) and the first top's
 default loss weight is 1. Labels arrive as float blobs and are read as ``static_cast<int>``
@@ -233,6 +233,70 @@ def hinge_loss(spec: LayerSpec) -> Built:
     if norm not in (1, 2):
         raise spec.error(f"norm must be L1 or L2, got {norm}")
     return Built(HingeLoss(norm == 2), default_loss_weight=1.0)
+
+
+class ContrastiveLoss(nn.Module):
+    """Siamese contrastive loss over pairs (a_i, b_i) with similarity labels y_i.
+
+    ``sum_i [y_i] d_i^2 + [not y_i] max(margin - d_i, 0)^2`` over ``2N`` (d_i = ||a_i - b_i||),
+    or ``max(margin - d_i^2, 0)`` for dissimilar pairs with ``legacy_version``. The gradient is
+    contrastive_loss_layer.cpp's, not the exact derivative: for dissimilar pairs it divides by
+    ``d_i + 1e-4`` instead of ``d_i`` (so it is finite at d = 0), and it is 0 where the hinge is
+    exactly at the margin.
+    """
+
+    def __init__(self, margin: float, legacy: bool) -> None:
+        super().__init__()
+        self.margin, self.legacy = margin, legacy
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, similar: torch.Tensor) -> torch.Tensor:
+        n = a.shape[0]
+        diff = a.reshape(n, -1) - b.reshape(n, -1)
+        dist_sq = (diff * diff).sum(dim=1)
+        # static_cast<int>(label): any value that truncates to a non-zero integer is "similar".
+        same = similar.detach().reshape(-1)[:n].to(torch.int64) != 0
+        hinge = self.margin - (dist_sq if self.legacy else torch.sqrt(dist_sq.detach()))
+        active = (hinge > 0).to(dist_sq.dtype)
+        if self.legacy:
+            apart = active * (self.margin - dist_sq)  # exact gradient: -2 diff where active
+        else:
+            # Value max(m - d, 0)^2; gradient (as Caffe) -2 (m - d) / (d + 1e-4) diff where
+            # active: a surrogate linear in dist_sq carries it, its value is swapped for the
+            # true one.
+            d = torch.sqrt(dist_sq.detach())
+            coef = (-active * hinge / (d + 1e-4)).detach()
+            value = (active * hinge) ** 2
+            surrogate = coef * dist_sq
+            apart = value.detach() + surrogate - surrogate.detach()
+        per = torch.where(same, dist_sq, apart)
+        return per.sum() / n / 2.0
+
+    def extra_repr(self) -> str:
+        return f"margin={self.margin}, legacy_version={self.legacy}"
+
+
+@register("ContrastiveLoss", family=_FAMILY)
+def contrastive_loss(spec: LayerSpec) -> Built:
+    """Siamese contrastive loss (margin, legacy_version); the gradient is the one Caffe computes."""
+    spec.expect_bottoms(3)
+    _loss_tops(spec)
+    a, b, y = (tuple(s) for s in spec.bottom_shapes)
+    # ContrastiveLossLayer::LayerSetUp reads Caffe's legacy num/channels/height/width (a
+    # missing axis reads as 1; more than 4 axes abort): features (N, C[, 1, 1]) of equal N and
+    # C, one label per pair.
+    for what, shape in (("bottom 0", a), ("bottom 1", b), ("the similarity bottom", y)):
+        if not 1 <= len(shape) <= 4:
+            raise spec.error(f"{what} must have 1 to 4 axes, got shape {shape}", shape=True)
+    if a[0] != b[0] or math.prod(a[1:]) != math.prod(b[1:]) or math.prod(a[2:]) != 1 or \
+            math.prod(b[2:]) != 1:
+        raise spec.error(f"bottoms 0 and 1 must be features of shape (N, C[, 1, 1]) with the "
+                         f"same N and C, got {a} and {b}", shape=True)
+    if math.prod(y[1:]) != 1 or y[0] < a[0]:
+        raise spec.error(f"the similarity bottom must hold one label per pair (N = {a[0]}), "
+                         f"got shape {y}", shape=True)
+    cp = spec.param.contrastive_loss_param
+    module = ContrastiveLoss(float(cp.margin), bool(cp.legacy_version))
+    return Built(module, default_loss_weight=1.0)
 
 
 class Accuracy(nn.Module):

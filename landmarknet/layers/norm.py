@@ -6,6 +6,8 @@ Scale layer that follows it in Caffe nets.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,17 +55,16 @@ class CaffeBatchNorm(nn.Module):
         self.register_buffer("scale_factor", torch.empty(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xs = x.unsqueeze(1) if x.dim() == 1 else x  # a 1-D bottom is one channel
-        view = (1, -1) + (1,) * (xs.dim() - 2)
+        view = (1, -1) + (1,) * (x.dim() - 2)
         use_global = self.use_global_stats
         if use_global is None:
             use_global = not self.training
         if use_global:
-            s = self.scale_factor.to(xs.dtype)
+            s = self.scale_factor.to(x.dtype)
             factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-            mean = self.mean.to(xs.dtype) * factor
-            var = self.variance.to(xs.dtype) * factor
-        elif xs.numel() // max(xs.shape[1], 1) > 1:
+            mean = self.mean.to(x.dtype) * factor
+            var = self.variance.to(x.dtype) * factor
+        elif x.numel() // max(x.shape[1], 1) > 1:
             # Batch statistics through PyTorch's fused kernel (normalises with the biased
             # variance, as Caffe does): one pass forward and backward instead of the half dozen
             # of the formula (measured: benchmarks/bench_train_bn.py). With momentum 1 its
@@ -71,16 +72,17 @@ class CaffeBatchNorm(nn.Module):
             # m/(m-1) * biased: the terms Caffe adds to its blobs.
             batch_mean = torch.zeros_like(self.mean)
             batch_var = torch.zeros_like(self.variance)
-            y = F.batch_norm(xs, batch_mean, batch_var, None, None, training=True, momentum=1.0,
+            y = F.batch_norm(x, batch_mean, batch_var, None, None, training=True, momentum=1.0,
                              eps=self.eps)
             self._accumulate(batch_mean, batch_var)
-            return y.view(x.shape)
-        else:  # one element per channel: Caffe adds the (zero) variance uncorrected
-            mean = xs.mean(dim=0)
+            return y
+        else:  # one element per channel (N = 1 on a 1x1 map): the (zero) variance goes in
+            # uncorrected, since batch_norm_layer.cpp's m/(m-1) factor is 1 when m == 1.
+            mean = x.reshape(x.shape[0], x.shape[1], -1).mean(dim=(0, 2))
             var = torch.zeros_like(mean)
             self._accumulate(mean, var)
-        y = (xs - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
-        return y.view(x.shape)
+        y = (x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
+        return y
 
     @torch.no_grad()
     def _accumulate(self, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
@@ -103,13 +105,26 @@ def batch_norm(spec: LayerSpec) -> Built:
     spec.expect_bottoms(1)
     _one_top(spec)
     bp = spec.param.batch_norm_param
-    for i, ps in enumerate(spec.param.param[:3]):
-        if ps.HasField("lr_mult") and ps.lr_mult != 0:
-            raise spec.error(f"param {i} has lr_mult {ps.lr_mult}: BatchNorm statistics cannot "
-                             "be learned (Caffe requires lr_mult 0); put the learnable affine "
-                             "part in a following Scale layer")
+    learned = [(i, ps.lr_mult) for i, ps in enumerate(spec.param.param[:3])
+               if ps.HasField("lr_mult") and ps.lr_mult != 0]
+    if learned:
+        i, mult = learned[0]
+        what = (f"param {i} has lr_mult {mult}: BatchNorm statistics cannot be learned (BVLC "
+                "Caffe requires lr_mult 0)")
+        if spec.phase == "train":
+            raise spec.error(what + "; put the learnable affine part in a following Scale layer")
+        # Deploy files of nets trained with older or SSD-based Caffe carry it (ShuffleNet's,
+        # MobileNet-SSD's); those forks and OpenCV run them, and at TEST nothing is learned.
+        # One message for all such layers (the warnings module shows a repeated one once).
+        warnings.warn("BatchNorm layers with lr_mult != 0 on their statistics (BVLC Caffe "
+                      "refuses them): ignored, since the TEST phase learns nothing (the forks "
+                      "and OpenCV accept them too)")
     shape = tuple(spec.bottom_shapes[0])
-    channels = 1 if len(shape) == 1 else shape[1]
+    if len(shape) < 2:
+        # LayerSetUp would take one channel, but Reshape then reads shape(1) and aborts.
+        raise spec.error(f"needs a bottom of 2 or more axes (N, C, ...), got shape {shape}; "
+                         "Caffe refuses fewer", shape=True)
+    channels = shape[1]
     if bp.eps <= 0:
         raise spec.error(f"eps must be positive, got {bp.eps}")
     use_global = bp.use_global_stats if bp.HasField("use_global_stats") else None

@@ -680,29 +680,220 @@ class Upsample(nn.Module):
         return f"scale=({self.scale_h}, {self.scale_w})"
 
 
-@register("Upsample", family=_FAMILY, origin="YOLOv3 Caffe forks (nearest-neighbour Upsample)")
+@register("Upsample", family=_FAMILY,
+          origin="YOLOv3 Caffe forks and brocolli (nearest, one bottom); SegNet (max-unpooling, "
+                 "two bottoms)")
 def upsample(spec: LayerSpec) -> Built:
-    """Nearest-neighbour upsampling by integer upsample_param.scale (YOLOv3 ports)."""
+    """Nearest-neighbour by upsample_param.scale (1 bottom), or SegNet max-unpooling (2 bottoms)."""
+    up = fork_param(spec, "upsample_param", "YOLOv3/SegNet Caffe forks")
     if len(spec.bottom_shapes) == 2:
-        raise spec.error("a two-bottom Upsample is SegNet's max-unpooling (bottom 1 = pooling "
-                         "mask), which landmarknet does not implement; this Upsample is the "
-                         "one-bottom nearest-neighbour layer of the YOLOv3 Caffe ports")
+        return _segnet_upsample(spec, up)
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    for name in ("upsample_h", "upsample_w", "pad_out_h", "pad_out_w"):
+        if has_field(up, name):
+            raise spec.error(f"upsample_param.{name} belongs to SegNet's max-unpooling Upsample, "
+                             "which needs the pooling mask as a second bottom")
+    dims_num = int(up.dims_num)
+    if dims_num not in (3, 4):
+        raise spec.error(f"dims_num must be 3 or 4 (brocolli's upsample_layer.cpp), got "
+                         f"{dims_num}")
+    if len(shape) != dims_num:
+        raise spec.error(f"dims_num {dims_num} needs a {dims_num}-D bottom, got {shape}",
+                         shape=True)
+    scale = int(up.scale)  # the schema's default when absent
+    sh = int(up.scale_h) if has_field(up, "scale_h") else scale
+    sw = int(up.scale_w) if has_field(up, "scale_w") else scale
+    if dims_num == 3:
+        if has_field(up, "scale_h") or has_field(up, "scale_w"):
+            raise spec.error("dims_num 3 upsamples the last axis only: give scale, not "
+                             "scale_h/scale_w")
+        sh = 1  # (N, C, W): only W grows; Upsample's height axis is then C, left alone
+    if sh < 1 or sw < 1:
+        raise spec.error(f"scale must be a positive integer, got ({sh}, {sw})")
+    return Built(Upsample(sh, sw))
+
+
+def max_unpool(x: torch.Tensor, mask: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """Write each x[n, c, i] at flat position mask[n, c, i] of an (out_h, out_w) zero plane.
+
+    As in SegNet's and brocolli's loops, when two inputs name the same position the later one
+    (in row-major order) wins; and, as in their backward, every input receives the gradient of
+    the position it names, overwritten or not.
+    """
+    n, c = x.shape[:2]
+    plane = out_h * out_w
+    src = x.reshape(n, c, -1)
+    idx = mask.detach().reshape(n, c, -1).to(torch.long)  # static_cast<int>: truncation
+    if idx.device.type != "meta" and idx.numel():
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= plane:
+            raise ValueError(f"unpooling index {lo if lo < 0 else hi} is outside the "
+                             f"{out_h}x{out_w} output (check the pooling layer and the scale)")
+    order = torch.arange(src.shape[-1], device=x.device).expand_as(idx)
+    winner = torch.full((n, c, plane), -1, dtype=torch.long, device=x.device)
+    winner.scatter_reduce_(2, idx, order, reduce="amax", include_self=True)
+    chosen = src.detach().gather(2, winner.clamp(min=0))
+    value = torch.where(winner >= 0, chosen, torch.zeros_like(chosen))
+    routed = torch.zeros((n, c, plane), dtype=x.dtype, device=x.device).scatter_add(2, idx, src)
+    # value carries the numbers, routed the gradient; routed - routed.detach() is exactly 0.
+    return (value + (routed - routed.detach())).reshape(n, c, out_h, out_w)
+
+
+class MaxUnpool(nn.Module):
+    """SegNet's two-bottom Upsample / brocolli's MaxUnPool: values placed by a pooling mask."""
+
+    def __init__(self, size: tuple[int, int] | None, scale: tuple[int, int] = (1, 1),
+                 pad_out: tuple[bool, bool] = (False, False)) -> None:
+        super().__init__()
+        self.size, self.scale, self.pad_out = size, scale, pad_out
+
+    def out_size(self, h: int, w: int) -> tuple[int, int]:
+        """The output (height, width): fixed, or scale * input minus the pad_out row/column."""
+        if self.size is not None:
+            return self.size
+        return (h * self.scale[0] - int(self.pad_out[0]), w * self.scale[1] - int(self.pad_out[1]))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        oh, ow = self.out_size(int(x.shape[2]), int(x.shape[3]))
+        return max_unpool(x, mask, oh, ow)
+
+    def extra_repr(self) -> str:
+        return (f"size={self.size}" if self.size is not None
+                else f"scale={self.scale}, pad_out={self.pad_out}")
+
+
+def _unpool_bottoms(spec: LayerSpec) -> tuple[int, ...]:
+    spec.expect_bottoms(2)
+    _one_top(spec)
+    x, m = (tuple(s) for s in spec.bottom_shapes)
+    if len(x) != 4:
+        raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got {x}", shape=True)
+    if x != m:
+        raise spec.error(f"the mask (bottom 1) must have the shape of bottom 0, got {m} and {x}",
+                         shape=True)
+    return x
+
+
+def _segnet_upsample(spec: LayerSpec, up) -> Built:
+    """upsample_layer.cpp of caffe-segnet: upsample_h/_w, else scale (or scale_h/_w) - pad_out."""
+    x = _unpool_bottoms(spec)
+    if has_field(up, "upsample_h") or has_field(up, "upsample_w"):
+        if not (has_field(up, "upsample_h") and has_field(up, "upsample_w")):
+            raise spec.error("upsample_h and upsample_w must be given together")
+        if up.upsample_h <= 1 or up.upsample_w <= 1:
+            raise spec.error("upsample_h and upsample_w must be greater than 1")
+        return Built(MaxUnpool((int(up.upsample_h), int(up.upsample_w))))
+    if has_field(up, "scale_h") != has_field(up, "scale_w"):
+        raise spec.error("scale_h and scale_w must be given together")
+    if has_field(up, "scale_h"):
+        if has_field(up, "scale"):
+            raise spec.error("give scale or scale_h/scale_w, not both (SegNet's Caffe refuses)")
+        scale = (int(up.scale_h), int(up.scale_w))
+    else:
+        scale = (int(up.scale), int(up.scale))
+    if min(scale) <= 1:
+        raise spec.error(f"scale must be greater than 1, got {scale}")
+    pad_out = (bool(up.pad_out_h), bool(up.pad_out_w))
+    for on, s, name in ((pad_out[0], scale[0], "pad_out_h"), (pad_out[1], scale[1], "pad_out_w")):
+        if on and s != 2:
+            raise spec.error(f"{name} needs a scale of 2 on its axis, got {s}")
+    return Built(MaxUnpool(None, scale, pad_out))
+
+
+@register("MaxUnPool", family=_FAMILY, origin="brocolli (inisis/caffe)")
+def max_unpool_layer(spec: LayerSpec) -> Built:
+    """Max-unpooling into a fixed dst_h x dst_w plane by a pooling mask (bottom 1)."""
+    _unpool_bottoms(spec)
+    p = fork_param(spec, "max_unpool_param", "brocolli")
+    if not (has_field(p, "dst_h") and has_field(p, "dst_w")):
+        raise spec.error("max_unpool_param needs dst_h and dst_w")
+    if p.dst_h < 1 or p.dst_w < 1:
+        raise spec.error("dst_h and dst_w must be positive")
+    return Built(MaxUnpool((int(p.dst_h), int(p.dst_w))))
+
+
+class PixelShuffle(nn.Module):
+    """Depth to space: channel p*r*r + i*r + j becomes the (i, j) sub-pixel of channel p."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(x, self.factor)
+
+    def extra_repr(self) -> str:
+        return f"upscale_factor={self.factor}"
+
+
+@register("PixelShuffle", family=_FAMILY, origin="brocolli (inisis/caffe)")
+def pixel_shuffle(spec: LayerSpec) -> Built:
+    """Depth to space by pixelshuffle_param.upscale_factor r: (N, C*r*r, H, W) -> (N, C, rH, rW)."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    p = fork_param(spec, "pixelshuffle_param", "brocolli")
+    if not has_field(p, "upscale_factor") or p.upscale_factor < 1:
+        raise spec.error("pixelshuffle_param.upscale_factor must be given and positive")
+    r = int(p.upscale_factor)
+    if len(shape) != 4:
+        raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got {shape}", shape=True)
+    if shape[1] % (r * r):
+        # pixelshuffle_layer.cpp checks only C % r, then reads past the end when C % r^2 != 0.
+        raise spec.error(f"{shape[1]} channels are not a multiple of upscale_factor^2 = {r * r}",
+                         shape=True)
+    return Built(PixelShuffle(r))
+
+
+class Pad(nn.Module):
+    """Pad (or, with all four pads negative, crop) the last two axes."""
+
+    def __init__(self, pads: tuple[int, int, int, int], mode: str, value: float) -> None:
+        super().__init__()
+        self.pads, self.mode, self.value = pads, mode, float(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, d, l, r = self.pads
+        if u < 0:  # all negative: pad_layer.cpp crops |pad| from each side
+            return x[:, :, -u:x.shape[2] + d, -l:x.shape[3] + r]
+        if self.mode == "constant":
+            return F.pad(x, (l, r, u, d), mode="constant", value=self.value)
+        return F.pad(x, (l, r, u, d), mode=self.mode)
+
+    def extra_repr(self) -> str:
+        return f"pads(u,d,l,r)={self.pads}, mode={self.mode}, value={self.value}"
+
+
+_PAD_MODES = {0: "constant", 1: "replicate", 2: "reflect"}
+
+
+@register("Pad", family=_FAMILY, origin="brocolli (inisis/caffe)")
+def pad(spec: LayerSpec) -> Built:
+    """Pad H and W by pad_u/pad_d/pad_l/pad_r (CONSTANT, REPLICATE, REFLECT); all < 0 crops."""
     spec.expect_bottoms(1)
     _one_top(spec)
     shape = tuple(spec.bottom_shapes[0])
     if len(shape) != 4:
         raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got {shape}", shape=True)
-    up = fork_param(spec, "upsample_param", "YOLOv3 Caffe forks")
-    for name in ("upsample_h", "upsample_w", "pad_out_h", "pad_out_w"):
-        if has_field(up, name):
-            raise spec.error(f"upsample_param.{name} belongs to SegNet's max-unpooling Upsample, "
-                             "which landmarknet does not implement")
-    scale = int(up.scale)  # the schema's default when absent
-    sh = int(up.scale_h) if has_field(up, "scale_h") else scale
-    sw = int(up.scale_w) if has_field(up, "scale_w") else scale
-    if sh < 1 or sw < 1:
-        raise spec.error(f"scale must be a positive integer, got ({sh}, {sw})")
-    return Built(Upsample(sh, sw))
+    p = fork_param(spec, "pad_param", "brocolli")
+    pads = (int(p.pad_u), int(p.pad_d), int(p.pad_l), int(p.pad_r))
+    negative = [v < 0 for v in pads]
+    if any(negative) and not all(negative):
+        raise spec.error(f"pads {pads} mix negative and non-negative values; the fork crops "
+                         "only when all four are negative and writes out of bounds otherwise")
+    if all(negative) and (-pads[0] - pads[1] >= shape[2] or -pads[2] - pads[3] >= shape[3]):
+        raise spec.error(f"cropping {pads} leaves nothing of the {shape[2]}x{shape[3]} input",
+                         shape=True)
+    mode = _PAD_MODES.get(int(p.pad_type))
+    if mode is None:
+        raise spec.error(f"unknown pad_type {p.pad_type}")
+    if mode == "reflect" and not all(negative) and (max(pads[:2]) >= shape[2]
+                                                     or max(pads[2:]) >= shape[3]):
+        raise spec.error(f"REFLECT padding {pads} must be smaller than the input "
+                         f"{shape[2]}x{shape[3]}", shape=True)
+    return Built(Pad(pads, mode, p.pad_value))
 
 
 def interp_top_hw(h: int, w: int, *, zoom: int | None, shrink: int | None,

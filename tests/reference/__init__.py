@@ -1,0 +1,1 @@
+"""Independent references that the tests compare landmarknet with (nothing here imports it)."""
