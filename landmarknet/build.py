@@ -174,9 +174,10 @@ def _set_tensor(module: nn.Module, attr: str, value: torch.Tensor) -> None:
     setattr(module, last, value)
 
 
-def _spec(node: Node, shapes: list[Shape], state: NetState) -> LayerSpec:
+def _spec(node: Node, shapes: list[Shape], state: NetState, graph: Graph | None = None,
+          ) -> LayerSpec:
     return LayerSpec(node.name, node.type, node.param, shapes, len(node.tops), state.phase,
-                     node.source)
+                     node.source, graph, node)
 
 
 def _infer(node: Node, spec: LayerSpec) -> tuple[Built, list[Shape]]:
@@ -228,7 +229,7 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
     infos: dict[str, LayerInfo] = {}
     meta_built: dict[str, Built] = {}
     for node in graph.nodes:
-        spec = _spec(node, [blob_shapes[b] for b in node.bottoms], state)
+        spec = _spec(node, [blob_shapes[b] for b in node.bottoms], state, graph)
         built, tops = _infer(node, spec)
         for t, s in zip(node.tops, tops):
             blob_shapes[t] = s
@@ -246,8 +247,8 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
     gen = torch.Generator(device="cpu").manual_seed(seed)
     for node in graph.nodes:
         info = infos[node.module]
-        built = _materialise(meta_built[node.module], _spec(node, info.bottom_shapes, state),
-                             device)
+        built = _materialise(meta_built[node.module],
+                             _spec(node, info.bottom_shapes, state, graph), device)
         for slot in built.blobs:
             _fill_slot(built.module, slot, gen)
         info.blobs = built.blobs

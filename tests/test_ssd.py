@@ -282,13 +282,6 @@ def test_zoo_refinedet_detection_out_row_for_row(zoo: Path, tmp_path: Path) -> N
     print(f"refinedet: {expected.shape[2]} rows equal, {tied_scores(expected)} with tied scores")
 
 
-def test_faceboxes_fork_priorbox_is_refused_with_a_reason(zoo: Path) -> None:
-    # FaceBoxes' fork hard-codes anchor densification (21 priors per cell for a PriorBox with 3
-    # min_size values) in C++; the prototxt cannot tell it from SSD's PriorBox.
-    with pytest.raises(LayerError, match="FaceBoxes net, its fork's PriorBox densifies"):
-        build_net(zoo / "faceboxes" / "deploy.prototxt")
-
-
 # ----------------------------------------------------------------------------------------------
 # DetectionOutput fields and edge cases, small nets against the real Caffe
 # ----------------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ predictions against the priors, runs per-class greedy NMS and keeps the best ``k
 following ``detection_output_layer.cpp`` and ``bbox_util.cpp``; its top has a data-dependent
 number of rows, so the layer declares Caffe's set-up shape (1, 1, 1, 7) and returns an empty
 tensor of that shape on the meta device. Both layers have no gradient (Caffe's Backward is empty).
+
+A net whose location heads need the FaceBoxes fork's PriorBox (sfzhang15/FaceBoxes: SSD's fields,
+other C++) gets that one, with a warning (see ``_faceboxes_verdict``). That fork's
+DetectionOutput, decoding and NMS are SSD's, so they need nothing of their own.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import ctypes
 import ctypes.util
 import math
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,21 +35,83 @@ _CORNER, _CENTER_SIZE, _CORNER_SIZE = 1, 2, 3
 
 
 # ----------------------------------------------------------------------------------------------
-# PriorBox
+# PriorBox: SSD's, and the FaceBoxes fork's (sfzhang15/FaceBoxes)
 # ----------------------------------------------------------------------------------------------
+# FaceBoxes' fork keeps SSD's PriorBoxParameter unchanged but changes the C++: a min_size of 32
+# makes a 4x4 grid of boxes per cell (centres shifted by 8 px), 64 a 2x2 grid (16 px), every
+# min_size box has half extents (size - 1) / 2 instead of size / 2, and a layer with exactly 3
+# min_size values allocates 21 min_size boxes per cell whatever they are (its Forward writes
+# 16 + 4 + 1 for 32, 64 and another size; other values leave the output undefined, which
+# landmarknet refuses). The max_size and aspect-ratio boxes are SSD's. The prototxt cannot say
+# which Caffe it was written for; the net can: the location head on the same feature map predicts
+# a fixed number of boxes per cell, and a net is read as FaceBoxes' when only that fork's rules
+# give it (see _faceboxes_verdict).
+
+_FACEBOXES = "the FaceBoxes fork (sfzhang15/FaceBoxes)"
+#: FaceBoxes' densified min_size values: (boxes per side, shift between box centres in pixels).
+#: The grid is not centred on the cell: shifts run from -side/2 to side/2 - 1 steps.
+_DENSE_GRIDS = {32: (4, 8), 64: (2, 16)}
+#: The fork's LayerSetUp allocates this many min_size boxes per cell for exactly 3 min_size.
+_FACEBOXES_THREE_SIZES = 21
+#: Layers whose bottoms 0 and 2 are the location predictions and the priors.
+_PRIOR_CONSUMERS = ("DetectionOutput", "MultiBoxLoss")
+#: Layers that only move values between a head and _PRIOR_CONSUMERS (SSD's Permute/Flatten/
+#: Concat plumbing). Anything else ends the search, so the trunk that continues from a feature
+#: map is not taken for its head.
+_PLUMBING = ("Permute", "Flatten", "Reshape", "Concat", "Split")
+
 
 class PriorBox(nn.Module):
-    """Default boxes for every cell of bottom 0, normalised by the image (bottom 1) extent."""
+    """Default boxes for every cell of bottom 0, normalised by the image (bottom 1) extent.
+
+    ``faceboxes`` selects the FaceBoxes fork's C++ (densified 32/64 anchors, min_size boxes one
+    pixel smaller); otherwise SSD's.
+    """
 
     def __init__(self, min_sizes: list[float], max_sizes: list[float], aspect_ratios: list[float],
                  clip: bool, variances: list[float], img_hw: tuple[int, int] | None,
-                 step_hw: tuple[float, float] | None, offset: float) -> None:
+                 step_hw: tuple[float, float] | None, offset: float,
+                 faceboxes: bool = False) -> None:
         super().__init__()
         self.min_sizes, self.max_sizes = min_sizes, max_sizes
         self.aspect_ratios, self.clip, self.variances = aspect_ratios, clip, variances
         self.img_hw, self.step_hw, self.offset = img_hw, step_hw, offset
-        self.num_priors = len(aspect_ratios) * len(min_sizes) + len(max_sizes)
+        self.faceboxes = faceboxes
+        counts = prior_counts(min_sizes, max_sizes, aspect_ratios)
+        self.num_priors = counts.faceboxes if faceboxes else counts.ssd
         self._cache: dict[tuple[int, int, int, int], np.ndarray] = {}
+
+    def _cell_boxes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-cell boxes in the C++ order: centre shifts (P, 2) as float32, half extents (P, 2)
+        as float64 (the C++ halves with the double literal ``2.``)."""
+        shifts: list[tuple[float, float]] = []
+        halves: list[tuple[float, float]] = []
+        for s, smin_f in enumerate(self.min_sizes):
+            # prior_box_layer.cpp holds min/max sizes in ``int`` (fractions are truncated) and
+            # each extent in a float.
+            smin = int(smin_f)
+            if self.faceboxes:
+                half = float(_F32(smin) - _F32(1)) / 2.0
+                side, step = _DENSE_GRIDS.get(smin, (1, 0))
+                for i in range(-(side // 2), side - side // 2):  # rows (y) outside, x inside
+                    for j in range(-(side // 2), side - side // 2):
+                        shifts.append((j * step, i * step))
+                        halves.append((half, half))
+            else:
+                shifts.append((0, 0))
+                halves.append((float(_F32(smin)) / 2.0,) * 2)
+            if self.max_sizes:
+                side_f = float(_F32(math.sqrt(smin * int(self.max_sizes[s]))))
+                shifts.append((0, 0))
+                halves.append((side_f / 2.0, side_f / 2.0))
+            for ar in self.aspect_ratios:
+                if abs(ar - 1.0) < 1e-6:
+                    continue
+                # SSD's master branch scales min_size (never sqrt(min*max)) by the ratio.
+                root = _F32(np.sqrt(_F32(ar)))
+                shifts.append((0, 0))
+                halves.append((float(_F32(smin) * root) / 2.0, float(_F32(smin) / root) / 2.0))
+        return (np.asarray(shifts, dtype=_F32), np.asarray(halves, dtype=np.float64))
 
     def priors(self, lh: int, lw: int, ih: int, iw: int) -> np.ndarray:
         """The (1, 2, lh*lw*num_priors*4) float32 array for these extents."""
@@ -58,30 +125,15 @@ class PriorBox(nn.Module):
         else:
             step_w, step_h = _F32(iw) / _F32(lw), _F32(ih) / _F32(lh)
         offset = _F32(self.offset)
-        # Per-cell box extents (width, height), in the C++ order: min_size, sqrt(min*max), then
-        # each ratio != 1. prior_box_layer.cpp holds min/max sizes in ``int`` variables (so
-        # fractional sizes are truncated) and stores each extent in a float.
-        extents: list[tuple[float, float]] = []
-        for s, smin_f in enumerate(self.min_sizes):
-            smin = int(smin_f)
-            extents.append((float(_F32(smin)), float(_F32(smin))))
-            if self.max_sizes:
-                side = math.sqrt(smin * int(self.max_sizes[s]))
-                extents.append((float(_F32(side)), float(_F32(side))))
-            for ar in self.aspect_ratios:
-                if abs(ar - 1.0) < 1e-6:
-                    continue
-                # SSD's master branch scales min_size (never sqrt(min*max)) by the ratio.
-                root = _F32(np.sqrt(_F32(ar)))
-                extents.append((float(_F32(smin) * root), float(_F32(smin) / root)))
-        ext = np.asarray(extents, dtype=np.float64)  # (P, 2)
-        cx = ((np.arange(lw, dtype=_F32) + offset) * step_w).astype(np.float64)  # (lw,)
-        cy = ((np.arange(lh, dtype=_F32) + offset) * step_h).astype(np.float64)  # (lh,)
-        half_w, half_h = ext[:, 0] / 2.0, ext[:, 1] / 2.0
-        cxg = cx[None, :, None]
-        cyg = cy[:, None, None]
-        boxes = np.stack(np.broadcast_arrays((cxg - half_w) / iw, (cyg - half_h) / ih,
-                                             (cxg + half_w) / iw, (cyg + half_h) / ih), axis=-1)
+        shift, half = self._cell_boxes()  # (P, 2) each
+        cx = (np.arange(lw, dtype=_F32) + offset) * step_w  # (lw,) float32, like the C++
+        cy = (np.arange(lh, dtype=_F32) + offset) * step_h  # (lh,)
+        # A shifted centre is a float sum (centre + int shift), then widened to double.
+        x = (cx[None, :, None] + shift[None, None, :, 0]).astype(np.float64)  # (1, lw, P)
+        y = (cy[:, None, None] + shift[None, None, :, 1]).astype(np.float64)  # (lh, 1, P)
+        boxes = np.stack(np.broadcast_arrays((x - half[:, 0]) / iw, (y - half[:, 1]) / ih,
+                                             (x + half[:, 0]) / iw, (y + half[:, 1]) / ih),
+                         axis=-1)
         top = boxes.astype(_F32).reshape(-1)  # (lh, lw, P, 4), row-major like the C++ loop
         if self.clip:
             top = np.clip(top, _F32(0), _F32(1))
@@ -103,10 +155,197 @@ class PriorBox(nn.Module):
         return out.to(device=feature.device, dtype=feature.dtype)
 
     def extra_repr(self) -> str:
-        return (f"min_size={self.min_sizes}, max_size={self.max_sizes}, "
+        text = (f"min_size={self.min_sizes}, max_size={self.max_sizes}, "
                 f"aspect_ratios={self.aspect_ratios}, clip={self.clip}, "
                 f"variance={self.variances}, img={self.img_hw}, step={self.step_hw}, "
                 f"offset={self.offset}")
+        return text + (", rules=FaceBoxes" if self.faceboxes else "")
+
+
+class PriorCounts(NamedTuple):
+    """Boxes per cell of one PriorBox under each Caffe's rules."""
+
+    ssd: int  # SSD's PriorBox (weiliu89/caffe)
+    faceboxes: int  # what FaceBoxes' fork allocates (the top's size)
+    faceboxes_written: int  # what FaceBoxes' fork's Forward writes per cell
+
+
+def prior_counts(min_sizes: list[float], max_sizes: list[float],
+                 aspect_ratios: list[float]) -> PriorCounts:
+    """Boxes per cell of a PriorBox under SSD's and under FaceBoxes' C++."""
+    n_min, n_max, n_ar = len(min_sizes), len(max_sizes), len(aspect_ratios)
+    ssd = n_ar * n_min + n_max
+    allocated = (_FACEBOXES_THREE_SIZES if n_min == 3 else n_ar * n_min) + n_max
+    dense = sum(_DENSE_GRIDS.get(int(m), (1, 0))[0] ** 2 for m in min_sizes)
+    written = dense + n_max + (n_ar - 1) * n_min
+    return PriorCounts(ssd, allocated, written)
+
+
+def aspect_ratio_list(pb) -> list[float]:
+    """The aspect ratios a PriorBox uses, in its C++ order: 1 first, duplicates dropped, each
+    followed by its inverse when ``flip``."""
+    ratios = [1.0]
+    for ar in field_values(pb, "aspect_ratio"):
+        ar = float(ar)
+        if any(abs(ar - r) < 1e-6 for r in ratios):
+            continue
+        ratios.append(ar)
+        if pb.flip:
+            ratios.append(float(_F32(1.0 / ar)) if ar else math.inf)
+    return ratios
+
+
+def _counts_of(node) -> PriorCounts:
+    """prior_counts of a PriorBox node of the graph, from its prototxt fields."""
+    pb = node.param.prior_box_param
+    return prior_counts([float(v) for v in field_values(pb, "min_size")],
+                        [float(v) for v in field_values(pb, "max_size")], aspect_ratio_list(pb))
+
+
+class _Head(NamedTuple):
+    """The location head found for a PriorBox: its layer and its boxes per cell."""
+
+    layer: str
+    boxes: int | None  # None when num_output does not divide into whole boxes
+
+
+def _consumers(graph) -> dict[str, list]:
+    """SSA blob -> the nodes that read it."""
+    readers: dict[str, list] = {}
+    for node in graph.nodes:
+        for b in node.bottoms:
+            readers.setdefault(b, []).append(node)
+    return readers
+
+
+def _reaches(start, readers: dict[str, list]) -> list[tuple[object, int]]:
+    """(DetectionOutput/MultiBoxLoss node, bottom index) pairs that the tops of ``start`` reach
+    through _PLUMBING layers only."""
+    found, seen, todo = [], set(), list(start.tops)
+    while todo:
+        blob = todo.pop()
+        if blob in seen:
+            continue
+        seen.add(blob)
+        for node in readers.get(blob, ()):
+            if node.type in _PRIOR_CONSUMERS:
+                found.extend((node, k) for k, b in enumerate(node.bottoms) if b == blob)
+            elif node.type in _PLUMBING:
+                todo.extend(node.tops)
+    return found
+
+
+def _locations_per_box(consumer) -> int:
+    """Location values per prior that a DetectionOutput/MultiBoxLoss reads (4, or 4 per class
+    without share_location)."""
+    field = ("detection_output_param" if consumer.type == "DetectionOutput"
+             else "multibox_loss_param")
+    if field not in consumer.param.DESCRIPTOR.fields_by_name:
+        return 4
+    msg = getattr(consumer.param, field)
+    if has_field(msg, "share_location") and not msg.share_location:
+        return 4 * max(int(msg.num_classes), 1)
+    return 4
+
+
+def _location_head(prior_node, readers: dict[str, list]) -> _Head | None:
+    """The convolution on the PriorBox's feature map whose output reaches bottom 0 (locations)
+    of a DetectionOutput/MultiBoxLoss that the PriorBox's top reaches as bottom 2; None when
+    there is none, or several (which head goes with which PriorBox is then unknown)."""
+    targets = {id(n) for n, k in _reaches(prior_node, readers) if k == 2}
+    if not targets:
+        return None
+    heads = []
+    for node in readers.get(prior_node.bottoms[0], ()):
+        if node.bottoms[0] != prior_node.bottoms[0]:
+            continue
+        if "convolution_param" not in node.param.DESCRIPTOR.fields_by_name or \
+                not node.param.HasField("convolution_param"):
+            continue
+        for consumer, k in _reaches(node, readers):
+            if k == 0 and id(consumer) in targets:
+                per_box = _locations_per_box(consumer)
+                num_output = int(node.param.convolution_param.num_output)
+                boxes = num_output // per_box if num_output % per_box == 0 else None
+                heads.append(_Head(node.name, boxes))
+                break
+    return heads[0] if len(heads) == 1 else None
+
+
+class _Verdict(NamedTuple):
+    """How a net's PriorBox layers are to be read."""
+
+    faceboxes: bool
+    reason: str  # why (for the warning), empty for SSD
+
+
+def _faceboxes_verdict(graph) -> _Verdict:
+    """FaceBoxes' rules for the whole net when some PriorBox's location head predicts the boxes
+    per cell that only FaceBoxes' fork makes (a Caffe build applies its rules to every PriorBox)."""
+    readers = _consumers(graph)
+    for node in graph.nodes:
+        if node.type != "PriorBox" or not node.bottoms:
+            continue
+        head = _location_head(node, readers)
+        counts = _counts_of(node)
+        if head is None or head.boxes is None or head.boxes == counts.ssd:
+            continue
+        if head.boxes == counts.faceboxes == counts.faceboxes_written:
+            mins = [int(v) for v in field_values(node.param.prior_box_param, "min_size")]
+            return _Verdict(True, f"the location head '{head.layer}' of PriorBox '{node.name}' "
+                                  f"predicts {head.boxes} boxes per cell, which only that fork "
+                                  f"makes for min_size {mins} (SSD's PriorBox makes "
+                                  f"{counts.ssd})")
+    return _Verdict(False, "")
+
+
+def _rules_for(spec: LayerSpec, counts: PriorCounts) -> bool:
+    """Whether this PriorBox follows FaceBoxes' rules (True) or SSD's (False); warns when it
+    reads FaceBoxes', raises when its location head fits neither."""
+    graph, node = spec.graph, spec.node
+    if graph is None or node is None:
+        return False  # a layer built on its own: nothing but the prototxt, which is SSD's
+    head = _location_head(node, _consumers(graph))
+    verdict = _faceboxes_verdict(graph)
+    boxes = None if head is None else head.boxes
+    if head is not None and boxes is None:
+        raise spec.error(f"its location head '{head.layer}' has a num_output that is not a "
+                         "whole number of boxes (4 values per box)", shape=True)
+    if verdict.faceboxes:
+        _check_faceboxes_counts(spec, counts, head)
+        warnings.warn(f"layer '{spec.name}': PriorBox read as that of {_FACEBOXES}, not SSD's "
+                      "(min_size 32 and 64 densified, min_size boxes 1 px smaller; boxes per "
+                      f"cell: {counts.faceboxes}): {verdict.reason}. Both forks have the same "
+                      "prototxt fields; a Caffe build applies its rules to every PriorBox of a "
+                      "net", stacklevel=3)
+        return True
+    if boxes is not None and boxes != counts.ssd:
+        raise spec.error(f"its location head '{head.layer}' predicts {boxes} boxes per cell, "
+                         f"but for these fields SSD's PriorBox makes {counts.ssd} and the "
+                         f"PriorBox of {_FACEBOXES} {_faceboxes_count_text(counts)}",
+                         shape=True)
+    return False
+
+
+def _faceboxes_count_text(counts: PriorCounts) -> str:
+    """What the fork's PriorBox makes per cell, in words."""
+    if counts.faceboxes == counts.faceboxes_written:
+        return f"makes {counts.faceboxes}"
+    return (f"allocates {counts.faceboxes} but writes {counts.faceboxes_written} (its output "
+            "is then undefined)")
+
+
+def _check_faceboxes_counts(spec: LayerSpec, counts: PriorCounts, head: _Head | None) -> None:
+    """In a FaceBoxes net, this layer's fork output must be defined and fit its head."""
+    if counts.faceboxes != counts.faceboxes_written:
+        raise spec.error(f"in this FaceBoxes net, the PriorBox of {_FACEBOXES} would allocate "
+                         f"{counts.faceboxes} boxes per cell for these fields but write "
+                         f"{counts.faceboxes_written} (it hard-codes 21 for 3 min_size values "
+                         "and densifies min_size 32 and 64), so its output is undefined")
+    if head is not None and head.boxes != counts.faceboxes:
+        raise spec.error(f"its location head '{head.layer}' predicts {head.boxes} boxes per "
+                         f"cell, but in this FaceBoxes net the fork's PriorBox makes "
+                         f"{counts.faceboxes} (SSD's would make {counts.ssd})", shape=True)
 
 
 @register("PriorBox", family=_FAMILY, origin=_ORIGIN)
@@ -124,6 +363,24 @@ def prior_box(spec: LayerSpec) -> Built:
         if has_field(pb, name):
             raise spec.error(f"prior_box_param.{name} is an OpenCV extension, not SSD's; "
                              "landmarknet implements SSD's PriorBox only")
+    mins, maxs = _checked_sizes(spec, pb)
+    for ar in field_values(pb, "aspect_ratio"):
+        if ar <= 0:
+            raise spec.error(f"aspect_ratio must be positive, got {float(ar)}")
+    ratios = aspect_ratio_list(pb)
+    variances = [float(v) for v in field_values(pb, "variance")]
+    if len(variances) > 1 and len(variances) != 4:
+        raise spec.error(f"give 1 or 4 variances, got {len(variances)}")
+    if any(v <= 0 for v in variances):
+        raise spec.error(f"variances must be positive, got {variances}")
+    faceboxes = _rules_for(spec, prior_counts(mins, maxs, ratios))
+    module = PriorBox(mins, maxs, ratios, bool(pb.clip), variances or [0.1], _img_hw(spec, pb),
+                      _step_hw(spec, pb), float(pb.offset), faceboxes=faceboxes)
+    return Built(module)
+
+
+def _checked_sizes(spec: LayerSpec, pb) -> tuple[list[float], list[float]]:
+    """min_size and max_size values, checked as LayerSetUp does."""
     mins = [float(v) for v in field_values(pb, "min_size")]
     if not mins:
         raise spec.error("min_size is required")
@@ -135,47 +392,37 @@ def prior_box(spec: LayerSpec) -> Built:
     for lo, hi in zip(mins, maxs):
         if hi <= lo:
             raise spec.error(f"max_size {hi} must be greater than min_size {lo}")
-    ratios = [1.0]
-    for ar in field_values(pb, "aspect_ratio"):
-        ar = float(ar)
-        if ar <= 0:
-            raise spec.error(f"aspect_ratio must be positive, got {ar}")
-        if any(abs(ar - r) < 1e-6 for r in ratios):
-            continue
-        ratios.append(ar)
-        if pb.flip:
-            ratios.append(float(_F32(1.0 / ar)))
-    variances = [float(v) for v in field_values(pb, "variance")]
-    if len(variances) > 1 and len(variances) != 4:
-        raise spec.error(f"give 1 or 4 variances, got {len(variances)}")
-    if any(v <= 0 for v in variances):
-        raise spec.error(f"variances must be positive, got {variances}")
-    variances = variances or [0.1]
-    img_hw = None
+    return mins, maxs
+
+
+def _img_hw(spec: LayerSpec, pb) -> tuple[int, int] | None:
+    """The image extent the prototxt fixes (img_size or img_h/img_w), or None: bottom 1's."""
     if has_field(pb, "img_h") or has_field(pb, "img_w"):
         if has_field(pb, "img_size"):
             raise spec.error("give either img_size or img_h/img_w, not both")
         if pb.img_h <= 0 or pb.img_w <= 0:
             raise spec.error("img_h and img_w must both be given and positive")
-        img_hw = (int(pb.img_h), int(pb.img_w))
-    elif has_field(pb, "img_size"):
+        return int(pb.img_h), int(pb.img_w)
+    if has_field(pb, "img_size"):
         if pb.img_size <= 0:
             raise spec.error("img_size must be positive")
-        img_hw = (int(pb.img_size), int(pb.img_size))
-    step_hw = None
+        return int(pb.img_size), int(pb.img_size)
+    return None
+
+
+def _step_hw(spec: LayerSpec, pb) -> tuple[float, float] | None:
+    """The cell step the prototxt fixes (step or step_h/step_w), or None: image / feature."""
     if has_field(pb, "step_h") or has_field(pb, "step_w"):
         if has_field(pb, "step"):
             raise spec.error("give either step or step_h/step_w, not both")
         if pb.step_h <= 0 or pb.step_w <= 0:
             raise spec.error("step_h and step_w must both be given and positive")
-        step_hw = (float(pb.step_h), float(pb.step_w))
-    elif has_field(pb, "step"):
+        return float(pb.step_h), float(pb.step_w)
+    if has_field(pb, "step"):
         if pb.step <= 0:
             raise spec.error("step must be positive")
-        step_hw = (float(pb.step), float(pb.step))
-    module = PriorBox(mins, maxs, ratios, bool(pb.clip), variances, img_hw, step_hw,
-                      float(pb.offset))
-    return Built(module)
+        return float(pb.step), float(pb.step)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -610,10 +857,9 @@ def _check_heads(spec: LayerSpec, num_priors: int, num_classes: int, n_loc: int)
     if len(loc) < 2 or loc[1] != num_priors * n_loc * 4:
         hint = ""
         if len(loc) >= 2 and loc[1] % (n_loc * 4) == 0 and loc[1] // (n_loc * 4) > num_priors:
-            hint = (f" (the location head predicts {loc[1] // (n_loc * 4)} boxes; if this is "
-                    "a FaceBoxes net, its fork's PriorBox densifies the anchors of min_size 32 "
-                    "and 64 in code that no prototxt field describes, and SSD's PriorBox "
-                    "cannot reproduce it)")
+            hint = (f" (the location heads predict {loc[1] // (n_loc * 4)} boxes; landmarknet "
+                    "reads a PriorBox as FaceBoxes' densified one only when it finds the "
+                    "Convolution on the PriorBox's feature map that feeds these locations)")
         raise spec.error(f"bottom 0 (locations) needs {num_priors * n_loc * 4} channels for "
                          f"{num_priors} priors, got {loc}{hint}", shape=True)
     if len(conf) < 2 or conf[1] != num_priors * num_classes:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.errors import LayerError
+
+if TYPE_CHECKING:
+    from landmarknet.graph import Graph, Node
 
 Shape = tuple[int, ...]
 
@@ -30,6 +33,10 @@ class LayerSpec:
     n_tops: int
     phase: str = "test"  # "train" or "test": the Caffe phase the net was built for
     source: str | None = None  # "file:line" of the layer, for error messages
+    #: The filtered net and this layer's node in it when the builder makes the spec (None for a
+    #: layer built on its own): for fork layers whose meaning depends on their neighbours.
+    graph: Graph | None = None
+    node: Node | None = None
 
     def error(self, message: str, *, shape: bool = False) -> LayerError:
         """A LayerError (or ShapeError) that names this layer, its type and its line."""
