@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned to the CPU build first, so nothing pulls the multi-GB CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test test-fast proto docs clean
+.PHONY: setup run test test-fast proto docs clean caffe-ref
 
 setup: $(STAMP)
 
@@ -19,13 +19,21 @@ $(STAMP): setup.cfg pyproject.toml
 # The main job: faces and 68 landmarks on the shipped sample pictures, written to out/.
 run: setup
 	$(VENV)/bin/landmarknet detect samples/ -o out/ --show-heatmaps
-	$(VENV)/bin/landmarknet visualize weights/heatmap4_68_bn/deploy.prototxt -o out/heatmap4_68_bn.html
+	$(VENV)/bin/landmarknet visualize heatmap4_68_bn -o out/heatmap4_68_bn.html
 
 test: setup
 	$(PY) -m pytest -q
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# The reference Caffe that the caffe_ref tests compare with (brocolli-caffe 9.0.2, an SSD fork,
+# built with CMake, CPU only; about 12 minutes on two cores; a second call does nothing).
+# Tests find it through LANDMARKNET_CAFFE_REF, or in .caffe-ref when that is unset.
+CAFFE_REF_HOME ?= .caffe-ref
+
+caffe-ref:
+	bash tools/caffe_ref/build.sh "$(CAFFE_REF_HOME)"
 
 # Regenerate the protobuf module from our schema (needs grpcio-tools: pip install -e .[dev]).
 proto: setup

@@ -12,9 +12,9 @@ fast" row is ``--mode auto-compile``: the fastest of landmarknet.fast's CPU cand
 OpenCV DNN's at the same batch (below 1: faster than OpenCV). ``--ablation`` adds a table of
 what each landmarknet speed mode buys over eager (landmarknet.fast flags, one at a time and
 together; ``--compile`` adds torch.compile, 10-60 s of compiling per net and batch here).
-Nets: weights/heatmap4_68 (shipped), prototxt/heatmap3_68 (random weights, written as a
-caffemodel for OpenCV), weights/squeeze77 (shipped; its two Caffe Python layers run in OpenCV as
-custom layers calling landmarknet's code), weights/heatmap4_5 (shipped, 5 points). Never fails
+Nets: heatmap4_68 (shipped, landmarknet/models/), prototxt/heatmap3_68 (random weights, written
+as a caffemodel for OpenCV), squeeze77 (shipped; its two Caffe Python layers run in OpenCV as
+custom layers calling landmarknet's code), heatmap4_5 (shipped, 5 points). Never fails
 on a timing.
 """
 from __future__ import annotations
@@ -34,11 +34,12 @@ sys.path.insert(0, str(ROOT))
 from landmarknet.bench import (environment, load_model, random_batch, render_table,  # noqa: E402
                                run_bench, set_threads)
 from landmarknet.fast import optimize_for_inference, time_calls  # noqa: E402
+from landmarknet.models import MODELS_DIR  # noqa: E402
 
-NETS = {"heatmap4_68": ROOT / "weights" / "heatmap4_68",
+NETS = {"heatmap4_68": MODELS_DIR / "heatmap4_68",
         "heatmap3_68": ROOT / "prototxt" / "heatmap3_68" / "deploy.prototxt",
-        "squeeze77": ROOT / "weights" / "squeeze77",
-        "heatmap4_5": ROOT / "weights" / "heatmap4_5"}
+        "squeeze77": MODELS_DIR / "squeeze77",
+        "heatmap4_5": MODELS_DIR / "heatmap4_5"}
 
 ABLATION = ("eager", "inference", "inference+channels_last", "inference+fold",
             "inference+channels_last+fold", "inference+channels_last+fuse",

@@ -8,7 +8,7 @@ processes pinned to the same cores, under each configuration:
   active-omp   OMP_WAIT_POLICY=ACTIVE (OpenMP threads spin while idle: torch's own default)
 and each of them again with another process keeping one of those cores busy (`+busy`).
 
-    python benchmarks/bench_cpu_policy.py [--models weights/heatmap4_68,...] [--cores 0,1]
+    python benchmarks/bench_cpu_policy.py [--models heatmap4_68,...] [--cores 0,1]
                                           [--configs policy,no-flush] [--repeats 20]
 Prints one table: median ms per backend, and each configuration's ratio to `policy`.
 """
@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ["weights/heatmap4_68_bn", "weights/heatmap4_68", "weights/heatmap4_5",
-          "weights/squeeze77"]
+MODELS = ["heatmap4_68_bn", "heatmap4_68", "heatmap4_5", "squeeze77"]  # installed bundle names
 BACKENDS = "eager,fast,onnxruntime,opencv"
 CONFIGS = {  # name -> (extra CLI arguments, extra environment)
     "policy": ([], {}),

@@ -46,11 +46,12 @@ sys.path.insert(0, str(ROOT))
 
 from landmarknet.bench import environment, load_model, random_batch  # noqa: E402
 from landmarknet.fast import optimize_for_inference  # noqa: E402
+from landmarknet.models import MODELS_DIR  # noqa: E402
 
-NETS = {"heatmap4_68": ROOT / "weights" / "heatmap4_68",
+NETS = {"heatmap4_68": MODELS_DIR / "heatmap4_68",
         "heatmap3_68": ROOT / "prototxt" / "heatmap3_68" / "deploy.prototxt",
-        "squeeze77": ROOT / "weights" / "squeeze77",
-        "heatmap4_5": ROOT / "weights" / "heatmap4_5"}
+        "squeeze77": MODELS_DIR / "squeeze77",
+        "heatmap4_5": MODELS_DIR / "heatmap4_5"}
 DEFAULT_NETS = "heatmap4_68,heatmap3_68,squeeze77"
 #: (label, landmarknet.fast mode, dtype); the goal net gets all, the others the first five.
 CONFIGS = [

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from landmarknet.paths import shared_dir
 
-ROOT = Path(__file__).resolve().parents[1]
 #: bundle -> (data set, CelebA partition or None) it is measured on
 SETS = {"heatmap4_68_bn": ("ytf68/val", None), "heatmap4_68": ("ytf68/val", None),
         "heatmap4_5": ("cuhk5", "val")}
@@ -28,14 +27,14 @@ SETS = {"heatmap4_68_bn": ("ytf68/val", None), "heatmap4_68": ("ytf68/val", None
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="heatmap4_68_bn,heatmap4_5",
-                    help=f"bundles in weights/, comma-separated (known: {', '.join(SETS)})")
+                    help=f"installed bundle names, comma-separated (known: {', '.join(SETS)})")
     ap.add_argument("--detectors", default="mtcnn,haar")
     ap.add_argument("--limit", type=int, help="first N faces of each set (quick look)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     from landmarknet.data.dataset import read_samples
     from landmarknet.detect.evaluate import detector_box_stats, nme_detector_vs_gt
-    from landmarknet.infer import LandmarkModel
+    from landmarknet.models import load_bundle
 
     names = args.models.split(",")
     unknown = [n for n in names if n not in SETS]
@@ -44,7 +43,7 @@ def main(argv=None) -> int:
     rows = []
     for name in names:
         split, part = SETS[name]
-        model = LandmarkModel.load(ROOT / "weights" / name)
+        model = load_bundle(name)
         samples, _ = read_samples(shared_dir() / "data" / split, part, model.scheme.n_points)
         samples = samples[:args.limit] if args.limit else samples
         for det in args.detectors.split(","):

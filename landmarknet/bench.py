@@ -99,14 +99,22 @@ class BenchModel:
 
 
 def load_model(model: str | os.PathLike, *, seed: int = 0) -> BenchModel:
-    """A bundle folder or a prototxt -> BenchModel (batch 1, eval mode)."""
+    """A bundle name or folder, or a prototxt -> BenchModel (batch 1, eval mode)."""
     from landmarknet.params import load_weights, randomize
     path = Path(model)
     weights: Path | None = None
+    if not path.exists():
+        from landmarknet.infer import ModelError
+        from landmarknet.models import resolve_bundle
+        try:
+            path = resolve_bundle(model)
+        except ModelError as exc:
+            raise BenchError(f"{exc}; or give a .prototxt") from None
     if path.is_dir():
         if (path / "model.json").is_file():
             from landmarknet.infer import ModelSpec
             spec = ModelSpec.read(path)
+            spec.verify()
             prototxt, weights, name = spec.prototxt, spec.weights, spec.name
         else:
             prototxt = path / "deploy.prototxt"

@@ -51,5 +51,6 @@ def save_bundle(folder, net, deploy_prototxt, scheme: int, input_size: int, deco
     os.replace(tmp, folder / MODEL_JSON)
     if check:
         from landmarknet.infer import LandmarkModel
-        LandmarkModel.load(folder)
+        # Not checked against a MANIFEST: a bundle being rewritten is listed with its old sums.
+        LandmarkModel.load(folder, verify=False)
     return folder

@@ -1,8 +1,9 @@
 """Landmark model bundles: image + face boxes -> crops -> network -> points in image coordinates.
 
-A bundle is a folder::
+A bundle is a folder (the shipped ones are in ``landmarknet/models/``; a bundle NAME or folder
+is turned into a path by :func:`landmarknet.models.resolve_bundle`)::
 
-    weights/NAME/
+    NAME/
       deploy.prototxt     the network (the source of truth, as everywhere in landmarknet)
       *.caffemodel        its weights (or the file model.json names; .h5 / .pt also load)
       model.json          how to feed it and read it (below)
@@ -168,6 +169,15 @@ class ModelSpec:
                    float(out.get("blur_sigma", 0.0)), str(out.get("unit", "unit")), crop, cal,
                    raw, bool(out.get("flip_test", False)))
 
+    def verify(self) -> bool:
+        """Check model.json, the prototxt and the weights against the MANIFEST beside the folder.
+
+        True when they matched, False when no MANIFEST lists the folder (a user's own bundle);
+        a changed or missing file raises ChecksumError naming it.
+        """
+        from landmarknet.models import verify_files
+        return verify_files(self.folder, [self.folder / MODEL_JSON, self.prototxt, self.weights])
+
 
 @dataclass
 class Prediction:
@@ -216,9 +226,13 @@ class LandmarkModel:
         self.scheme = get_scheme(spec.scheme)
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, device: str = "cpu") -> "LandmarkModel":
-        """Load a bundle folder."""
-        return cls(ModelSpec.read(folder), device)
+    def load(cls, folder: str | os.PathLike, device: str = "cpu", *,
+             verify: bool = True) -> "LandmarkModel":
+        """Load a bundle folder; a shipped one is first checked against its sha256 (MANIFEST)."""
+        spec = ModelSpec.read(folder)
+        if verify:
+            spec.verify()
+        return cls(spec, device)
 
     @property
     def name(self) -> str:

@@ -23,6 +23,7 @@ from landmarknet.fast import (FastConv, FastError, fold_batchnorm, mode_name,
                               optimize_for_inference, parse_mode, time_calls,
                               winograd_conv3x3, winograd_weights)
 from landmarknet.layers.conv import CaffeConvolution
+from landmarknet.models import MODELS_DIR
 from landmarknet.params import load_weights, randomize
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,8 +228,8 @@ layer { name: "c" type: "Convolution" bottom: "a" top: "c" param { name: "w" } p
 
 
 def test_squeeze77_batchnorm_folds_exactly():
-    net = build_net(REPO / "weights" / "squeeze77" / "deploy.prototxt")
-    load_weights(net, REPO / "weights" / "squeeze77" / "squeeze77.caffemodel", strict=True)
+    net = build_net(MODELS_DIR / "squeeze77" / "deploy.prototxt")
+    load_weights(net, MODELS_DIR / "squeeze77" / "squeeze77.caffemodel", strict=True)
     net.eval()
     x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
     fast = optimize_for_inference(net, "inference+fold", x)
@@ -240,8 +241,8 @@ def test_squeeze77_batchnorm_folds_exactly():
 
 @pytest.mark.slow
 def test_heatmap4_68_fast_modes_equal_eager():
-    net = build_net(REPO / "weights" / "heatmap4_68" / "deploy.prototxt")
-    load_weights(net, REPO / "weights" / "heatmap4_68" / "heatmap4_68.caffemodel", strict=True)
+    net = build_net(MODELS_DIR / "heatmap4_68" / "deploy.prototxt")
+    load_weights(net, MODELS_DIR / "heatmap4_68" / "heatmap4_68.caffemodel", strict=True)
     net.eval()
     x = torch.randn(1, 3, 112, 112, generator=torch.Generator().manual_seed(0))
     ref = _eager(net, x)
@@ -376,7 +377,7 @@ def test_bench_unavailable_backend_is_a_skipped_row(prototxt, monkeypatch):
 
 def test_opencv_runs_squeeze77_python_layers_as_custom_layers():
     from landmarknet import bench
-    rows = bench.run_bench(REPO / "weights" / "squeeze77", batches=[1], repeats=1, warmup=0,
+    rows = bench.run_bench(MODELS_DIR / "squeeze77", batches=[1], repeats=1, warmup=0,
                            threads=1, backends=("eager", "opencv"))
     cv = rows[1]
     assert cv.skipped is None, cv.skipped

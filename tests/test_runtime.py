@@ -2,8 +2,6 @@
 and shipped weights free of denormal values."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -11,13 +9,13 @@ import torch
 from landmarknet.build import build_net
 from landmarknet.caffe.weights import read_caffemodel
 from landmarknet.cli import main as cli_main
+from landmarknet.models import MODELS_DIR
 from landmarknet.params import load_weights
 from landmarknet.runtime import (apply_cpu_policy, flush_denormals, ort_session_options,
                                  usable_cores)
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = np.finfo(np.float32).tiny
-SHIPPED = sorted((REPO / "weights").glob("*/*.caffemodel"))
+SHIPPED = sorted(MODELS_DIR.glob("*/*.caffemodel"))
 
 
 @pytest.fixture
@@ -40,7 +38,7 @@ def test_flush_denormals_zeroes_denormal_results(restore_cpu_state):
 
 @pytest.mark.parametrize("bundle", ["heatmap4_68", "squeeze77"])
 def test_flushing_keeps_the_outputs_of_shipped_nets(bundle, restore_cpu_state):
-    folder = REPO / "weights" / bundle
+    folder = MODELS_DIR / bundle
     net = build_net(folder / "deploy.prototxt")
     load_weights(net, folder / f"{bundle}.caffemodel", strict=True)
     rng = np.random.default_rng(0)

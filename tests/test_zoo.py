@@ -15,6 +15,7 @@ import torch
 
 from landmarknet.build import build_net
 from landmarknet.caffe.prototxt import read_net
+from landmarknet.models import MODELS_DIR
 from landmarknet.params import load_weights, randomize, save_weights
 from opencv_ref import OpenCVUnavailable, run_opencv
 
@@ -170,7 +171,7 @@ SHIPPED_HEATMAP = ["heatmap4_68_bn", "heatmap4_68", "heatmap4_5"]
 @pytest.mark.slow
 @pytest.mark.parametrize("bundle", SHIPPED_HEATMAP)
 def test_shipped_bundle_matches_opencv(bundle):
-    folder = Path(__file__).resolve().parents[1] / "weights" / bundle
+    folder = MODELS_DIR / bundle
     prototxt, weights = folder / "deploy.prototxt", folder / f"{bundle}.caffemodel"
     net = build_net(prototxt)
     load_weights(net, weights, strict=True)

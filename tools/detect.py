@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Faces and landmarks in images, folders and videos: ``landmarknet detect`` as a script.
 
-    python tools/detect.py samples/ -o out/ [--model weights/NAME] [--detector mtcnn|haar] [--json]
+    python tools/detect.py samples/ -o out/ [--model NAME] [--detector mtcnn|haar] [--json]
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """``landmarknet bench``: inference speed of a net in landmarknet (eager and fast), ONNX Runtime
 and OpenCV DNN, every backend with the same thread count, timed in the same rounds.
 
-MODEL is a bundle folder (deploy.prototxt + .caffemodel [+ model.json]) or a .prototxt (seeded
-random weights). For ONNX Runtime the net is exported to ONNX, for OpenCV DNN its weights are
+MODEL is an installed bundle's name (``landmarknet models``), a bundle folder (deploy.prototxt +
+.caffemodel [+ model.json]) or a .prototxt (seeded random weights). For ONNX Runtime the net is exported to ONNX, for OpenCV DNN its weights are
 read from the bundle's .caffemodel (or written to one), both in a temporary folder. Each batch
 size is timed after --warmup calls per backend, --repeats rounds in which every backend runs
 once; the median is reported, with the largest relative output difference from eager. A backend
@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from landmarknet.cli.common import UsageError
 
 EXAMPLE = """\
 examples:
-  landmarknet bench weights/heatmap4_68
-  landmarknet bench weights/squeeze77 --batch 1,32 --threads 2 --json
+  landmarknet bench heatmap4_68
+  landmarknet bench squeeze77 --batch 1,32 --threads 2 --json
   landmarknet bench prototxt/heatmap3_68/deploy.prototxt --backends eager,fast --repeats 5
-  landmarknet bench weights/heatmap4_68 --device cuda --batch 1,256 --mode fast
+  landmarknet bench heatmap4_68 --device cuda --batch 1,256 --mode fast
 """
 
 
@@ -31,8 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="inference speed: landmarknet eager/fast, ONNX Runtime, "
                        "OpenCV DNN", description=__doc__, epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, metavar="MODEL|NET.prototxt",
-                   help="a bundle folder or a .prototxt (random weights)")
+    p.add_argument("model", metavar="MODEL|NET.prototxt",
+                   help="an installed bundle's name, a bundle folder, or a .prototxt (random "
+                        "weights)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="where landmarknet runs (ONNX Runtime and OpenCV: CPU only)")
     p.add_argument("--batch", default="1,32", metavar="1,32,...",
@@ -74,8 +74,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.repeats < 1 or args.warmup < 0:
         raise UsageError("--repeats must be at least 1 and --warmup at least 0")
-    if not args.model.exists():
-        raise UsageError(f"{args.model}: no such model folder or prototxt")
     if args.mode not in ("auto", "auto-compile"):
         try:
             parse_mode(args.mode, args.device)

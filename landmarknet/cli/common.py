@@ -27,7 +27,8 @@ def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
 
 def add_net_arguments(p: argparse.ArgumentParser, *, phase_default: str = "test") -> None:
     """The prototxt and how to build it: phase, stages, level, input shapes, leniency."""
-    p.add_argument("prototxt", type=Path, help="the net's .prototxt")
+    p.add_argument("prototxt", type=Path, help="the net's .prototxt (or an installed bundle's "
+                   "name or folder: its deploy.prototxt)")
     p.add_argument("--phase", choices=("train", "test"), default=phase_default,
                    help=f"Caffe phase whose layers are kept (default {phase_default})")
     p.add_argument("--stage", action="append", default=[], metavar="NAME",
@@ -42,8 +43,10 @@ def add_net_arguments(p: argparse.ArgumentParser, *, phase_default: str = "test"
 def build_from_args(args: argparse.Namespace, extra_shapes: dict | None = None):
     """Build the net that the common arguments describe."""
     from landmarknet.build import build_net
+    from landmarknet.models import resolve_prototxt
     shapes = dict(args.input_shape)
     shapes.update(extra_shapes or {})
+    args.prototxt = resolve_prototxt(args.prototxt)
     return build_net(args.prototxt, phase=args.phase, level=args.level, stages=args.stage,
                      input_shapes=shapes, strict=not args.lenient,
                      seed=getattr(args, "seed", 0) or 0)

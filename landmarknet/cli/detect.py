@@ -25,14 +25,14 @@ from typing import Optional
 EXAMPLE = """\
 example:
   landmarknet detect samples/astronaut.png -o out/
-  landmarknet detect photos/ clip.mp4 --model weights/heatmap4_68 --json > faces.jsonl
+  landmarknet detect photos/ clip.mp4 --model heatmap4_68 --json > faces.jsonl
   landmarknet detect group.jpg --detector haar --indices --show-heatmaps -o out/
 """
 
-#: The bundle (a folder under weights/) used when --model is not given; None: look for one.
+#: The bundle (a name or folder) used when --model is not given; None: the installed bundle
+#: marked "default": true in its model.json (landmarknet.models.default_bundle).
 DEFAULT_MODEL: Optional[str] = None
 
-NO_MODEL_NOTE = "no landmark model bundle found in weights/"
 _REPORTED = {"mtcnn": "detection boxes and MTCNN's 5 points are reported",
              "haar": "detection boxes are reported (the Haar detector gives no points)"}
 
@@ -49,10 +49,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``detect`` (shared with tools/detect.py)."""
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or video files")
-    p.add_argument("--model", metavar="weights/NAME",
-                   help="landmark model bundle folder (deploy.prototxt, .caffemodel, model.json),"
-                        " or a name under weights/; 'none' reports the detector's points only "
-                        "(default: the bundle in weights/, if any)")
+    p.add_argument("--model", metavar="NAME|FOLDER",
+                   help="an installed bundle's name (`landmarknet models` lists them) or a "
+                        "bundle folder (deploy.prototxt, .caffemodel, model.json); 'none' "
+                        "reports the detector's points only (default: the installed bundle "
+                        "marked default)")
     p.add_argument("--detector", choices=("mtcnn", "haar"), default="mtcnn",
                    help="face detector (default mtcnn: run by landmarknet from its Caffe files; "
                         "haar: OpenCV's cascade, boxes only)")
@@ -122,41 +123,19 @@ class _Run:
 
 def resolve_model(value: Optional[str]):
     """The LandmarkModel to use and a note for the user, or None and the reason there is none."""
-    from landmarknet.infer import LandmarkModel, ModelError, find_bundles
-    from landmarknet.paths import REPO_ROOT
+    from landmarknet.models import default_bundle, load_bundle
 
-    weights = REPO_ROOT / "weights"
     if value is not None and value.lower() == "none":
         return None, "no landmark model (--model none)"
-    if value is None and DEFAULT_MODEL is not None:
-        value = str(weights / DEFAULT_MODEL)
-    if value is not None:
-        path = Path(value)
-        if not path.is_dir() and (weights / value).is_dir():
-            path = weights / value
-        if not path.is_dir():
-            raise ModelError(f"--model {value}: no such bundle folder (bundles in weights/: "
-                             f"{', '.join(p.name for p in find_bundles(weights)) or 'none'})")
-        model = LandmarkModel.load(path)
-        return model, f"landmark model: {model.name} ({path})"
-    bundles = find_bundles(weights)
-    if not bundles:
-        return None, NO_MODEL_NOTE
-    flagged = [b for b in bundles if _is_default(b)]
-    if len(flagged) == 1 or len(bundles) == 1:
-        chosen = (flagged or bundles)[0]
-        model = LandmarkModel.load(chosen)
-        return model, f"landmark model: {model.name} ({chosen})"
-    names = ", ".join(b.name for b in bundles)
-    return None, (f"several landmark model bundles in weights/ ({names})"
-                  " and none marked \"default\": true; choose one with --model")
-
-
-def _is_default(bundle: Path) -> bool:
-    try:
-        return bool(json.loads((bundle / "model.json").read_text(encoding="utf-8")).get("default"))
-    except (OSError, ValueError):
-        return False
+    if value is None:
+        value = DEFAULT_MODEL
+    if value is None:
+        chosen, why = default_bundle()
+        if chosen is None:
+            return None, why
+        value = str(chosen)
+    model = load_bundle(value)
+    return model, f"landmark model: {model.name} ({model.spec.folder})"
 
 
 def run(args: argparse.Namespace) -> int:

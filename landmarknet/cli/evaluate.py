@@ -11,8 +11,9 @@ import numpy as np
 
 EXAMPLE = """\
 examples:
-  landmarknet evaluate weights/heatmap4_68 --data ../shared/data/ytf68/val --plot ced.png
-  landmarknet evaluate weights/heatmap4_5 --data ../shared/data/cuhk5 --partition val --json
+  landmarknet evaluate heatmap4_68 --data ../shared/data/ytf68/val --plot ced.png
+  landmarknet evaluate heatmap4_5 --data ../shared/data/cuhk5 --partition val --json
+  landmarknet evaluate runs/my_bundle --data ../shared/data/ytf68/val
 """
 
 
@@ -21,8 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="NME / AUC / failure rate / CED of a model bundle",
                        description=__doc__, epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, help="a model bundle folder (deploy.prototxt, "
-                   ".caffemodel, model.json)")
+    p.add_argument("model", metavar="MODEL", help="an installed bundle's name (`landmarknet "
+                   "models` lists them) or a bundle folder (deploy.prototxt, .caffemodel, "
+                   "model.json)")
     p.add_argument("--data", type=Path, required=True,
                    help="a 300W folder (image + .pts) or a CelebA root")
     p.add_argument("--partition", default="val", help="CelebA partition: train, val, test "
@@ -77,10 +79,10 @@ def evaluate_bundle(model, samples, batch: int = 64) -> tuple[np.ndarray, np.nda
 def run(args: argparse.Namespace) -> int:
     """Evaluate and print (or --json) the metrics."""
     from landmarknet.data.dataset import is_celeba, read_samples
-    from landmarknet.infer import LandmarkModel
     from landmarknet.metrics import evaluate_points, nme, plot_ced
+    from landmarknet.models import load_bundle
 
-    model = LandmarkModel.load(args.model, device=args.device)
+    model = load_bundle(args.model, device=args.device)
     if args.flip_test:
         model.spec.flip_test = args.flip_test == "on"
     part = args.partition if is_celeba(args.data) else None

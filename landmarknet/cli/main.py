@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "visualize": "landmarknet.cli.visualize",
     "export": "landmarknet.cli.export",
     "bench": "landmarknet.cli.bench",
+    "models": "landmarknet.cli.models",
 }
 
 

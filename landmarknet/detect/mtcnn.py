@@ -1,6 +1,7 @@
 """MTCNN (Zhang et al. 2016) run by landmarknet: P-, R- and O-Net from their original Caffe files.
 
-The three nets are built from ``weights/mtcnn/det{1,2,3}.prototxt`` by :func:`build_net` and filled
+The three nets are built from ``landmarknet/models/mtcnn/det{1,2,3}.prototxt`` (package data,
+checked against their sha256 in landmarknet/models/MANIFEST first) by :func:`build_net` and filled
 by :func:`load_weights` (strict). Everything around them follows the authors' MATLAB code
 (``code/codes/MTCNNv2/detect_face.m``), vectorised:
 
@@ -34,10 +35,10 @@ import torch
 
 from landmarknet.detect import DetectError, Face
 from landmarknet.detect.boxes import nms
-from landmarknet.paths import REPO_ROOT
+from landmarknet.models import MTCNN_DIR, verify_files
 
 #: Where the original MTCNN prototxts and caffemodels live (MIT licence beside them).
-DEFAULT_WEIGHTS = REPO_ROOT / "weights" / "mtcnn"
+DEFAULT_WEIGHTS = MTCNN_DIR
 MEAN, SCALE = 127.5, 0.0078125
 
 
@@ -49,8 +50,10 @@ def _load_net(folder: Path, stem: str, size: int):
     proto, model = folder / f"{stem}.prototxt", folder / f"{stem}.caffemodel"
     for f in (proto, model):
         if not f.is_file():
-            raise DetectError(f"MTCNN file {f} is missing; the repository ships weights/mtcnn/ "
-                              "(det1..det3 .prototxt and .caffemodel); restore it from git")
+            raise DetectError(f"MTCNN file {f} is missing; landmarknet ships them in "
+                              "landmarknet/models/mtcnn/ (det1..det3 .prototxt and .caffemodel): "
+                              "reinstall landmarknet, or restore them from git")
+    verify_files(folder, [proto, model])
     net = build_net(proto, phase="test", input_shapes={"data": (1, 3, size, size)})
     load_weights(net, model, strict=True)
     net.eval()

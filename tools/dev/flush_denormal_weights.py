@@ -5,8 +5,9 @@ on x86 cores without flush-to-zero every multiplication with one takes a microco
 which made the shipped heatmap nets several times slower on Intel CPUs. Zeroing them changes no
 output by more than about 1e-36 absolute. Layer parameters and blob shapes are kept as they are.
 
-    python tools/dev/flush_denormal_weights.py weights/*/*.caffemodel
-Then refresh weights/MANIFEST (the command is in weights/README.md).
+    python tools/dev/flush_denormal_weights.py landmarknet/models/*/*.caffemodel
+Then refresh landmarknet/models/MANIFEST:
+`python -c "from landmarknet.models import write_manifest; write_manifest()"`.
 """
 from __future__ import annotations
 

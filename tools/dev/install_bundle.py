@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Install a trained model into weights/NAME: deploy + caffemodel + model.json with measured metrics.
+"""Install a trained model into landmarknet/models/NAME: deploy + caffemodel + model.json with metrics.
 
 The trainer writes a bundle on the device; its model.json names the device's paths. This
 copies the weights and the deploy net, sets the output options and the provenance given here,
 evaluates the bundle on the original val data (../shared, not the re-encoded device copy) and
-stores those metrics in model.json. The model card (README.md) and weights/MANIFEST are
-updated by hand (weights/MANIFEST: `cd weights && sha256sum $(awk '{print $2}' MANIFEST)`).
+stores those metrics in model.json, then rewrites landmarknet/models/MANIFEST (sha256 of every
+shipped file). The model card (README.md) is written by hand; run
+`python -c "from landmarknet.models import write_manifest; write_manifest()"` after editing it.
 
     python tools/dev/install_bundle.py heatmap4_68 --caffemodel /work/.device/2/h4_final.caffemodel \\
         --model-json /tmp/swB/runs/h4_final/heatmap4_68_bundle/model.json \\
@@ -18,6 +19,7 @@ import json
 import shutil
 from pathlib import Path
 
+from landmarknet.models import MODELS_DIR, write_manifest
 from landmarknet.paths import shared_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +41,7 @@ def main() -> None:
     from landmarknet.infer import LandmarkModel
     from landmarknet.metrics import evaluate_points
 
-    dst = ROOT / "weights" / args.name
+    dst = MODELS_DIR / args.name
     dst.mkdir(parents=True, exist_ok=True)
     spec = json.loads(args.model_json.read_text())
     shutil.copyfile(ROOT / "prototxt" / args.name / "deploy.prototxt", dst / "deploy.prototxt")
@@ -55,7 +57,7 @@ def main() -> None:
         spec["default"] = True
     spec.pop("metrics", None)
     (dst / "model.json").write_text(json.dumps(spec, indent=1) + "\n")
-    model = LandmarkModel.load(dst)
+    model = LandmarkModel.load(dst, verify=False)  # MANIFEST is rewritten at the end
     part = "val" if is_celeba(args.val) else None
     samples, _ = read_samples(args.val, part, model.scheme.n_points)
     pred, gt, bad = evaluate_bundle(model, samples)
@@ -73,6 +75,7 @@ def main() -> None:
                    flip_test=bool(args.flip_test))
     spec["metrics"] = metrics
     (dst / "model.json").write_text(json.dumps(spec, indent=1, default=float) + "\n")
+    print(f"rewrote {write_manifest()}")
     print(json.dumps({k: metrics[k] for k in ("n", "nme_io", "nme_ip", "auc08", "fr08", "fr10")}))
 
 
