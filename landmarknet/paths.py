@@ -7,6 +7,8 @@ from pathlib import Path
 #: Environment variable that points at the shared folder; default is ``../shared`` beside the repo.
 SHARED_ENV = "LANDMARKNET_SHARED"
 
+#: The folder above the package: the checkout (site-packages when installed). The shipped
+#: models are package data, found from landmarknet.models, never through this.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
