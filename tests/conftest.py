@@ -1,4 +1,5 @@
-"""Test settings: where ../shared is, and whether its absence skips or fails."""
+"""Test settings: where ../shared and the reference Caffe are, and whether their absence skips
+or fails."""
 from __future__ import annotations
 
 import os
@@ -8,9 +9,13 @@ import numpy as np
 import pytest
 
 from landmarknet.paths import SHARED_ENV, shared_dir
+from reference.real_caffe import REQUIRE_ENV, CaffeUnavailable, caffe_ref_python
 
 # CI sets LANDMARKNET_REQUIRE_SHARED=1 so that a missing ../shared fails instead of skipping.
 REQUIRE_SHARED = os.environ.get("LANDMARKNET_REQUIRE_SHARED") == "1"
+# CI sets LANDMARKNET_REQUIRE_CAFFE_REF=1 so that a missing reference Caffe fails instead of
+# skipping the tests marked caffe_ref.
+REQUIRE_CAFFE_REF = os.environ.get(REQUIRE_ENV) == "1"
 
 
 def _need(path: Path) -> Path:
@@ -20,6 +25,18 @@ def _need(path: Path) -> Path:
     if REQUIRE_SHARED:
         pytest.fail(msg)
     pytest.skip(msg)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked caffe_ref need the reference Caffe (`make caffe-ref`)."""
+    if item.get_closest_marker("caffe_ref") is None:
+        return
+    try:
+        caffe_ref_python()
+    except CaffeUnavailable as exc:
+        if REQUIRE_CAFFE_REF:
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")

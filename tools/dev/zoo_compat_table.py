@@ -114,12 +114,15 @@ def verdict(run) -> str:
         blob, err = bad[0]
         what = err if isinstance(err, str) else f"{err:.2g}"
         return f"differs in {len(bad)}/{len(result.rows)} blobs, first `{blob}` ({_short(what)})"
-    return f"agrees, {len(result.rows)} blobs, max {worst(result.rows):.1e}"
+    unreached = f" ({len(result.unreached)} not addressable)" if result.unreached else ""
+    return f"agrees, {len(result.rows)} blobs{unreached}, max {worst(result.rows):.1e}"
 
 
 def _first_line(log: str) -> str:
-    for line in log.splitlines():
-        for key in ("Check failed", "no field named", "Unknown layer type", "error:", "Can't"):
+    """The telling part of a reference's error log."""
+    for key in ("Can't create layer", "UnknownField should", "Assertion failed", "Check failed",
+                "no field named", "Unknown layer type", "Requested", "error:"):
+        for line in log.splitlines():
             if key in line:
                 return _short(line[line.index(key):])
     return _short(log.strip().splitlines()[-1] if log.strip() else "?")
@@ -137,6 +140,9 @@ def row(case: ZooNet, zoo: Path, schema: dict, tmp: Path) -> str:
     forks = ", ".join(f"`{f}`" for f in fork_fields(prototxt.read_text(), schema)) or "none"
     opencv_case = case if case.opencv else dataclasses.replace(case, opencv="as is")
     opencv = verdict(lambda: (compare_with_opencv(opencv_case, zoo, tmp / "cv"), case))
+    if case.opencv_skip and opencv.startswith("agrees"):
+        skipped = ", ".join(f"`{b}`" for b in case.opencv_skip)
+        opencv += f" ({skipped} not compared: see where OpenCV differs)"
     if opencv_case.opencv != "as is":
         opencv = f"{opencv} ({opencv_case.opencv}); as is: refused ({case.opencv_refusal})"
     if case.caffe:
