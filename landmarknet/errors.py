@@ -47,3 +47,20 @@ class SolverError(LandmarknetError):
 
 class DataError(LandmarknetError):
     """A data file or data set is missing, unreadable or malformed."""
+
+
+class UnwritableWeightsError(WeightsError, ValueError):
+    """Weights that cannot be written so that they read back (a duplicate or unrepresentable
+    layer name); also a ValueError, which the writers raised before."""
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` with every run of non-blank characters longer than ``limit`` cut in its middle:
+    error messages quote the input, and a 100,000-digit number must not make a 100 KB message."""
+    import re
+    keep_head, keep_tail = limit // 2, limit // 8
+
+    def cut(m: re.Match) -> str:
+        s = m.group(0)
+        return f"{s[:keep_head]}...[{len(s) - keep_head - keep_tail} characters]...{s[-keep_tail:]}"
+    return re.sub(r"\S{%d,}" % (limit + 1), cut, text)

@@ -2,13 +2,51 @@
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.errors import LayerError
 
+if TYPE_CHECKING:  # torch is imported when a blob is filled: the checks below run without it
+    import torch
+
+#: The filler types Caffe's GetFiller knows.
+FILLER_TYPES = ("constant", "uniform", "gaussian", "positive_unitball", "xavier", "msra",
+                "bilinear")
+
+
+def filler_problem(fp: caffe_pb2.FillerParameter) -> str | None:
+    """What Caffe's filler would refuse in ``fp`` (a CHECK failure at set-up), or None.
+
+    These checks need no blob shape, so the prototxt reader runs them and names the layer and
+    field (bilinear's square 4-D kernel is checked in :func:`fill`, where the shape is known).
+    """
+    kind = fp.type
+    if kind not in FILLER_TYPES:
+        return f"unknown filler type '{kind}' (Caffe has {', '.join(FILLER_TYPES)})"
+    if kind == "uniform":
+        if not (math.isfinite(fp.min) and math.isfinite(fp.max)):
+            return f"uniform filler needs finite min and max, got min {fp.min}, max {fp.max}"
+        if fp.min > fp.max:
+            return (f"uniform filler needs min <= max, got min {fp.min} > max {fp.max} "
+                    "(Caffe's caffe_rng_uniform checks it)")
+        if fp.max - fp.min > _FLOAT32_MAX:
+            return (f"uniform filler: the range max - min = {fp.max - fp.min:g} exceeds the "
+                    "largest float")
+    if kind == "gaussian":
+        if not (math.isfinite(fp.mean) and math.isfinite(fp.std)):
+            return f"gaussian filler needs finite mean and std, got mean {fp.mean}, std {fp.std}"
+        if fp.std <= 0:
+            return (f"gaussian filler needs std > 0, got std {fp.std} (Caffe's "
+                    "caffe_rng_gaussian checks it)")
+        if fp.sparse < -1:
+            return f"gaussian filler: sparse must be -1 (off) or at least 0, got {fp.sparse}"
+    elif fp.sparse != -1:
+        return f"sparse {fp.sparse} is only supported by the gaussian filler, not by '{kind}'"
+    return None
+
 _FAN_IN, _FAN_OUT, _AVERAGE = 0, 1, 2
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _fans(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -24,9 +62,20 @@ def _scale_n(fp: caffe_pb2.FillerParameter, shape: tuple[int, ...]) -> float:
     return {_FAN_IN: fan_in, _FAN_OUT: fan_out, _AVERAGE: (fan_in + fan_out) / 2}[fp.variance_norm]
 
 
-@torch.no_grad()
 def fill(t: torch.Tensor, fp: caffe_pb2.FillerParameter | None, gen: torch.Generator) -> None:
     """Fill tensor ``t`` in place as Caffe's filler ``fp`` would (None: constant 0)."""
+    import torch
+    problem = filler_problem(fp) if fp is not None else None
+    if problem is not None:  # also raised here for nets that never went through the reader
+        raise LayerError(problem)
+    if t.numel() == 0:  # nothing to fill (and xavier/msra would divide by a zero fan)
+        return
+    with torch.no_grad():
+        _fill(t, fp, gen)
+
+
+def _fill(t: torch.Tensor, fp: caffe_pb2.FillerParameter | None, gen: torch.Generator) -> None:
+    import torch
     kind = fp.type if fp is not None else "constant"
     shape = tuple(t.shape)
     if kind == "constant":
@@ -60,6 +109,5 @@ def fill(t: torch.Tensor, fp: caffe_pb2.FillerParameter | None, gen: torch.Gener
         idx = torch.arange(k, dtype=torch.float64)
         w1 = 1 - torch.abs(idx / f - c)
         t.copy_((w1[:, None] * w1[None, :]).expand(shape).to(t.dtype))
-    else:
-        raise LayerError(f"unknown filler type '{kind}' (Caffe has constant, uniform, gaussian, "
-                         "positive_unitball, xavier, msra, bilinear)")
+    else:  # filler_problem refused it already
+        raise LayerError(f"unknown filler type '{kind}'")

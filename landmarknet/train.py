@@ -131,12 +131,75 @@ def _resolve(path: str, solver: Path) -> Path:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temp file, fsync, rename over ``path``, fsync the folder: a kill at any
+    moment leaves either the old file or the complete new one, never a partial one."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # a folder cannot be fsync'ed on some file systems
+        pass
+
+
+def _check_device(device: str) -> None:
+    """A device this torch can use, or a TrainingError saying why not (torch would assert)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise TrainingError(f"--device {device!r} is not a device ({exc}); use cpu, cuda or "
+                            "cuda:N") from None
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise TrainingError(f"--device {device!r}: training runs on cpu or cuda only")
+    if not torch.cuda.is_available():
+        why = ("this torch is built without CUDA" if torch.version.cuda is None
+               else "no CUDA GPU is visible")
+        raise TrainingError(f"--device {device!r}: {why} ({torch.__version__}); use --device "
+                            "cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise TrainingError(f"--device {device!r}: only {torch.cuda.device_count()} CUDA "
+                            "device(s) visible")
+
+
+def _read_state(path: Path) -> dict:
+    """The state file's dict, or a TrainingError naming the file (truncated, empty, foreign)."""
+    if not path.is_file():
+        raise TrainingError(f"--resume {path}: no such state file")
+    size = path.stat().st_size
+    hint = ("write it with `landmarknet train` snapshots (<prefix>_iter_N.state.pt); an "
+            "interrupted run keeps its earlier complete snapshots: resume from one of those")
+    if size == 0:
+        raise TrainingError(f"--resume {path}: the state file is empty (0 bytes); {hint}")
+    try:
+        st = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and EOF errors all mean: unreadable
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainingError(f"--resume {path}: cannot read the training state ({size} bytes: "
+                            f"truncated, corrupted or not a state file: "
+                            f"{type(exc).__name__}: {reason[:200]}); {hint}") from None
+    if not isinstance(st, dict) or st.get("format") != STATE_FORMAT:
+        got = st.get("format") if isinstance(st, dict) else type(st).__name__
+        raise TrainingError(f"--resume {path}: not a landmarknet training state (format "
+                            f"{got!r}, expected {STATE_FORMAT}); {hint}")
+    wanted = {"iter": int, "solver": dict, "net": dict, "torch_rng": torch.Tensor}
+    for key, kind in wanted.items():
+        if not isinstance(st.get(key), kind):
+            raise TrainingError(f"--resume {path}: the state's '{key}' is "
+                                f"{type(st.get(key)).__name__}, not {kind.__name__}; {hint}")
+    return st
 
 
 # ------------------------------------------------------------------------------ the trainer
@@ -149,6 +212,9 @@ class Trainer:
         from landmarknet.caffe.prototxt import read_net, read_solver
 
         self.cfg = cfg
+        _check_device(cfg.device)
+        # A broken state file is reported before the data set is read (which takes a while).
+        self._resume_state = _read_state(Path(cfg.resume)) if cfg.resume else None
         self.solver_path = Path(cfg.solver)
         self.param = read_solver(self.solver_path)
         from landmarknet.solver import CaffeSolver, training_plan
@@ -607,12 +673,16 @@ class Trainer:
         return model
 
     def _load_state(self, path: Path) -> None:
-        if not path.is_file():
-            raise TrainingError(f"--resume {path}: no such state file")
-        st = torch.load(path, map_location="cpu", weights_only=True)
-        if st.get("format") != STATE_FORMAT:
-            raise TrainingError(f"{path}: not a landmarknet training state (format "
-                                f"{st.get('format')!r})")
+        st = self._resume_state if self._resume_state is not None else _read_state(path)
+        self._resume_state = None  # its tensors are copied into the net and solver below
+        try:
+            self._apply_state(path, st)
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise TrainingError(f"--resume {path}: the state does not fit this run "
+                                f"({type(exc).__name__}: {str(exc)[:300]})") from None
+
+    def _apply_state(self, path: Path, st: dict) -> None:
+        """Load weights, solver history, weight average and RNG states from ``st``."""
         missing = self.net.load_state_dict(st["net"], strict=False)
         if missing.missing_keys or missing.unexpected_keys:
             raise TrainingError(f"{path}: the state's weights do not fit this net "

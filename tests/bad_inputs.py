@@ -1,10 +1,15 @@
 """The bad inputs we try, in one table: used by tests/test_bad_inputs.py and docs/bad_inputs.md.
 
 Each case writes its files into a folder and returns the command line to run; the run must
-exit with status 2 and print a message that contains ``expect`` (which names the place).
+exit with status ``status`` (2 unless said otherwise) and print a message that contains
+``expect`` (which names the place). Cases marked ``isolated`` could hang, recurse or eat memory
+when broken: they run in a child process under a memory limit and a timeout
+(tests/fuzz/runner.py), the others in the test process. The seeded random cases of
+tests/fuzz/cases.py are summarised in the same document.
 """
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,8 @@ class Case:
     what: str
     make: Callable[[Path], list[str]]
     expect: str
+    isolated: bool = False
+    status: int = 2
 
 
 def _net(d: Path, text: str, name: str = "net.prototxt") -> Path:
@@ -69,6 +76,46 @@ def _pickle_npy(d: Path) -> list[str]:
     np.save(d / "x.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     return ["forward", str(_net(d, GOOD)), "--random-weights", "1", "--input",
             f"data={d / 'x.npy'}"]
+
+
+def _deep_unknown(d: Path) -> list[str]:
+    nested = "zz { " * 500 + "}" * 500
+    return ["build", str(_net(d, GOOD.replace("num_output: 3 }", f"num_output: 3 {nested} }}"))),
+            "--lenient"]
+
+
+def _filler(d: Path, filler: str) -> list[str]:
+    return ["build", str(_net(d, GOOD.replace(
+        "kernel_size: 3", f"kernel_size: 3 weight_filler {{ {filler} }}"))), "--random-weights", "1"]
+
+
+def _same_names(d: Path, ext: str) -> list[str]:
+    net = _net(d, GOOD.replace('name: "fc1"', 'name: "conv1"'))
+    return ["build", str(net), "--random-weights", "1", "--save", str(d / f"w{ext}")]
+
+
+def _skip_edges(d: Path) -> list[str]:
+    """600 Eltwise layers, each also reading the input: 360,000 edge bends to lay out."""
+    lines = ['input: "data" input_shape { dim: 1 dim: 1 dim: 2 dim: 2 }']
+    prev = "data"
+    for i in range(600):
+        lines.append(f'layer {{ name: "r{i}" type: "ReLU" bottom: "{prev}" top: "r{i}" }}')
+        lines.append(f'layer {{ name: "e{i}" type: "Eltwise" bottom: "r{i}" bottom: "data" '
+                     f'top: "e{i}" }}')
+        prev = f"e{i}"
+    return ["visualize", str(_net(d, "\n".join(lines))), "-o", str(d / "skip.svg")]
+
+
+def _fifo(d: Path, name: str) -> Path:
+    os.mkfifo(d / name)
+    return d / name
+
+
+def _tiny_solver(d: Path) -> Path:
+    net = _net(d, GOOD, "train.prototxt")
+    (d / "solver.prototxt").write_text(f'net: "{net}"\nbase_lr: 0.01\nmax_iter: 1\n'
+                                       'lr_policy: "fixed"\n')
+    return d / "solver.prototxt"
 
 
 CASES = [
@@ -161,4 +208,53 @@ CASES = [
     Case("bad-input-shape", "--input-shape naming a blob that is not an input",
          lambda d: ["build", str(_net(d, GOOD)), "--input-shape", "conv1=1,3,8,8"],
          "--input-shape names conv1, which is not an input of this net"),
+    # Found by fuzzing (issue 17); isolated: when broken they recurse, hang or eat memory.
+    Case("lenient-deep-nesting", "--lenient with unknown blocks nested 500 deep", _deep_unknown,
+         "skipped unknown field 'zz' in InnerProductParameter (layer 'fc1')", isolated=True,
+         status=0),
+    Case("huge-number-message", "a 100,000-digit number",
+         lambda d: ["build", str(_net(d, GOOD.replace("num_output: 3", "num_output: " + "9" * 100000)))],
+         "net.prototxt:6:43: Couldn't parse integer: 999999999999999999999999999999999999999"
+         "9...[99950 characters]...9999999999", isolated=True),
+    Case("filler-uniform-min-max", "a uniform filler with min > max",
+         lambda d: _filler(d, 'type: "uniform" min: 1 max: -1'),
+         "net.prototxt:3 (layer 'conv1'): convolution_param.weight_filler: uniform filler needs "
+         "min <= max, got min 1.0 > max -1.0", isolated=True),
+    Case("filler-gaussian-std", "a gaussian filler with std < 0",
+         lambda d: _filler(d, 'type: "gaussian" std: -1'),
+         "net.prototxt:3 (layer 'conv1'): convolution_param.weight_filler: gaussian filler needs "
+         "std > 0, got std -1.0", isolated=True),
+    Case("same-name-h5", "two layers with weights named alike, saved to .h5",
+         lambda d: _same_names(d, ".h5"),
+         "layers #0 (Convolution) and #1 (InnerProduct) are both named 'conv1'",
+         isolated=True),
+    Case("same-name-caffemodel", "the same, saved to .caffemodel (would not load back)",
+         lambda d: _same_names(d, ".caffemodel"),
+         "layers #0 (Convolution) and #1 (InnerProduct) are both named 'conv1'",
+         isolated=True),
+    Case("visualize-too-large", "visualize a net with 600 long skip edges",
+         _skip_edges, "the drawing is too large to lay out: 1,202 boxes and 360,000 edge bends",
+         isolated=True),
+    Case("fifo-prototxt", "a FIFO (named pipe) given as the prototxt",
+         lambda d: ["build", str(_fifo(d, "f.prototxt"))],
+         "f.prototxt: not a regular file", isolated=True),
+    Case("fifo-weights", "a FIFO given as --weights",
+         lambda d: ["build", str(_net(d, GOOD)), "--weights", str(_fifo(d, "w.caffemodel"))],
+         "w.caffemodel", isolated=True),
+    Case("fifo-image", "a FIFO named f.jpg given to detect",
+         lambda d: ["detect", str(_fifo(d, "f.jpg")), "--json", "-o", str(d / "out")],
+         "f.jpg", isolated=True),
+    Case("device-cuda-99", "train --device cuda:99 (no such GPU, or a CPU-only torch)",
+         lambda d: ["train", "--solver", str(_tiny_solver(d)), "--data", str(d), "--device",
+                    "cuda:99", "--out", str(d / "out")],
+         "--device 'cuda:99': ", isolated=True),
+    Case("resume-empty-state", "train --resume with an empty state file",
+         lambda d: ["train", "--solver", str(_tiny_solver(d)), "--data", str(d), "--resume",
+                    str(_empty(d / "s.state.pt")), "--out", str(d / "out")],
+         "s.state.pt: the state file is empty (0 bytes)", isolated=True),
 ]
+
+
+def _empty(p: Path) -> Path:
+    p.write_bytes(b"")
+    return p

@@ -242,3 +242,19 @@ def test_tools_script_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "detect.py"), "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--show-heatmaps" in proc.stdout and "example:" in proc.stdout
+
+
+def test_overlay_leaves_out_points_it_cannot_draw():
+    """A broken model's NaN, inf or huge points are not drawn (cv2 would raise on them); the
+    finite ones still are."""
+    import numpy as np
+
+    from landmarknet.detect.draw import overlay
+    from landmarknet.detect.pipeline import FaceResult
+    image = np.zeros((64, 64, 3), np.uint8)
+    points = np.array([[10.0, 10.0], [np.nan, 5.0], [np.inf, 1.0], [1e30, 3.0]])
+    face = FaceResult(np.array([5.0, 5.0, 40.0, 40.0]), 0.9, points, float("nan"))
+    out = overlay(image, [face])
+    assert out[10, 10].any()  # the finite point is drawn
+    broken = FaceResult(np.array([np.nan, 5.0, 40.0, 40.0]), 0.9, points, None)
+    assert not overlay(image, [broken]).any()  # a face without a drawable box is left out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from google.protobuf import text_format
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.upgrade_v0 import is_v0_net, upgrade_v0_net
-from landmarknet.errors import PrototxtError
+from landmarknet.errors import PrototxtError, shorten
 
 __all__ = [
     "ParsedNet", "PrototxtWarning", "read_net", "parse_net", "read_solver", "parse_solver",
@@ -88,6 +89,8 @@ class _Walk:
 
     unknown: list[_Issue] = field(default_factory=list)
     edits: list[tuple[int, int, str]] = field(default_factory=list)  # (start, end, replacement)
+    #: Where each unknown field (name and value) sits in the text, for --lenient to blank out.
+    unknown_spans: list[tuple[int, int]] = field(default_factory=list)
     aliases: list[tuple[int, str]] = field(default_factory=list)  # (line, message)
     layer_lines: dict[str, list[int]] = field(default_factory=lambda: {"layer": [], "layers": []})
     layer_names: dict[tuple[str, int], str] = field(default_factory=dict)
@@ -171,6 +174,8 @@ class _Walker:
                 self.found.unknown.append(_Issue(name_tok.line, name_tok.col, name_tok.text,
                                                  desc.full_name, where[1] if where else None))
                 self.skip_value()
+                last = self.toks[self.i - 1]
+                self.found.unknown_spans.append((name_tok.start, last.start + len(last.text)))
                 continue
             if fdesc.type != _descriptor.FieldDescriptor.TYPE_MESSAGE:
                 if where and fdesc.name == "name" and desc.full_name in (
@@ -218,6 +223,11 @@ class _Walker:
                             "name for the same field 13)"))
 
 
+def _blank(text: str, start: int, end: int) -> tuple[int, int, str]:
+    """An edit that blanks text[start:end] but keeps its newlines (protobuf's line numbers)."""
+    return start, end, re.sub(r"[^\n]", " ", text[start:end])
+
+
 def _apply_edits(text: str, edits: list[tuple[int, int, str]]) -> str:
     for start, end, new in sorted(edits, reverse=True):
         text = text[:start] + new + text[end:]
@@ -247,6 +257,8 @@ class ParsedNet:
 
 def _read_text(path: str | os.PathLike) -> str:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block, /dev/zero never end
+            raise PrototxtError("not a regular file (a folder, FIFO or device?)", path=str(path))
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise PrototxtError(f"cannot read file: {exc.strerror or exc}", path=str(path)) from None
@@ -268,25 +280,32 @@ def _parse_text(text: str, msg: _message.Message, path: str | None, strict: bool
         layer = found.layer_names.get(("layer", issue.layer_index)) \
             if issue.layer_index is not None else None
         short = issue.message_type.split(".")[-1]
+        layer = shorten(layer) if layer is not None else None
+        name = shorten(issue.name)
         if strict:
             raise PrototxtError(
-                f"unknown field '{issue.name}' in {short}. Check its spelling against Caffe's "
+                f"unknown field '{name}' in {short}. Check its spelling against Caffe's "
                 "caffe.proto; if it belongs to a Caffe fork we do not know, pass --lenient "
                 "(strict=False) to skip it with a warning",
                 path=path, line=issue.line, column=issue.col, layer=layer)
         where = f"{path or '<text>'}:{issue.line}:{issue.col}"
-        warnings.warn(f"{where}: skipped unknown field '{issue.name}' in {short}"
+        warnings.warn(f"{where}: skipped unknown field '{name}' in {short}"
                       + (f" (layer '{layer}')" if layer else ""), PrototxtWarning, stacklevel=3)
     for line, note in found.aliases:
         warnings.warn(f"{path or '<text>'}:{line}: {note}", PrototxtWarning, stacklevel=3)
+    # Unknown fields (--lenient) are blanked out rather than left to protobuf's skipping, which
+    # recurses once per nesting level (a RecursionError at a few hundred levels).
+    edits = found.edits + [_blank(text, a, b) for a, b in found.unknown_spans]
     try:
-        text_format.Parse(_apply_edits(text, found.edits), msg,
-                          allow_unknown_field=not strict and bool(found.unknown))
+        text_format.Parse(_apply_edits(text, edits), msg)
     except text_format.ParseError as exc:
         reason = re.sub(r"^\d+:\d+ : ", "", str(exc))
         if reason.startswith("'") and "': " in reason:  # protobuf quotes the whole line first
             reason = reason[reason.rindex("': ") + 3:]
-        raise PrototxtError(reason, path=path, line=exc.GetLine(), column=exc.GetColumn()) from None
+        raise PrototxtError(shorten(reason), path=path, line=exc.GetLine(),
+                            column=exc.GetColumn()) from None
+    except RecursionError:  # only extension ('[...]') syntax nests without a schema's bound
+        raise PrototxtError("the text nests blocks too deeply to be read", path=path) from None
     return found
 
 
@@ -304,7 +323,36 @@ def parse_net(text: str, *, path: str | None = None, strict: bool = True) -> Par
     if len(net.layers):
         _upgrade_v1(parsed, found.layer_lines["layers"])
     _upgrade_inputs(parsed)
+    _check_fillers(parsed)
     return parsed
+
+
+def _fillers_of(msg: _message.Message, prefix: str):
+    """(field path, FillerParameter) of every filler set inside ``msg``."""
+    for fdesc, value in msg.ListFields():
+        if fdesc.type != _descriptor.FieldDescriptor.TYPE_MESSAGE or fdesc.name == "blobs":
+            continue
+        repeated = (fdesc.is_repeated if hasattr(fdesc, "is_repeated")  # protobuf >= 5.28
+                    else fdesc.label == _descriptor.FieldDescriptor.LABEL_REPEATED)
+        items = list(value) if repeated else [value]
+        for k, item in enumerate(items):
+            where = prefix + fdesc.name + (f"[{k}]" if len(items) > 1 else "")
+            if fdesc.message_type.full_name == "caffe.FillerParameter":
+                yield where, item
+            else:
+                yield from _fillers_of(item, where + ".")
+
+
+def _check_fillers(parsed: ParsedNet) -> None:
+    """Refuse filler settings Caffe's fillers CHECK-fail on, naming the layer and the field."""
+    from landmarknet.fillers import filler_problem
+    for i, layer in enumerate(parsed.net.layer):
+        for where, fp in _fillers_of(layer, ""):
+            problem = filler_problem(fp)
+            if problem is not None:
+                line = parsed.layer_lines[i] if i < len(parsed.layer_lines) else None
+                raise PrototxtError(f"{where}: {shorten(problem)}", path=parsed.path, line=line,
+                                    layer=shorten(layer.name))
 
 
 def read_net(path: str | os.PathLike, *, strict: bool = True) -> ParsedNet:

@@ -27,6 +27,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ import numpy as np
 from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.upgrade_v0 import V0_TYPES
 
-from landmarknet.errors import WeightsError
+from landmarknet.errors import UnwritableWeightsError, WeightsError, shorten
 
 
 __all__ = [
@@ -539,6 +540,20 @@ def _mapped(path: PathLike) -> Iterator[tuple[object, int]]:
                     pass
 
 
+def _regular_file(path: PathLike) -> None:
+    """Refuse what is not a regular file before opening it: reading a FIFO blocks forever and
+    a device such as /dev/zero never ends. A missing file is left to the reader's message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
+                if stat.S_ISSOCK(mode) else "not a regular file")
+        raise WeightsError(f"{os.fspath(path)}: this is {kind}, not a weights file")
+
+
 def read_caffemodel(path: PathLike) -> list[LayerBlobs]:
     """Read a binary ``.caffemodel`` (a serialised ``NetParameter``): every layer, in file order.
 
@@ -551,6 +566,7 @@ def read_caffemodel(path: PathLike) -> list[LayerBlobs]:
     Layer parameters other than name, type and blobs are skipped: the prototxt holds them.
     Raises :class:`WeightsError` for any malformed file.
     """
+    _regular_file(path)
     with _mapped(path) as (buf, size):
         head = bytes(buf[:256])
         u8 = np.frombuffer(buf, np.uint8)
@@ -613,6 +629,7 @@ def read_caffemodel_net(path: PathLike) -> caffe_pb2.NetParameter:
     Much slower and more memory-hungry than :func:`read_caffemodel` for large nets; no
     V1->V2 upgrade is applied. Raises :class:`WeightsError` when protobuf cannot parse it.
     """
+    _regular_file(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -688,6 +705,43 @@ def _split_before_field(msg: bytes, fnum: int) -> int:
     return len(msg)
 
 
+def _fsync(path: str) -> None:
+    """fsync a file or a folder by path (a folder cannot be fsync'ed on some systems: skipped)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _refuse_duplicate_names(path: PathLike, layers: Sequence[LayerBlobs], *,
+                            blobless_too: bool) -> None:
+    """Two layers of one name cannot both get their weights back: Caffe (and we) copy by name.
+
+    A .caffemodel may repeat the name of layers without blobs (nothing to copy); an HDF5 file
+    cannot repeat any name (one group per name).
+    """
+    first: dict[str, int] = {}
+    for i, lb in enumerate(layers):
+        if not isinstance(lb, LayerBlobs):
+            continue  # the writers report it
+        j = first.setdefault(lb.name, i)
+        if j == i:
+            continue
+        if blobless_too or lb.blobs or layers[j].blobs:
+            kinds = " and ".join(f"#{k}" + (f" ({layers[k].type})" if layers[k].type else "")
+                                 for k in (j, i))
+            raise UnwritableWeightsError(
+                f"{os.fspath(path)}: layers {kinds} are both named '{shorten(lb.name)}'; weights "
+                "are matched to layers by name (in Caffe too), so this file could not be read "
+                "back into the net: give each layer its own name")
+
+
 @contextmanager
 def _atomic(path: PathLike) -> Iterator[str]:
     """A temp path in ``path``'s folder that replaces ``path`` on success, vanishes on error."""
@@ -698,7 +752,9 @@ def _atomic(path: PathLike) -> Iterator[str]:
         # O_EXCL + 0o666: the umask applies as for a plain open(), unlike mkstemp's 0o600.
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         yield tmp
+        _fsync(tmp)  # the data is on disk before the name points at it
         os.replace(tmp, path)
+        _fsync(folder)  # and so is the new name
     except BaseException:
         try:
             os.unlink(tmp)
@@ -727,6 +783,7 @@ def write_caffemodel(path: PathLike, layers: Sequence[LayerBlobs],
                              "`layer` entries first")
         for lp in net.layer:
             by_name.setdefault(lp.name, []).append(lp)
+    _refuse_duplicate_names(path, layers, blobless_too=False)
     parts: list[tuple[bytes, list[tuple[bytes, bytes, np.ndarray]], bytes]] = []
     for i, lb in enumerate(layers):
         if not isinstance(lb, LayerBlobs):
@@ -807,6 +864,7 @@ def read_caffe_hdf5(path: PathLike) -> list[LayerBlobs]:
     import h5py
 
     p = os.fspath(path)
+    _regular_file(p)
     try:
         f = h5py.File(p, "r")
     except FileNotFoundError as exc:
@@ -886,11 +944,12 @@ def read_caffe_hdf5(path: PathLike) -> list[LayerBlobs]:
     return [lb for _, _, lb in found]
 
 
-def _h5_parts(name: str) -> list[str]:
+def _h5_parts(path: PathLike, name: str) -> list[str]:
     parts = name.split("/")
     if not name or any(part in ("", ".") for part in parts):
-        raise ValueError(f"write_caffe_hdf5: layer name {name!r} cannot be an HDF5 path "
-                         "(empty, or empty/'.' components between '/')")
+        raise UnwritableWeightsError(
+            f"{os.fspath(path)}: layer name '{shorten(name)}' cannot be an HDF5 path (empty, "
+            "or empty/'.' components between '/'); save as .caffemodel instead")
     return parts
 
 
@@ -904,28 +963,33 @@ def write_caffe_hdf5(path: PathLike, layers: Sequence[LayerBlobs]) -> None:
     """
     import h5py
 
+    _refuse_duplicate_names(path, layers, blobless_too=True)
     seen: dict[str, str] = {}  # HDF5 path -> "group" | "dataset"
     plan = []
     for i, lb in enumerate(layers):
         if not isinstance(lb, LayerBlobs):
             raise TypeError(f"write_caffe_hdf5: layers[{i}] is {type(lb).__name__}, "
                             "not LayerBlobs")
-        parts = _h5_parts(lb.name)
+        parts = _h5_parts(path, lb.name)
         for k in range(1, len(parts) + 1):
             gpath = "/".join(parts[:k])
             if seen.get(gpath) == "dataset":
-                raise ValueError(f"write_caffe_hdf5: layer {lb.name!r} clashes with a blob "
-                                 f"dataset data/{gpath}")
+                raise UnwritableWeightsError(
+                    f"{os.fspath(path)}: layer '{shorten(lb.name)}' clashes with the blob "
+                    f"dataset data/{shorten(gpath)} of another layer; save as .caffemodel instead")
             if k == len(parts) and gpath in seen and seen[gpath] == "layer":
-                raise ValueError(f"write_caffe_hdf5: duplicate layer name {lb.name!r}")
+                raise UnwritableWeightsError(
+                    f"{os.fspath(path)}: layer '{shorten(lb.name)}' clashes with the group of "
+                    "another layer's name; save as .caffemodel instead")
             seen.setdefault(gpath, "group")
         seen[lb.name] = "layer"
         arrays = []
         for j, b in enumerate(lb.blobs):
             dpath = f"{lb.name}/{j}"
             if seen.get(dpath) in ("group", "layer"):
-                raise ValueError(f"write_caffe_hdf5: blob data/{dpath} clashes with layer "
-                                 f"group data/{dpath}")
+                raise UnwritableWeightsError(
+                    f"{os.fspath(path)}: blob data/{shorten(dpath)} clashes with the group of "
+                    "another layer's name; save as .caffemodel instead")
             seen[dpath] = "dataset"
             arrays.append(_as_f32(b, f"layer {lb.name!r} blob {j}"))
         plan.append((i, lb, parts, arrays))
@@ -962,6 +1026,7 @@ def read_weights(path: PathLike) -> list[LayerBlobs]:
     if p.suffix.lower() in _TORCH_EXT:
         raise WeightsError(f"{p}: PyTorch files are not Caffe weights; use landmarknet.params "
                            "to map a state_dict to layers")
+    _regular_file(p)
     if _is_hdf5(p):
         return read_caffe_hdf5(p)
     return read_caffemodel(p)

@@ -1,6 +1,7 @@
 """Pictures of results: the overlay (boxes, points, indices) and the heatmap figure."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Sequence
@@ -15,18 +16,30 @@ POINT_COLOUR = (40, 40, 255)
 TEXT_COLOUR = (255, 255, 255)
 
 
+# OpenCV draws with int pixel coordinates: anything beyond this (or not finite, as a broken
+# model can give) is not drawn rather than overflowing inside cv2.
+_DRAWABLE = 1e6
+
+
+def _drawable(*values: float) -> bool:
+    return all(math.isfinite(v) and abs(v) < _DRAWABLE for v in values)
+
+
 def overlay(image: np.ndarray, faces: Sequence[FaceResult], indices: bool = False) -> np.ndarray:
-    """A copy of the BGR image with each face's box, score and landmarks drawn."""
+    """A copy of the BGR image with each face's box, score and landmarks drawn (points that
+    are not finite or far outside the picture are left out)."""
     out = image.copy()
     h, w = out.shape[:2]
     unit = max(1, int(round(max(h, w) / 600)))
     for face in faces:
         x, y, bw, bh = face.box
+        if not _drawable(x, y, bw, bh):
+            continue
         p1 = (int(round(x)), int(round(y)))
         p2 = (int(round(x + bw)), int(round(y + bh)))
         cv2.rectangle(out, p1, p2, BOX_COLOUR, 2 * unit, cv2.LINE_AA)
         label = f"{face.score:.2f}" if face.score <= 1 else f"{face.score:.0f}"
-        if face.confidence is not None:
+        if face.confidence is not None and math.isfinite(face.confidence):
             label += f" | {face.confidence:.2f}"
         scale = 0.45 * unit
         (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, unit)
@@ -40,6 +53,8 @@ def overlay(image: np.ndarray, faces: Sequence[FaceResult], indices: bool = Fals
         face_unit = max(bw, bh)
         radius = max(2, int(round(face_unit / 60)))
         for k, (px, py) in enumerate(face.landmarks):
+            if not _drawable(px, py):
+                continue
             c = (int(round(px)), int(round(py)))
             cv2.circle(out, c, radius + unit, (0, 0, 0), -1, cv2.LINE_AA)
             cv2.circle(out, c, radius, POINT_COLOUR, -1, cv2.LINE_AA)

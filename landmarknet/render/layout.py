@@ -11,11 +11,15 @@ by an isotonic regression per layer (pool-adjacent-violators), so chains come ou
 """
 from __future__ import annotations
 
+import heapq
 import math
+import os
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
+
+from landmarknet.errors import LandmarknetError
 
 Point = tuple[float, float]
 
@@ -59,8 +63,60 @@ class LayoutResult:
     sizes: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
-class LayoutError(RuntimeError):
-    """The dot engine failed (the message holds its stderr)."""
+#: Boxes plus edge bends (an edge spanning k layers bends k - 1 times) above which a net is not
+#: drawn: the built-in layout takes about 6 s at 40,000 and grows faster than linearly (10,000
+#: skip edges over a long chain: 129 s and 7 GB), and Graphviz runs out of memory. The largest
+#: nets of the zoo need under 10,000. LANDMARKNET_MAX_LAYOUT overrides it.
+MAX_LAYOUT_SIZE = 50_000
+
+
+class LayoutError(LandmarknetError, RuntimeError):
+    """The net cannot be laid out: too large, or the dot engine failed (with its stderr)."""
+
+
+def max_layout_size() -> int:
+    """MAX_LAYOUT_SIZE, or LANDMARKNET_MAX_LAYOUT when set."""
+    value = os.environ.get("LANDMARKNET_MAX_LAYOUT")
+    try:
+        return int(value) if value else MAX_LAYOUT_SIZE
+    except ValueError:
+        raise LayoutError(f"LANDMARKNET_MAX_LAYOUT must be an integer, got {value!r}") from None
+
+
+def _ranks(nodes: list[LNode], edges: list[LEdge]) -> dict[str, int]:
+    """Layer of every box: longest path from the sources, sources pulled down next to their
+    first consumer."""
+    succ_ids: dict[str, list[str]] = {n.id: [] for n in nodes}
+    pred_ids: dict[str, list[str]] = {n.id: [] for n in nodes}
+    for e in edges:
+        succ_ids[e.src].append(e.dst)
+        pred_ids[e.dst].append(e.src)
+    topo = _toposort([n.id for n in nodes], succ_ids, pred_ids)
+    rank: dict[str, int] = {}
+    for v in topo:
+        rank[v] = max((rank[u] + 1 for u in pred_ids[v]), default=0)
+    for v in reversed(topo):
+        if not pred_ids[v] and succ_ids[v]:
+            rank[v] = min(rank[s] for s in succ_ids[v]) - 1
+    return rank
+
+
+def layout_size(nodes: list[LNode], edges: list[LEdge]) -> int:
+    """Boxes plus edge bends: what a layered layout has to place (its cost grows with it)."""
+    rank = _ranks(nodes, edges)
+    return len(nodes) + sum(max(0, rank[e.dst] - rank[e.src] - 1) for e in edges)
+
+
+def check_layout_size(nodes: list[LNode], edges: list[LEdge]) -> None:
+    """Refuse, before any work, a drawing too large to lay out in reasonable time and memory."""
+    limit = max_layout_size()
+    size = layout_size(nodes, edges)
+    if size > limit:
+        raise LayoutError(
+            f"the drawing is too large to lay out: {len(nodes):,} boxes and {size - len(nodes):,} "
+            f"edge bends (long skip connections), limit {limit:,} (LANDMARKNET_MAX_LAYOUT). Use "
+            "--format json, csv or md for the per-layer table, or --format dot to lay it out "
+            "with other tools")
 
 
 def dot_available() -> bool:
@@ -72,6 +128,7 @@ def layout(nodes: list[LNode], edges: list[LEdge], engine: str = "auto") -> Layo
     """Lay out top to bottom with ``engine`` 'dot', 'builtin' or 'auto' (dot when on PATH)."""
     if engine not in ("auto", "dot", "builtin"):
         raise ValueError(f"engine must be auto, dot or builtin, got {engine!r}")
+    check_layout_size(nodes, edges)
     if engine == "dot" or (engine == "auto" and dot_available()):
         if not dot_available():
             raise LayoutError("Graphviz 'dot' is not on PATH (install graphviz, or use the "
@@ -110,10 +167,20 @@ def _dot_source(nodes: list[LNode], edges: list[LEdge]) -> str:
 def dot_layout(nodes: list[LNode], edges: list[LEdge]) -> LayoutResult:
     """Positions and splines from ``dot -Tplain``."""
     t0 = time.perf_counter()
-    proc = subprocess.run(["dot", "-Tplain"], input=_dot_source(nodes, edges), text=True,
-                          capture_output=True, timeout=300)
+    try:
+        proc = subprocess.run(["dot", "-Tplain"], input=_dot_source(nodes, edges), text=True,
+                              capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        raise LayoutError("Graphviz dot gave no layout within 300 s; use --layout builtin or "
+                          "--format dot") from None
+    except OSError as exc:
+        raise LayoutError(f"cannot run Graphviz dot: {exc}") from None
+    if proc.returncode < 0:
+        raise LayoutError(f"Graphviz dot was killed by signal {-proc.returncode} (out of "
+                          "memory?); use --layout builtin or --format dot")
     if proc.returncode != 0:
-        raise LayoutError(f"dot failed: {proc.stderr.strip()}")
+        err = proc.stderr.strip()
+        raise LayoutError(f"Graphviz dot failed: {err[-500:] or f'exit {proc.returncode}'}")
     centers: dict[str, Point] = {}
     paths: dict[str, list[Point]] = {}
     height = width = 0.0
@@ -168,17 +235,8 @@ def builtin_layout(nodes: list[LNode], edges: list[LEdge], *, sweeps: int = 12,
     verts = {n.id: _V(n.id, n.width, n.height, False) for n in nodes}
     # 1. Ranks: longest path from the sources (nodes arrive in a topological order, but sort
     #    anyway so that any DAG works), then sources pulled down next to their first consumer.
-    succ_ids: dict[str, list[str]] = {n.id: [] for n in nodes}
-    pred_ids: dict[str, list[str]] = {n.id: [] for n in nodes}
-    for e in edges:
-        succ_ids[e.src].append(e.dst)
-        pred_ids[e.dst].append(e.src)
-    topo = _toposort([n.id for n in nodes], succ_ids, pred_ids)
-    for v in topo:
-        verts[v].rank = max((verts[u].rank + 1 for u in pred_ids[v]), default=0)
-    for v in reversed(topo):
-        if not pred_ids[v] and succ_ids[v]:
-            verts[v].rank = min(verts[s].rank for s in succ_ids[v]) - 1
+    for v, r in _ranks(nodes, edges).items():
+        verts[v].rank = r
     # 2. Dummy vertices on long edges.
     chains: dict[str, list[_V]] = {}
     for e in edges:
@@ -315,17 +373,17 @@ def builtin_layout(nodes: list[LNode], edges: list[LEdge], *, sweeps: int = 12,
 def _toposort(ids: list[str], succ: dict[str, list[str]], pred: dict[str, list[str]]
               ) -> list[str]:
     indeg = {v: len(pred[v]) for v in ids}
-    ready = [v for v in ids if indeg[v] == 0]
-    out = []
     pos = {v: i for i, v in enumerate(ids)}
+    ready = [(pos[v], v) for v in ids if indeg[v] == 0]  # a heap: the earliest in input order
+    heapq.heapify(ready)
+    out = []
     while ready:
-        ready.sort(key=lambda v: pos[v], reverse=True)
-        v = ready.pop()
+        _, v = heapq.heappop(ready)
         out.append(v)
         for s in succ[v]:
             indeg[s] -= 1
             if indeg[s] == 0:
-                ready.append(s)
+                heapq.heappush(ready, (pos[s], s))
     if len(out) != len(ids):
         raise ValueError("the graph has a cycle")
     return out
