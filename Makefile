@@ -22,7 +22,7 @@ run: setup
 	$(VENV)/bin/landmarknet visualize heatmap4_68_bn -o out/heatmap4_68_bn.html
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

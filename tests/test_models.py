@@ -58,8 +58,8 @@ def test_names_and_folders_resolve_alike(tmp_path, monkeypatch):
         MODELS_DIR / "heatmap4_5" / "deploy.prototxt"
     missing = tmp_path / "nope.prototxt"
     assert resolve_prototxt(missing) == missing  # the builder says it is missing
-    with pytest.raises(ModelError, match=r"heatmap4_69: no such bundle folder.*installed: "
-                                         r"heatmap4_5, heatmap4_68, heatmap4_68_bn, squeeze77"):
+    with pytest.raises(ModelError, match=r"heatmap4_69: no such model \(no such bundle "
+                                         r"folder.*installed: heatmap4_5, heatmap4_68, heatmap4_68_bn, squeeze77"):
         resolve_bundle("heatmap4_69")
     with pytest.raises(ModelError, match="no such bundle folder"):
         resolve_bundle("sub/heatmap4_68")  # a path is never looked up as a name
@@ -162,7 +162,7 @@ def test_bench_and_visualize_take_a_name(tmp_path, capsys):
     assert main(["visualize", "heatmap4_5", "-o", str(html), "--layout", "builtin"]) == 0
     assert "stage4_maps" in html.read_text()  # the bundle's last layer was drawn
     assert main(["bench", "nothing_here"]) == 2
-    assert "nothing_here: no such bundle folder" in capsys.readouterr().err
+    assert "nothing_here: no such model (no such bundle folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow

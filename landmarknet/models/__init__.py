@@ -87,8 +87,8 @@ def resolve_bundle(value: str | os.PathLike) -> Path:
             if bundle.name == text:
                 return bundle
     names = ", ".join(b.name for b in installed_bundles()) or "none"
-    raise ModelError(f"{text}: no such bundle folder, nor an installed bundle of that name "
-                     f"(installed: {names}; `landmarknet models` lists them)")
+    raise ModelError(f"{text}: no such model (no such bundle folder, nor an installed bundle "
+                     f"of that name; installed: {names}; `landmarknet models` lists them)")
 
 
 def resolve_prototxt(value: str | os.PathLike) -> Path:
