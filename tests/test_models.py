@@ -59,7 +59,8 @@ def test_names_and_folders_resolve_alike(tmp_path, monkeypatch):
     missing = tmp_path / "nope.prototxt"
     assert resolve_prototxt(missing) == missing  # the builder says it is missing
     with pytest.raises(ModelError, match=r"heatmap4_69: no such model \(no such bundle "
-                                         r"folder.*installed: heatmap4_5, heatmap4_68, heatmap4_68_bn, squeeze77"):
+                                         r"folder.*installed: heatmap4_5, heatmap4_68, "
+                                         r"heatmap4_68_bn, squeeze77"):
         resolve_bundle("heatmap4_69")
     with pytest.raises(ModelError, match="no such bundle folder"):
         resolve_bundle("sub/heatmap4_68")  # a path is never looked up as a name
