@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
-"""Parse + build time of big prototxts: ResNet-152 and the OpenPose body (COCO) net.
+"""Parse + build time of big prototxts: ResNet-152, the OpenPose body (COCO) net, and chains of
+ReLU layers (in place, as Caffe nets write them) to show that time grows linearly with layers.
 
 The prototxts are written here from their published structure (ResNet-152: 3-8-36-3 bottleneck
 blocks with BatchNorm + Scale; OpenPose COCO: VGG-19's first ten convolutions then six stages of
-two branches, 7x7 kernels from stage 2 on). Prints a table of medians over repeats.
+two branches, 7x7 kernels from stage 2 on). Prints a table of medians over repeats (the chains
+are timed once: the 100,000-layer one takes tens of seconds) with microseconds per layer.
 
-    python benchmarks/bench_build.py [--repeats 5]
+    python benchmarks/bench_build.py [--repeats 5] [--chains 10000,100000]
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from landmarknet.build import build_net, count_params
+from landmarknet.build import _gc_paused, build_net, count_params
 from landmarknet.caffe.prototxt import read_net
 
 
@@ -118,38 +121,62 @@ def openpose_body() -> str:
     return t
 
 
+def relu_chain(n: int) -> str:
+    """n ReLU layers in place on one small blob: the cost is the framework's, not the maths'."""
+    head = 'name: "chain"\ninput: "data"\ninput_shape { dim: 1 dim: 8 }\n'
+    return head + "".join(f'layer {{ name: "relu{i}" type: "ReLU" bottom: "data" top: "data" }}\n'
+                          for i in range(n))
+
+
 def bench(path: Path, repeats: int) -> dict:
-    """Median times of parse, parse+build, and the parameter count."""
-    parse_times, build_times = [], []
-    net = None
+    """Median times of parse, parse+build (wall and CPU seconds), and the parameter count.
+
+    The parse is timed inside the garbage-collector pause that build_net applies when it is
+    given a path (as `landmarknet build` does)."""
+    parse_times, build_times, cpu_times = [], [], []
+    net, layers = None, 0
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        parsed = read_net(path)
+        gc.collect()
+        c0, t0 = time.process_time(), time.perf_counter()
+        with _gc_paused():
+            parsed = read_net(path)
         t1 = time.perf_counter()
+        layers = len(parsed.net.layer)
         net = build_net(parsed)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         parse_times.append(t1 - t0)
         build_times.append(t2 - t0)
-    return {"layers": len(parsed.net.layer), "params": count_params(net),
-            "parse": statistics.median(parse_times), "build": statistics.median(build_times)}
+        cpu_times.append(c2 - c0)
+        del parsed
+    return {"layers": layers, "params": count_params(net),
+            "parse": statistics.median(parse_times), "build": statistics.median(build_times),
+            "cpu": statistics.median(cpu_times)}
 
 
 def main() -> None:
     """Write both prototxts to a temp folder, time them, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--chains", default="10000,100000", metavar="N,N,...",
+                    help="lengths of the ReLU chains to time ('' for none)")
     args = ap.parse_args()
+    chains = [int(n) for n in args.chains.split(",") if n.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         rows = []
-        for name, text in (("ResNet-152", resnet152()), ("OpenPose body (COCO)", openpose_body())):
-            path = Path(tmp) / f"{name.split()[0]}.prototxt"
+        nets = [("ResNet-152", resnet152(), args.repeats),
+                ("OpenPose body (COCO)", openpose_body(), args.repeats)]
+        nets += [(f"ReLU chain {n:,}", relu_chain(n), 1) for n in chains]
+        for name, text, repeats in nets:
+            path = Path(tmp) / f"{name.split()[0]}_{len(rows)}.prototxt"
             path.write_text(text)
-            rows.append((name, bench(path, args.repeats)))
-    print(f"{'net':<22} {'layers':>6} {'params':>12} {'parse s':>9} {'parse+build s':>14}")
+            rows.append((name, bench(path, repeats)))
+    print(f"{'net':<22} {'layers':>7} {'params':>12} {'parse s':>9} {'parse+build s':>14} "
+          f"{'CPU s':>7} {'us/layer':>9}")
     for name, r in rows:
-        print(f"{name:<22} {r['layers']:>6} {r['params']:>12,} {r['parse']:>9.3f} {r['build']:>14.3f}")
-    print(f"(median of {args.repeats}; build = parse + graph + shapes on meta + real modules + "
-          "Caffe fillers)")
+        print(f"{name:<22} {r['layers']:>7,} {r['params']:>12,} {r['parse']:>9.3f} "
+              f"{r['build']:>14.3f} {r['cpu']:>7.2f} {1e6 * r['build'] / r['layers']:>9.0f}")
+    print(f"(median of {args.repeats}, chains once; build = parse + graph + shapes on meta + "
+          "real modules + Caffe fillers + fx code)")
 
 
 if __name__ == "__main__":

@@ -189,7 +189,8 @@ class NetStats:
 
     def to_json(self, indent: int | None = 1) -> str:
         """The analysis as JSON text."""
-        return json.dumps(self.to_dict(), indent=indent)
+        from landmarknet.jsontext import json_text
+        return json_text(self.to_dict(), indent=indent)
 
     def to_csv(self) -> str:
         """One line per row plus a total line (exact integers; shapes as 1x3x224x224)."""

@@ -8,6 +8,8 @@ earlier ones keep the old. Names are given in layer order, never by looking at t
 """
 from __future__ import annotations
 
+import builtins
+import keyword
 import re
 from urllib.parse import quote, unquote
 from dataclasses import dataclass, field
@@ -77,17 +79,21 @@ def layer_included(layer: caffe_pb2.LayerParameter, state: NetState) -> bool:
 
 
 def module_name(layer_name: str, reserved: frozenset[str] = frozenset()) -> str:
-    """A layer name made safe as a torch submodule name, reversibly.
+    """A layer name made safe as a torch submodule name, reversibly, for every string.
 
     Every character outside letters, digits and ``_-/`` is percent-encoded ('.' too, which
     torch reads as a path). This matters beyond readability: torch.fx pastes submodule names
     into the Python source it generates for ``forward``, so a quote, backslash or newline from a
     prototxt must never reach it as such. A name that would shadow an attribute of the module
-    class (a layer called 'loss', 'train' or 'forward') gets a trailing '%', which the encoding
-    itself never produces.
+    (a layer called 'forward', 'training' or '_modules'), a Python keyword (fx would write
+    ``self.None``) or a dunder name gets a trailing '%', which the encoding itself never
+    produces; the empty name becomes '%'.
     """
     escaped = quote(layer_name, safe="/-_").replace(".", "%2E").replace("~", "%7E")
-    return escaped + "%" if escaped in reserved else escaped
+    if (escaped in reserved or keyword.iskeyword(escaped) or escaped.startswith("__")
+            or not escaped):
+        return escaped + "%"
+    return escaped
 
 
 def layer_name_of(module: str) -> str:
@@ -97,10 +103,21 @@ def layer_name_of(module: str) -> str:
     return unquote(module)
 
 
+#: Names a generated ``forward(self, ...)`` must not use for an argument.
+_UNSAFE_IDENTIFIERS = frozenset({"self"}) | frozenset(dir(builtins))
+
+
 def python_identifier(name: str) -> str:
-    """A blob name made into a Python identifier (for fx placeholders and generated code)."""
-    ident = re.sub(r"\W", "_", name)
-    return ident if ident and not ident[0].isdigit() else "_" + ident
+    """A blob name made into a Python identifier (for fx placeholders and generated code).
+
+    Not reversible (blob names are kept beside it): keywords, builtins, 'self' and private
+    names get a ``blob_`` prefix so that the generated source always compiles.
+    """
+    ident = re.sub(r"\W", "_", name, flags=re.ASCII)
+    if not ident or ident[0].isdigit() or ident.startswith("_") or keyword.iskeyword(ident) \
+            or keyword.issoftkeyword(ident) or ident in _UNSAFE_IDENTIFIERS:
+        ident = "blob_" + ident
+    return ident
 
 
 @dataclass
@@ -167,13 +184,20 @@ class Graph:
                 if t not in used]
 
 
-def _unique_version(blob: str, layer: str, taken: set[str]) -> str:
-    candidate = f"{blob}@{layer}"
-    k = 2
-    while candidate in taken:
-        candidate = f"{blob}@{layer}#{k}"
+def _unique_version(blob: str, layer: str, taken: dict[str, str], counts: dict[str, int]) -> str:
+    """A fresh SSA name for a blob written again, ``blob@layer`` (then ``#2``, ``#3`` ...).
+
+    ``counts`` remembers the last suffix tried per base name, so a blob rewritten by many
+    layers of the same name costs constant time per write, not time growing with the net.
+    """
+    base = f"{blob}@{layer}"
+    if base not in taken:
+        return base
+    k = counts.get(base, 1) + 1
+    while f"{base}#{k}" in taken:
         k += 1
-    return candidate
+    counts[base] = k
+    return f"{base}#{k}"
 
 
 def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *,
@@ -193,6 +217,8 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
     latest: dict[str, str] = {}
     producer: dict[str, str] = {}  # Caffe blob -> layer that last wrote it (for messages)
     taken_modules: set[str] = set()
+    module_counts: dict[str, int] = {}  # module name -> last '#k' suffix given
+    versions: dict[str, int] = {}  # SSA base name -> last '#k' suffix given
     excluded_tops: dict[str, str] = {}  # blob -> layer that would produce it in another phase
 
     net = parsed.net
@@ -211,11 +237,12 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
                 raise GraphError(_missing_bottom_message(parsed, index, layer, b, state,
                                                          excluded_tops))
             bottoms.append(latest[b])
-        mod = module_name(layer.name, reserved) if layer.name else f"layer{index}"
+        mod = module_name(layer.name, reserved)
         if mod in taken_modules:  # Caffe tolerates repeated layer names (HED has two 'crop')
-            k = 2
+            k = module_counts.get(mod, 1) + 1
             while f"{mod}#{k}" in taken_modules:
                 k += 1
+            module_counts[mod] = k
             mod = f"{mod}#{k}"
         taken_modules.add(mod)
         tops = []
@@ -230,7 +257,7 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
                     f"{source}: top '{t}' of layer '{layer.name}' is already produced by layer "
                     f"'{producer[t]}'. Caffe allows writing a blob twice only in place (the same "
                     "name as the bottom at the same position); rename one of the tops")
-            ssa = t if t not in blob_of else _unique_version(t, layer.name, set(blob_of))
+            ssa = t if t not in blob_of else _unique_version(t, layer.name, blob_of, versions)
             blob_of[ssa] = t
             if i < len(layer.top) - n_auto:  # anonymous tops are readable by no later layer
                 latest[t] = ssa

@@ -6,20 +6,24 @@ blob whose shape differs is an error. ``load_blobs`` does the same and says what
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
+from landmarknet import memory
 from landmarknet.build import CaffeNet
 from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.weights import LayerBlobs, read_weights, write_weights
 from landmarknet.errors import WeightsError
+from landmarknet.graph import layer_name_of
 
 PT_SUFFIXES = (".pt", ".pth")
 
@@ -34,11 +38,29 @@ class CopyReport:
     mismatched: list[str] = field(default_factory=list)  # human-readable shape/count problems
     reshaped: list[str] = field(default_factory=list)  # legacy shapes accepted by element count
     skipped: list[str] = field(default_factory=list)  # layers left out on purpose (copy_layers)
+    nonfinite: list[str] = field(default_factory=list)  # copied blobs holding NaN or inf
 
     @property
     def ok(self) -> bool:
-        """True when every net layer got its blobs and nothing mismatched."""
-        return not (self.missing_in_file or self.mismatched)
+        """True when every net layer got its blobs, nothing mismatched and all are finite."""
+        return not (self.missing_in_file or self.mismatched or self.nonfinite)
+
+    def problems(self, fit: "FitPolicy") -> list[str]:
+        """What makes this copy unacceptable under ``fit`` (empty: acceptable)."""
+        out = []
+        if self.mismatched and not fit.allow_mismatch:
+            out.append(f"{len(self.mismatched)} layer(s) do not fit (allow with "
+                       "--allow-mismatch, or strict=False in Python)")
+        if self.missing_in_file and not fit.allow_missing:
+            out.append(f"{len(self.missing_in_file)} layer(s) of the net are not in the file "
+                       "(they would keep their random fillers; allow with --allow-missing, or "
+                       "copy chosen layers with --copy-layers)")
+        if not self.copied and (self.missing_in_file or self.mismatched or self.unused_in_file):
+            out.append("no layer of the file fits the net (is it the weights of another net?)")
+        if self.nonfinite and not fit.allow_nonfinite:
+            out.append(f"{len(self.nonfinite)} blob(s) hold NaN or infinite values (allow with "
+                       "--allow-nonfinite)")
+        return out
 
     def render(self) -> str:
         """A short multi-line text for the terminal."""
@@ -47,13 +69,39 @@ class CopyReport:
                              ("in the file but not in the net (ignored)", self.unused_in_file),
                              ("shape or count mismatches (not copied)", self.mismatched),
                              ("legacy shapes reshaped", self.reshaped),
-                             ("left out on request", self.skipped)):
+                             ("left out on request", self.skipped),
+                             ("blobs with NaN or infinite values", self.nonfinite)):
             if items:
                 lines.append(f"{title}: {len(items)}")
                 lines += [f"  - {x}" for x in items[:50]]
                 if len(items) > 50:
                     lines.append(f"  ... and {len(items) - 50} more")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class FitPolicy:
+    """Which imperfect copies are accepted: Caffe accepts none of a shape mismatch."""
+
+    allow_missing: bool = False  # net layers the file lacks keep their fillers
+    allow_mismatch: bool = False  # layers whose blobs do not fit keep their fillers
+    allow_nonfinite: bool = False  # NaN / inf values are copied as they are
+
+
+#: The policy load_weights applies when its caller does not say: the CLI sets it for code it
+#: reaches only indirectly (training's initial weights).
+_FIT_POLICY: contextvars.ContextVar[FitPolicy] = contextvars.ContextVar(
+    "landmarknet_fit_policy", default=FitPolicy())
+
+
+@contextlib.contextmanager
+def fit_policy(policy: FitPolicy) -> Iterator[None]:
+    """Within the block, load_weights calls that give no policy of their own use ``policy``."""
+    token = _FIT_POLICY.set(policy)
+    try:
+        yield
+    finally:
+        _FIT_POLICY.reset(token)
 
 
 def net_blobs(net: CaffeNet) -> list[LayerBlobs]:
@@ -77,8 +125,10 @@ def _targets(net: CaffeNet) -> dict[str, str]:
 
 
 def load_blobs(net: CaffeNet, layers: Iterable[LayerBlobs], *, strict: bool = False,
-               select: Callable[[str], bool] | None = None, source: str = "weights") -> CopyReport:
-    """Copy blobs into the net by layer name; ``strict`` raises unless the report is clean."""
+               select: Callable[[str], bool] | None = None, source: str = "weights",
+               fit: FitPolicy | None = None) -> CopyReport:
+    """Copy blobs into the net by layer name; ``strict`` raises WeightsError with the report
+    when the copy is not acceptable under ``fit`` (default: the current fit_policy)."""
     report = CopyReport()
     targets = _targets(net)
     seen: set[str] = set()
@@ -117,15 +167,41 @@ def load_blobs(net: CaffeNet, layers: Iterable[LayerBlobs], *, strict: bool = Fa
             for i, arr in pending:
                 t = net.blob_tensor(module, i)
                 t.copy_(torch.from_numpy(np.array(arr, order="C")).to(t.dtype))  # keeps 0-d
+                bad = _nonfinite_text(t)
+                if bad:
+                    report.nonfinite.append(f"{src.name}[{i}]: {bad}")
         report.copied.append(src.name)
     for module, info in net.layers.items():
         name = info.node.name
         if info.blobs and name not in seen and targets.get(name) == module:
             if select is None or select(name):
                 report.missing_in_file.append(name)
-    if strict and not report.ok:
-        raise WeightsError(f"{source} does not fit the net (strict):\n{report.render()}")
+    problems = report.problems(fit or _FIT_POLICY.get())
+    if strict and problems:
+        raise WeightsError(f"{source} does not fit the net: {'; '.join(problems)}\n"
+                           f"{report.render()}")
     return report
+
+
+def nonfinite_blobs(layers: Iterable[LayerBlobs]) -> list[str]:
+    """'layer[i]: 3 NaN of 100 values' for every blob of a file holding NaN or inf."""
+    out = []
+    for layer in layers:
+        for i, arr in enumerate(layer.blobs):
+            text = _nonfinite_text(torch.from_numpy(np.asarray(arr)))
+            if text:
+                out.append(f"{layer.name}[{i}]: {text}")
+    return out
+
+
+def _nonfinite_text(t: torch.Tensor) -> str:
+    """'3 NaN, 1 inf of 1,000 values' for a tensor with non-finite values, else ''."""
+    if not t.is_floating_point() or bool(torch.isfinite(t).all()):
+        return ""
+    nan = int(torch.isnan(t).sum())
+    inf = int(torch.isinf(t).sum())
+    parts = [f"{nan} NaN"] * bool(nan) + [f"{inf} infinite"] * bool(inf)
+    return f"{', '.join(parts)} of {t.numel():,} values"
 
 
 def _legacy_compatible(file_shape: tuple[int, ...], net_shape: tuple[int, ...]) -> bool:
@@ -152,6 +228,14 @@ def _pt_to_layers(net: CaffeNet, path: Path) -> list[LayerBlobs]:
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state_dict (a dict of tensors), got "
                            f"{type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise WeightsError(f"{path}: expected a state_dict (names to tensors), but entry "
+                               f"{str(key)[:80]!r} is a {type(key).__name__} -> "
+                               f"{type(value).__name__}")
+        if value.is_complex() or value.is_sparse:
+            raise WeightsError(f"{path}: entry {key[:80]!r} is a {value.dtype} "
+                               f"{value.layout} tensor; Caffe blobs are dense real numbers")
     out = []
     used: set[str] = set()
     for module, info in net.layers.items():
@@ -165,7 +249,7 @@ def _pt_to_layers(net: CaffeNet, path: Path) -> list[LayerBlobs]:
                               [state[k].detach().cpu().float().numpy() for k in keys]))
     for key in state:
         if key not in used:
-            layer = key.rsplit(".", 1)[0]
+            layer = layer_name_of(key.rsplit(".", 1)[0])
             out.append(LayerBlobs(layer, "?", [np.asarray(state[key].detach().cpu().float())]))
     return out
 
@@ -173,18 +257,58 @@ def _pt_to_layers(net: CaffeNet, path: Path) -> list[LayerBlobs]:
 def read_net_weights(net: CaffeNet, path: str | os.PathLike) -> list[LayerBlobs]:
     """Any supported weights file as Caffe layers (.caffemodel, .h5/.hdf5, .pt/.pth)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise WeightsError(f"{path}: no such file")
+    if not path.is_file():  # a folder, or a FIFO that would block the read forever
+        raise WeightsError(f"{path}: not a regular file (a folder, FIFO, socket or device)")
     if path.suffix.lower() in PT_SUFFIXES:
         return _pt_to_layers(net, path)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        check_hdf5_size(path)
     return read_weights(path)
 
 
-def load_weights(net: CaffeNet, path: str | os.PathLike, *, strict: bool = False,
-                 select: Callable[[str], bool] | None = None) -> CopyReport:
-    """Load a weights file into the net by layer name (see load_blobs)."""
+def check_hdf5_size(path: Path) -> None:
+    """Refuse (MemoryLimitError) an HDF5 file whose datasets would decompress beyond budget.
+
+    A few kilobytes of gzip can declare terabytes of zeros; the declared sizes are in the
+    file's metadata, read here before any dataset is. Unreadable files are left to the reader,
+    which says what is wrong with them.
+    """
+    try:
+        import h5py
+    except ImportError:
+        return
+    datasets: list[tuple[str, int]] = []
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: datasets.append(
+                (name, int(obj.size) * obj.dtype.itemsize))
+                if isinstance(obj, h5py.Dataset) else None)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError):
+        return
+    total = sum(n for _, n in datasets)
+    limit, source = memory.resolve_limit(None)
+    if limit is not None and total > limit:
+        name, biggest = max(datasets, key=lambda d: d[1])
+        raise memory.MemoryLimitError(
+            f"{path}: its datasets declare {memory.format_size(total)} (the largest, '{name}', "
+            f"{memory.format_size(biggest)}), more than the limit of "
+            f"{memory.format_size(limit)} ({source}); nothing was read")
+
+
+def load_weights(net: CaffeNet, path: str | os.PathLike, *, strict: bool = True,
+                 select: Callable[[str], bool] | None = None,
+                 fit: FitPolicy | None = None) -> CopyReport:
+    """Load a weights file into the net by layer name (see load_blobs).
+
+    Strict by default, as Caffe: a blob of another shape, a net layer the file lacks, a file
+    that fits no layer, or NaN/inf values raise WeightsError with the report, unless ``fit``
+    (or the current fit_policy) allows it; ``select`` copies chosen layers only.
+    ``strict=False`` never raises for the fit and returns the report.
+    """
     return load_blobs(net, read_net_weights(net, path), strict=strict, select=select,
-                      source=str(path))
+                      source=str(path), fit=fit)
 
 
 def save_weights(net: CaffeNet, path: str | os.PathLike,
@@ -200,6 +324,8 @@ def save_weights(net: CaffeNet, path: str | os.PathLike,
         write_weights(path, net_blobs(net), net_param)
     except OSError as exc:  # a folder that does not exist, no permission, a full disk
         raise WeightsError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    except ValueError as exc:  # the format cannot hold the net (an HDF5 path from a name)
+        raise WeightsError(f"{path}: cannot write: {exc}") from None
 
 
 def copy_selector(names: Iterable[str] | None = None, upto: str | None = None,

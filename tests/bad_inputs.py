@@ -243,7 +243,7 @@ CASES = [
          "w.caffemodel", isolated=True),
     Case("fifo-image", "a FIFO named f.jpg given to detect",
          lambda d: ["detect", str(_fifo(d, "f.jpg")), "--json", "-o", str(d / "out")],
-         "f.jpg", isolated=True),
+         "f.jpg: not a regular file", isolated=True, status=1),  # per-input error: run goes on
     Case("device-cuda-99", "train --device cuda:99 (no such GPU, or a CPU-only torch)",
          lambda d: ["train", "--solver", str(_tiny_solver(d)), "--data", str(d), "--device",
                     "cuda:99", "--out", str(d / "out")],
@@ -252,6 +252,18 @@ CASES = [
          lambda d: ["train", "--solver", str(_tiny_solver(d)), "--data", str(d), "--resume",
                     str(_empty(d / "s.state.pt")), "--out", str(d / "out")],
          "s.state.pt: the state file is empty (0 bytes)", isolated=True),
+    # Weights that do not fit, memory bombs (issue 17, points 3 and 6).
+    Case("wrong-blob-shape-default", "weights of another net, without any strict option",
+         lambda d: _wrong_shape(d)[:-1], "fc1[0]: file [4, 72], net [3, 72]"),
+    Case("weights-fit-no-layer", "a weights file that shares no layer name with the net",
+         lambda d: _weights(d, _good_model(d).replace(b"conv1", b"convX").replace(b"fc1", b"fcX")),
+         "no layer of the file fits the net"),
+    Case("memory-bomb-num-output", "an InnerProduct with num_output: 2000000000 (8 TB of weights)",
+         lambda d: ["build", str(_net(d, 'input: "data" input_shape { dim: 1 dim: 1000 }\n'
+                                         'layer { name: "fc" type: "InnerProduct" bottom: "data" '
+                                         'top: "fc" inner_product_param { num_output: 2000000000 '
+                                         '} }\n'))],
+         "layer 'fc' (InnerProduct) needs 8.01 TB for its weights", isolated=True),
 ]
 
 

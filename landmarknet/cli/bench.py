@@ -11,9 +11,10 @@ that cannot run is reported as skipped, with the reason. See docs/performance.md
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
-from landmarknet.cli.common import UsageError
+from landmarknet.cli.common import UsageError, add_memory_argument, json_text, memory_budget
 
 EXAMPLE = """\
 examples:
@@ -54,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help='print {"rows": [{"backend", "device", "batch", "dtype", "median_ms", '
                         '"images_per_s", ...}]} instead of a table')
     p.add_argument("-v", "--verbose", action="store_true", help="say what is being done")
+    add_memory_argument(p)
     p.set_defaults(func=run)
 
 
@@ -80,15 +82,17 @@ def run(args: argparse.Namespace) -> int:
         except FastError as exc:
             raise UsageError(f"--mode: {exc}") from None
     log = (lambda s: print(s, file=sys.stderr)) if args.verbose else None
-    model = load_model(args.model, seed=args.seed)
+    with memory_budget(args):
+        model = load_model(args.model, seed=args.seed)
     rows = run_bench(model, device=args.device, batches=batches, backends=backends,
                      threads=args.threads, repeats=args.repeats, warmup=args.warmup,
                      max_seconds=args.max_seconds, mode=args.mode, seed=args.seed, log=log)
     env = environment(args.threads)
     if args.json:
-        print(rows_json(rows, net=model.name, prototxt=str(model.prototxt),
-                        weights=None if model.weights is None else str(model.weights),
-                        macs_per_image=model.macs_per_image, environment=env))
+        text = rows_json(rows, net=model.name, prototxt=str(model.prototxt),
+                         weights=None if model.weights is None else str(model.weights),
+                         macs_per_image=model.macs_per_image, environment=env)
+        print(json_text(json.loads(text), indent=1))  # NaN timings as null: valid JSON
         return 0
     weights = model.weights or f"random (seed {args.seed})"
     print(f"net {model.name}: {model.prototxt}, weights {weights}, "

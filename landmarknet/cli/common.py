@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from landmarknet.errors import LandmarknetError
+from landmarknet.jsontext import finite_json, json_text  # noqa: F401 (re-exported)
 
 
 class UsageError(LandmarknetError):
@@ -38,6 +39,65 @@ def add_net_arguments(p: argparse.ArgumentParser, *, phase_default: str = "test"
                    metavar="NAME=N,C,H,W", help="set or override an input's shape (repeatable)")
     p.add_argument("--lenient", action="store_true",
                    help="skip unknown prototxt fields with one warning each instead of failing")
+    add_memory_argument(p)
+
+
+def _size_arg(text: str) -> int:
+    from landmarknet.memory import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def pixels_arg(text: str) -> int:
+    """'100000000', '1e8', '100M', '50k' or 'none' -> a pixel count (0: no limit)."""
+    t = text.strip().lower()
+    if t in ("none", "0", "off"):
+        return 0
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale != 1 else t) * scale
+    except ValueError:
+        value = float("nan")
+    if not value >= 1 or value > 1e15 or len(t) > 32:
+        raise argparse.ArgumentTypeError(f"expected a pixel count such as 1e8 or 100M ('none': "
+                                         f"no limit), got {text[:32]!r}")
+    return int(value)
+
+
+def add_memory_argument(p: argparse.ArgumentParser) -> None:
+    """--max-memory: the budget a net's weights and blobs must fit, checked before allocating."""
+    p.add_argument("--max-memory", type=_size_arg, default=None, metavar="SIZE",
+                   help="refuse nets whose weights and blobs need more than SIZE (e.g. 8G, "
+                        "512M; 'none': no limit), checked before anything is allocated "
+                        "(default: the memory available on this machine)")
+
+
+def memory_budget(args: argparse.Namespace):
+    """A context in which builds use --max-memory (landmarknet.memory.memory_limit)."""
+    from landmarknet.memory import memory_limit
+    return memory_limit(getattr(args, "max_memory", None))
+
+
+def add_fit_arguments(p: argparse.ArgumentParser) -> None:
+    """--allow-missing / --allow-mismatch / --allow-nonfinite: imperfect weights, on purpose."""
+    g = p.add_argument_group("weights that do not fit (each is an error unless allowed)")
+    g.add_argument("--allow-missing", action="store_true",
+                   help="layers of the net that the weights file lacks keep their fillers "
+                        "(e.g. a new head when fine-tuning)")
+    g.add_argument("--allow-mismatch", action="store_true",
+                   help="layers whose blobs have another shape keep their fillers")
+    g.add_argument("--allow-nonfinite", action="store_true",
+                   help="accept NaN or infinite values in the weights (reported by layer)")
+
+
+def fit_from_args(args: argparse.Namespace):
+    """The FitPolicy the --allow-* options describe."""
+    from landmarknet.params import FitPolicy
+    return FitPolicy(allow_missing=getattr(args, "allow_missing", False),
+                     allow_mismatch=getattr(args, "allow_mismatch", False),
+                     allow_nonfinite=getattr(args, "allow_nonfinite", False))
 
 
 def build_from_args(args: argparse.Namespace, extra_shapes: dict | None = None):
@@ -49,7 +109,8 @@ def build_from_args(args: argparse.Namespace, extra_shapes: dict | None = None):
     args.prototxt = resolve_prototxt(args.prototxt)
     return build_net(args.prototxt, phase=args.phase, level=args.level, stages=args.stage,
                      input_shapes=shapes, strict=not args.lenient,
-                     seed=getattr(args, "seed", 0) or 0)
+                     seed=getattr(args, "seed", 0) or 0,
+                     max_memory=getattr(args, "max_memory", None))
 
 
 def load_npy_inputs(items: list[str]) -> dict[str, np.ndarray]:

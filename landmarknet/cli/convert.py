@@ -2,6 +2,9 @@
 
 With --prototxt the weights are loaded into that net by layer name first (a report says what
 was copied), which also lets you copy some layers of one net into another (--copy-layers).
+As in Caffe, weights that do not fit the net stop the conversion: a blob of another shape, a
+selected layer the file lacks, a file that fits no layer, NaN or infinite values; the --allow-*
+options accept them on purpose (the layers concerned keep the fillers of --seed).
 """
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from landmarknet.cli.common import UsageError, parse_shape_arg
+from landmarknet.cli.common import (UsageError, add_fit_arguments, add_memory_argument,
+                                    fit_from_args, memory_budget, parse_shape_arg)
 
 EXAMPLE = """\
 examples:
@@ -36,12 +40,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="copy only these layers (by name), or every layer up to NAME")
     p.add_argument("--seed", type=int, default=0, help="filler seed for layers not copied")
     p.add_argument("--strict", action="store_true",
-                   help="fail unless every selected layer is copied with matching shapes")
+                   help=argparse.SUPPRESS)  # strict is the default now; kept for old scripts
+    add_fit_arguments(p)
+    add_memory_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Convert directly (Caffe formats) or through the net (.pt, --copy-layers)."""
+    with memory_budget(args):  # the net's build and an HDF5 file's declared sizes
+        return _convert(args)
+
+
+def _convert(args: argparse.Namespace) -> int:
     from landmarknet.caffe.weights import read_weights, write_weights
 
     pt = (".pt", ".pth")
@@ -50,25 +61,33 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("PyTorch files and --copy-layers need --prototxt (the net that maps "
                          "layer names to module parameters)")
     if args.prototxt is None:
+        from landmarknet.errors import WeightsError
+        from landmarknet.params import check_hdf5_size, nonfinite_blobs
+        if args.input.suffix.lower() in (".h5", ".hdf5") and args.input.is_file():
+            check_hdf5_size(args.input)
         layers = read_weights(args.input)
-        write_weights(args.output, layers)
+        bad = nonfinite_blobs(layers)
+        if bad and not args.allow_nonfinite:
+            raise WeightsError(f"{args.input}: {len(bad)} blob(s) hold NaN or infinite values "
+                               "(allow with --allow-nonfinite):\n"
+                               + "\n".join(f"  - {b}" for b in bad[:50]))
+        try:
+            write_weights(args.output, layers)
+        except ValueError as exc:  # a layer name the format cannot hold
+            raise WeightsError(f"{args.output}: cannot write: {exc}") from None
         print(f"wrote {len(layers)} layer(s) to {args.output}")
         return 0
 
     from landmarknet.build import build_net
     from landmarknet.caffe.prototxt import read_net
-    from landmarknet.params import copy_selector, load_weights, save_weights
+    from landmarknet.params import layer_selector, load_weights, save_weights
 
     parsed = read_net(args.prototxt)
-    net = build_net(parsed, phase=args.phase, input_shapes=dict(args.input_shape), seed=args.seed)
-    select = None
-    if args.copy_layers:
-        spec = args.copy_layers
-        if spec.startswith("upto:"):
-            select = copy_selector(upto=spec[5:], net=net)
-        else:
-            select = copy_selector(names=[s.strip() for s in spec.split(",") if s.strip()])
-    report = load_weights(net, args.input, strict=args.strict, select=select)
+    net = build_net(parsed, phase=args.phase, input_shapes=dict(args.input_shape), seed=args.seed,
+                    max_memory=args.max_memory)
+    # A name the net lacks is an error (a typo must not select nothing).
+    select = layer_selector(args.copy_layers, net) if args.copy_layers else None
+    report = load_weights(net, args.input, select=select, fit=fit_from_args(args))
     print(textwrap.indent(report.render(), "  "))
     save_weights(net, args.output, parsed.net)
     print(f"wrote {args.output}")

@@ -15,12 +15,13 @@ regression model). A bad input gives ``"faces": [], "error": "why"`` and the run
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from landmarknet.jsontext import json_text
 
 EXAMPLE = """\
 example:
@@ -73,6 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=0, metavar="N",
                    help="videos: stop after N frames (default: all)")
     p.add_argument("--no-overlay", action="store_true", help="write JSON only")
+    from landmarknet.cli.common import add_memory_argument, pixels_arg
+    p.add_argument("--max-pixels", type=pixels_arg, default=None, metavar="N",
+                   help="refuse images (and video frames) larger than N pixels, from the "
+                        "file's header before decoding (default 100000000; 'none': no limit)")
+    add_memory_argument(p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +113,7 @@ class _Run:
     def emit(self, obj: dict) -> None:
         """A JSON object to stdout (under --json)."""
         if self.args.json:
-            sys.stdout.write(json.dumps(obj) + "\n")
+            sys.stdout.write(json_text(obj) + "\n")
             sys.stdout.flush()
 
     def out_name(self, path: Path) -> str:
@@ -140,6 +146,12 @@ def resolve_model(value: Optional[str]):
 
 def run(args: argparse.Namespace) -> int:
     """Detect faces and landmarks in every input; 0 when every input was read, else 1."""
+    from landmarknet.cli.common import memory_budget
+    with memory_budget(args):  # the landmark model and the detector's nets are built inside
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from landmarknet.cli.common import UsageError
     from landmarknet.detect import get_detector
     from landmarknet.detect.pipeline import Landmarker
@@ -148,6 +160,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
     if args.min_face < 12:
         raise UsageError(f"--min-face must be at least 12 pixels, got {args.min_face}")
+    from landmarknet.detect.images import DEFAULT_MAX_PIXELS
+    if args.max_pixels is None:
+        args.max_pixels = DEFAULT_MAX_PIXELS
     model, note = resolve_model(args.model)
     if model is None:
         note = f"{note}; {_REPORTED[args.detector]}"
@@ -235,8 +250,8 @@ def _error(r: _Run, path: Path, message: str, name: Optional[str] = None) -> Non
 
 def _write_json(r: _Run, name: str, obj) -> None:
     """NAME.json: the object on one line; a video's list with one frame per line."""
-    text = (json.dumps(obj) if isinstance(obj, dict)
-            else "[\n" + ",\n".join(json.dumps(o) for o in obj) + "\n]")
+    text = (json_text(obj) if isinstance(obj, dict)
+            else "[\n" + ",\n".join(json_text(o) for o in obj) + "\n]")
     try:
         (r.out_dir / f"{name}.json").write_text(text + "\n", encoding="utf-8")
     except OSError as exc:
@@ -261,7 +276,7 @@ def _images(r: _Run, items: list[_Item]) -> None:
         for i, item in enumerate(items):
             names[i] = r.out_name(item.path)
             try:
-                loaded = read_image(item.path)
+                loaded = read_image(item.path, r.args.max_pixels)
             except ImageError as exc:
                 errors[i] = str(exc)
                 yield i, None  # keeps the error in its place in the output order
@@ -315,7 +330,7 @@ def _video(r: _Run, item: _Item) -> None:
 
     name = r.out_name(item.path)
     try:
-        cap, info = open_video(item.path)
+        cap, info = open_video(item.path, r.args.max_pixels)
     except ImageError as exc:
         _error(r, item.path, str(exc), name)
         return

@@ -3,11 +3,12 @@ model bundle on annotated faces, cropped from the ground-truth landmarks' box.""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from landmarknet.cli.common import add_memory_argument, json_text, memory_budget, pixels_arg
 
 EXAMPLE = """\
 examples:
@@ -38,14 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", type=Path, metavar="PNG", help="write the CED curve")
     p.add_argument("--save-points", type=Path, metavar="NPZ",
                    help="write predictions, ground truth and per-face NME")
+    p.add_argument("--max-pixels", type=pixels_arg, default=None, metavar="N",
+                   help="skip images larger than N pixels, from the file's header before "
+                        "decoding (default 100000000; 'none': no limit)")
+    add_memory_argument(p)
     p.set_defaults(func=run)
 
 
-def evaluate_bundle(model, samples, batch: int = 64) -> tuple[np.ndarray, np.ndarray, list]:
+def evaluate_bundle(model, samples, batch: int = 64, max_pixels: int | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, list]:
     """Predicted and true points (N, K, 2) in image pixels, and the bad-sample messages."""
     import cv2
 
     from landmarknet.data.transforms import points_box
+    from landmarknet.detect import ImageError
+    from landmarknet.detect.images import DEFAULT_MAX_PIXELS, check_pixels, header_pixels
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     preds, gts, bad = [], [], []
     chunk: list = []
 
@@ -60,7 +69,18 @@ def evaluate_bundle(model, samples, batch: int = 64) -> tuple[np.ndarray, np.nda
         chunk.clear()
 
     for s in samples:
+        header = header_pixels(s.image_path)
+        try:
+            if header is not None:
+                check_pixels(s.image_path, header[0], header[1], max_pixels)
+        except ImageError as exc:
+            bad.append(str(exc))
+            continue
         img = cv2.imread(str(s.image_path), cv2.IMREAD_COLOR)
+        if img is not None and max_pixels and img.shape[0] * img.shape[1] > max_pixels:
+            bad.append(f"{s.image_path}: {img.shape[1]} x {img.shape[0]} pixels, more than "
+                       f"--max-pixels {max_pixels:,}")
+            continue
         if img is None:
             bad.append(f"{s.image_path}: cannot be decoded")
             continue
@@ -82,12 +102,13 @@ def run(args: argparse.Namespace) -> int:
     from landmarknet.metrics import evaluate_points, nme, plot_ced
     from landmarknet.models import load_bundle
 
-    model = load_bundle(args.model, device=args.device)
+    with memory_budget(args):
+        model = load_bundle(args.model, device=args.device)
     if args.flip_test:
         model.spec.flip_test = args.flip_test == "on"
     part = args.partition if is_celeba(args.data) else None
     samples, report = read_samples(args.data, part, model.scheme.n_points)
-    pred, gt, bad = evaluate_bundle(model, samples, args.batch)
+    pred, gt, bad = evaluate_bundle(model, samples, args.batch, args.max_pixels)
     from landmarknet.data.transforms import points_box
     boxes = np.array([points_box(p) for p in gt])
     m = evaluate_points(pred, gt, model.scheme, boxes)
@@ -99,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save_points:
         np.savez(args.save_points, pred=pred, gt=gt, nme_io=nme(pred, gt, model.scheme, "io"))
     if args.json:
-        print(json.dumps(m, indent=1))
+        print(json_text(m, indent=1))
     else:
         print(f"{model.name} on {args.data}: {m['n']} faces ({m['skipped']} skipped)")
         for key in ("nme_io", "nme_ip", "nme_box", "nme_thesis", "auc08", "auc10", "fr08",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from landmarknet.cli.common import UsageError, add_net_arguments, build_from_args
+from landmarknet.cli.common import (UsageError, add_net_arguments, build_from_args, memory_budget)
 
 EXAMPLE = """\
 examples:
@@ -58,6 +58,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build, load weights, export, check; exit 1 when a check fails."""
+    with memory_budget(args):  # the build and the weights file's declared sizes
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from landmarknet.export import (CAFFE2ONNX_INSTALL, caffe2onnx_available,
                                     caffe2onnx_crosscheck, export_onnx)
     from landmarknet.params import load_weights, randomize

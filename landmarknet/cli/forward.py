@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from landmarknet.cli.common import UsageError, add_net_arguments, build_from_args, load_npy_inputs
+from landmarknet.cli.common import (UsageError, add_fit_arguments, add_net_arguments,
+                                    build_from_args, fit_from_args, load_npy_inputs, memory_budget)
 
 EXAMPLE = """\
 example:
@@ -21,7 +22,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, epilog=EXAMPLE,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_net_arguments(p)
-    p.add_argument("--weights", type=Path, help="weights (.caffemodel, .h5, .pt)")
+    p.add_argument("--weights", type=Path, help="weights (.caffemodel, .h5, .pt); as in Caffe, "
+                   "blobs that do not fit are an error (see the --allow-* options)")
     p.add_argument("--random-weights", type=int, metavar="SEED",
                    help="seeded random weights instead of --weights (for testing)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
@@ -30,11 +32,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="where to save the blobs (default forward.npz)")
     p.add_argument("--blobs", help="comma-separated blob names to save (default: the outputs, "
                    "i.e. every top no layer consumes)")
+    add_fit_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build with the inputs' shapes, load weights, run, save."""
+    with memory_budget(args):  # the build and the weights file's declared sizes
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
     from landmarknet.params import load_weights, randomize
@@ -44,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
     inputs = load_npy_inputs(args.input)
     net = build_from_args(args, {k: v.shape for k, v in inputs.items()})
     if args.weights is not None:
-        report = load_weights(net, args.weights)
-        if report.missing_in_file or report.mismatched:
+        report = load_weights(net, args.weights, fit=fit_from_args(args))
+        if not report.ok:  # allowed imperfections are still shown
             print(report.render())
     if args.random_weights is not None:
         randomize(net, args.random_weights)

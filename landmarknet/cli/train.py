@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from landmarknet.cli.common import (add_fit_arguments, add_memory_argument, fit_from_args,
+                                    json_text, memory_budget)
 
 EXAMPLE = """\
 examples:
@@ -28,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--solver", type=Path, required=True, help="the solver.prototxt")
     p.add_argument("--weights", type=Path, help="initial weights (.caffemodel/.h5/.pt), by "
-                   "layer name (fine-tuning)")
+                   "layer name (fine-tuning); weights that do not fit the net stop the run, "
+                   "as in Caffe: --allow-missing lets new layers keep their fillers")
     p.add_argument("--resume", type=Path, metavar="STATE",
                    help="a <prefix>_iter_N.state.pt to continue from exactly")
     p.add_argument("--data", type=Path, required=True, help="training data (see below)")
@@ -64,6 +67,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
     p.add_argument("--rotate", type=float, default=30.0, help="max rotation, degrees (30)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_fit_arguments(p)
+    add_memory_argument(p)
     p.set_defaults(func=run)
 
 
@@ -72,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from landmarknet.data.transforms import Augment
+    from landmarknet.params import fit_policy
     from landmarknet.train import TrainConfig, TrainingDiverged, train
 
     aug = Augment.none() if args.no_augment else Augment(rotate=args.rotate)
@@ -85,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
                       refine=args.refine, augment=aug, progress=not args.no_progress,
                       ema=args.ema)
     try:
-        summary = train(cfg)
+        # The trainer loads --weights and builds its nets itself: the policies reach it here.
+        with fit_policy(fit_from_args(args)), memory_budget(args):
+            summary = train(cfg)
     except TrainingDiverged as exc:
         print(f"landmarknet train: {exc}", file=sys.stderr)
         return 3
-    print(json.dumps({k: v for k, v in summary.items() if k != "val"}, default=str, indent=1))
+    print(json_text({k: v for k, v in summary.items() if k != "val"}, default=str, indent=1))
     if summary.get("val"):
         v = summary["val"]
         print(f"val: NME_io {v['nme_io']:.4f}  NME_ip {v['nme_ip']:.4f}  AUC@0.08 "

@@ -9,10 +9,16 @@ reported so the user knows what happened:
 * JPEG EXIF orientation is applied (OpenCV's IMREAD_COLOR does it).
 
 Unreadable, empty and missing files raise :class:`ImageError` with a message that says which.
+So do images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`): their size is
+read from the file's header before anything is decoded (a 100-byte PNG can claim to be 50,000
+pixels square), and checked again after decoding for formats whose header we cannot read.
+OpenCV's own limit (2^30 pixels, ``OPENCV_IO_MAX_IMAGE_PIXELS``) stays behind it.
 """
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -26,6 +32,39 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".pnm
                   ".tiff", ".webp", ".jp2", ".exr", ".hdr", ".sr", ".ras")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
                   ".flv", ".3gp", ".ogv")
+
+#: The largest image ``detect`` and ``evaluate`` decode by default (--max-pixels): 100
+#: megapixels is above any camera's face picture (a 108 MP phone sensor aside) and its BGR copy
+#: is 300 MB; a decompression bomb claims thousands of times more.
+DEFAULT_MAX_PIXELS = 100_000_000
+
+
+def header_pixels(path: str | os.PathLike) -> tuple[int, str] | None:
+    """(pixels, 'W x H') read from the image file's header without decoding it; None when
+    Pillow does not know the format's header (the decoded size is checked instead)."""
+    try:
+        from PIL import Image
+    except ImportError:  # Pillow comes with matplotlib; without it the decoded size counts
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: ours follows
+            with Image.open(path) as im:
+                w, h = int(im.size[0]), int(im.size[1])
+                return w * h, f"{w} x {h}"
+    except Image.DecompressionBombError as exc:  # Pillow's own refusal names only the count
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        return (int(m.group(1)), "the header says") if m else None
+    except Exception:  # noqa: BLE001 - any header Pillow cannot read: decode and check after
+        return None
+
+
+def check_pixels(path: str | os.PathLike, pixels: int, size: str,
+                 max_pixels: int | None) -> None:
+    """ImageError when an image of ``pixels`` exceeds max_pixels (None or 0: no limit)."""
+    if max_pixels and pixels > max_pixels:
+        raise ImageError(f"{path}: {size}: {pixels:,} pixels, more than --max-pixels "
+                         f"{max_pixels:,}; not decoded (raise --max-pixels to read it)")
 
 
 @dataclass
@@ -82,19 +121,27 @@ def normalise_image(img: np.ndarray, notes: list[str] | None = None) -> np.ndarr
     raise ImageError(f"unsupported number of channels: {c}")
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
-    """Read an image file as BGR uint8; raise ImageError (missing, empty, undecodable)."""
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               ) -> LoadedImage:
+    """Read an image file as BGR uint8; raise ImageError (missing, empty, undecodable, or
+    larger than max_pixels: checked from the header before decoding)."""
     path = Path(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image")
+    if not path.is_file():  # reading a FIFO or a terminal would wait for a writer forever
+        raise ImageError(f"{path}: not a regular file (a FIFO, socket or device); give an "
+                         "image file")
     try:
         data = np.fromfile(str(path), dtype=np.uint8)
     except OSError as exc:
         raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if data.size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
+    header = header_pixels(path)
+    if header is not None:
+        check_pixels(path, header[0], header[1], max_pixels)
     # JPEG is always 8-bit without alpha: IMREAD_COLOR also applies its EXIF orientation.
     flags = cv2.IMREAD_COLOR if data[:2].tobytes() == b"\xff\xd8" else cv2.IMREAD_UNCHANGED
     try:
@@ -104,6 +151,8 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     if img is None:
         raise ImageError(f"{path}: not a decodable image ({data.size} bytes; is it truncated or "
                          "another kind of file?)")
+    check_pixels(path, img.shape[0] * img.shape[1], f"{img.shape[1]} x {img.shape[0]}",
+                 max_pixels)
     notes: list[str] = []
     return LoadedImage(normalise_image(img, notes), notes)
 
@@ -131,11 +180,15 @@ class VideoInfo:
     frames: int  # as the container reports it; may be 0 or approximate
 
 
-def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
-    """Open a video for reading; ImageError when missing, empty or not decodable."""
+def open_video(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               ) -> tuple[cv2.VideoCapture, VideoInfo]:
+    """Open a video for reading; ImageError when missing, empty, not decodable, or with
+    frames larger than max_pixels."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ImageError(f"{path}: no such file")
+    if not path.is_file():
+        raise ImageError(f"{path}: not a regular file (a folder, FIFO, socket or device)")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     cap = cv2.VideoCapture(str(path))
@@ -146,6 +199,12 @@ def open_video(path: str | os.PathLike) -> tuple[cv2.VideoCapture, VideoInfo]:
                      int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                      int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
                      int(max(cap.get(cv2.CAP_PROP_FRAME_COUNT), 0)))
+    try:
+        check_pixels(path, info.width * info.height, f"{info.width} x {info.height} frames",
+                     max_pixels)
+    except ImageError:
+        cap.release()
+        raise
     return cap, info
 
 
