@@ -22,17 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from _caffe_job_forward import randomize
+from _caffe_job_forward import load_net
 
 
 def run(caffe, request: dict, arrays: dict):
-    phase = caffe.TEST if request.get("phase", "train") == "test" else caffe.TRAIN
-    weights = request.get("weights")
-    if weights:
-        net = caffe.Net(request["prototxt"], weights, phase)
-    else:
-        net = caffe.Net(request["prototxt"], phase)
-        randomize(net, int(request.get("seed", 0)))
+    net = load_net(caffe, request, default_phase="train")
     if request.get("save_weights"):
         net.save(request["save_weights"])
     for name, value in arrays.items():

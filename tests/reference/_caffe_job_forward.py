@@ -54,14 +54,19 @@ def describe_layers(net) -> list[dict]:
             for i, (name, layer) in enumerate(zip(net._layer_names, net.layers))]
 
 
-def run(caffe, request: dict, arrays: dict):
-    phase = caffe.TRAIN if request.get("phase", "test") == "train" else caffe.TEST
+def load_net(caffe, request: dict, default_phase: str = "test"):
+    """The request's net in its phase, with its weights file or seeded random weights."""
+    phase = caffe.TRAIN if request.get("phase", default_phase) == "train" else caffe.TEST
     weights = request.get("weights")
     if weights:
-        net = caffe.Net(request["prototxt"], weights, phase)
-    else:
-        net = caffe.Net(request["prototxt"], phase)
-        randomize(net, int(request.get("seed", 0)))
+        return caffe.Net(request["prototxt"], weights, phase)
+    net = caffe.Net(request["prototxt"], phase)
+    randomize(net, int(request.get("seed", 0)))
+    return net
+
+
+def run(caffe, request: dict, arrays: dict):
+    net = load_net(caffe, request)
     for name, value in arrays.items():
         net.blobs[name].reshape(*value.shape)
     net.reshape()
