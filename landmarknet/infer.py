@@ -34,6 +34,8 @@ below are errors so typos do not pass silently)::
 
 The crop is :func:`landmarknet.data.crop.face_crop` with the "crop" policy, applied to the
 detector's box after its calibration to a landmarks' bounding box (the box kind training used).
+When the detector gives eye points (MTCNN), the crop is turned with the face so its eyes are
+level (``prepare(..., points=...)``); the points are mapped back through the same crop.
 Confidence: for heatmaps the mean over points of the peak value clipped to [0, 1]; regression
 nets have none (``None``).
 """
@@ -49,7 +51,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from landmarknet.data.crop import CropPolicy, FaceCrop, crop_batch
+from landmarknet.data.crop import CropPolicy, FaceCrop, alignment_angle, crop_batch
 from landmarknet.data.schemes import get_scheme
 from landmarknet.decode import (REFINEMENTS, REGRESSION_UNITS, decode_heatmaps,
                                 decode_regression)
@@ -260,17 +262,30 @@ class LandmarkModel:
 
     # -- the three steps ------------------------------------------------------------------------
     def prepare(self, image: np.ndarray, boxes: np.ndarray, detector: Optional[str] = None,
+                points: Optional[Sequence[Optional[np.ndarray]]] = None,
                 ) -> tuple[np.ndarray, list[FaceCrop], np.ndarray]:
-        """Crop every face: network batch (N, C, S, S) float32, crop geometries, crop pixels."""
+        """Crop every face: network batch (N, C, S, S) float32, crop geometries, crop pixels.
+
+        ``points``: per face, the detector's points (MTCNN's five) or None. A face with eye
+        points gets an aligned crop (turned so its eyes are level, see
+        :func:`landmarknet.data.crop.alignment_angle`); without points (None, Haar) it is
+        upright, as are all faces when ``points`` is None.
+        """
         import cv2
-        boxes = self.calibration(detector).apply(np.asarray(boxes, dtype=np.float64))
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        angles = None
+        if points is not None:
+            if len(points) != len(boxes):
+                raise ValueError(f"{len(points)} point sets for {len(boxes)} boxes")
+            angles = [alignment_angle(p) for p in points]
+        boxes = self.calibration(detector).apply(boxes, angles)
         if self.spec.channels == "GRAY":
             src = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
         elif self.spec.channels == "RGB":
             src = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         else:
             src = image
-        crops, geoms = crop_batch(src, boxes, self.spec.crop)
+        crops, geoms = crop_batch(src, boxes, self.spec.crop, angles)
         batch = (crops.astype(np.float32) - self.spec.mean) * np.float32(self.spec.scale)
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2)), geoms, crops
 
@@ -319,13 +334,15 @@ class LandmarkModel:
         return pts, conf, (maps if keep_heatmaps else None)
 
     def predict(self, image: np.ndarray, boxes: np.ndarray | Sequence[Sequence[float]],
-                detector: Optional[str] = None, return_heatmaps: bool = False) -> Prediction:
+                detector: Optional[str] = None, return_heatmaps: bool = False,
+                points: Optional[Sequence[Optional[np.ndarray]]] = None) -> Prediction:
         """Points (N, K, 2) in image pixels for the face boxes (x, y, w, h) of a BGR image.
 
         ``detector`` names where the boxes come from ("mtcnn", "haar", or "landmarks" /
         None for boxes that already are landmarks' bounding boxes) to pick the calibration.
+        ``points``: the detector's points per face (or None) to align the crops (``prepare``).
         """
-        batch, geoms, crops = self.prepare(image, boxes, detector)
+        batch, geoms, crops = self.prepare(image, boxes, detector, points)
         pts, conf, maps = self.run(batch, keep_heatmaps=return_heatmaps)
         return Prediction(self.to_image(pts, geoms), conf, geoms, maps,
                           crops if return_heatmaps else None)

@@ -70,6 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--indices", action="store_true", help="write point indices on the overlay")
     p.add_argument("--min-face", type=float, default=20.0, metavar="PX",
                    help="smallest face searched, in pixels (default 20)")
+    p.add_argument("--no-align", action="store_true",
+                   help="upright crops for the landmark model (default: a face's crop is turned "
+                        "so its eyes are level, from the detector's eye points; MTCNN gives "
+                        "them, Haar does not)")
+    p.add_argument("--any-roll", action="store_true",
+                   help="mtcnn: also search the picture turned by 90, 180 and 270 degrees, so "
+                        "faces at any in-plane angle are found (about 4x the detector's time)")
     p.add_argument("--no-smooth", action="store_true", help="videos: no temporal smoothing")
     p.add_argument("--max-frames", type=int, default=0, metavar="N",
                    help="videos: stop after N frames (default: all)")
@@ -166,13 +173,17 @@ def _run(args: argparse.Namespace) -> int:
     model, note = resolve_model(args.model)
     if model is None:
         note = f"{note}; {_REPORTED[args.detector]}"
-    detector = get_detector(args.detector, min_face=args.min_face)
+    if args.any_roll and args.detector != "mtcnn":
+        raise UsageError("--any-roll needs --detector mtcnn")
+    turns = {"turns": (0, 90, 180, 270)} if args.any_roll else {}
+    detector = get_detector(args.detector, min_face=args.min_face, **turns)
     out_dir = args.out_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"-o {out_dir}: cannot create the folder ({exc.strerror})") from None
-    r = _Run(args, Landmarker(detector, model, args.batch, keep_heatmaps=args.show_heatmaps),
+    r = _Run(args, Landmarker(detector, model, args.batch, keep_heatmaps=args.show_heatmaps,
+                              align=not args.no_align),
              model, out_dir)
     print(f"detect: {note}", file=sys.stderr, flush=True)
     if args.show_heatmaps and (model is None or not model.decodes_heatmaps):

@@ -25,6 +25,12 @@ Conventions
   With y pointing down, a positive ``a`` turns the face in the crop counter-clockwise as seen
   on screen (the image's x axis (1, 0) becomes (cos a, -sin a) in the crop).
 
+  The angle is the jitter's plus an ALIGNMENT angle (``face_crop(..., angle=...)``): the roll
+  of the face read from its eye points by :func:`eye_angle` / :func:`alignment_angle`, so the
+  eyes come out level. Training and inference share these two functions: inference passes the
+  detector's eye points (MTCNN's five), training may pass the ground-truth eyes. With an
+  alignment angle the centre shift (policy and jitter) is taken along the face's own axes.
+
   ``FaceCrop.to_crop`` / ``to_image`` apply it and its exact inverse to points;
   ``FaceCrop.warp`` resamples an image (area-averaged first when shrinking by more than 2x, so
   large photographs do not alias).
@@ -163,35 +169,119 @@ def _apply(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     return p @ m[:, :2].T + m[:, 2]
 
 
+def eye_angle(left_eye: Sequence[float], right_eye: Sequence[float]) -> float:
+    """The face's roll in degrees: the image-left -> image-right eye direction (y down).
+
+    Passed as ``face_crop(..., angle=...)`` it puts the two eyes on one crop row, left eye on
+    the left; 0 for level eyes, +90 for a face turned so that its right eye is below its left.
+    """
+    dx = float(right_eye[0]) - float(left_eye[0])
+    dy = float(right_eye[1]) - float(left_eye[1])
+    if not (math.isfinite(dx) and math.isfinite(dy)) or (dx == 0 and dy == 0):
+        raise ValueError(f"eye points must be finite and distinct, got {left_eye}, {right_eye}")
+    return math.degrees(math.atan2(dy, dx))
+
+
+#: Points of each scheme whose mean is an eye centre (image-left eye, image-right eye).
+_EYES = {5: ((0,), (1,)), 68: (tuple(range(36, 42)), tuple(range(42, 48))),
+         77: (tuple(range(36, 42)), tuple(range(42, 48)))}
+
+
+def alignment_angle(points: Optional[np.ndarray]) -> float:
+    """The alignment angle (degrees) from a face's 5, 68 or 77 points; 0 when there are none.
+
+    5 points (MTCNN, CelebA order): the two eye points; 68/77 (iBUG): the means of each eye's
+    six points. Other point counts, or degenerate eyes, give 0 (the upright crop).
+    """
+    if points is None:
+        return 0.0
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(p) not in _EYES:
+        return 0.0
+    left, right = (p[list(idx)].mean(0) for idx in _EYES[len(p)])
+    try:
+        return eye_angle(left, right)
+    except ValueError:
+        return 0.0
+
+
+def rotation_about(center: Sequence[float], degrees: float) -> np.ndarray:
+    """2x3 affine turning points about ``center`` by ``degrees`` (counter-clockwise on screen)."""
+    a = math.radians(degrees)
+    ca, sa = math.cos(a), math.sin(a)
+    lin = np.array([[ca, sa], [-sa, ca]])
+    c = np.asarray(center, dtype=np.float64)
+    return np.concatenate([lin, (c - lin @ c)[:, None]], axis=1)
+
+
+def rotate_expanded(image: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """The image turned by ``degrees`` (counter-clockwise) on a canvas that holds all of it.
+
+    Returns the new image and the 2x3 image -> new image affine (apply it to the points too);
+    used to make rotated copies of annotated faces for tests and benchmarks.
+    """
+    h, w = image.shape[:2]
+    m = rotation_about(((w - 1) / 2, (h - 1) / 2), degrees)
+    corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    turned = _apply(m, corners)
+    lo, hi = turned.min(0), turned.max(0)
+    nw, nh = int(math.ceil(hi[0] - lo[0] - 1e-6)), int(math.ceil(hi[1] - lo[1] - 1e-6))
+    # put the turned canvas's centre on the new canvas's centre
+    m[:, 2] += np.array([(nw - 1) / 2, (nh - 1) / 2]) - _apply(m, [(w - 1) / 2, (h - 1) / 2])
+    out = cv2.warpAffine(image, m, (nw, nh), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if image.ndim == 3 and out.ndim == 2:
+        out = out[:, :, None]
+    return out, m
+
+
 def face_crop(box: Box, policy: CropPolicy = CropPolicy(), jitter: Optional[Jitter] = None,
-              ) -> FaceCrop:
-    """The crop of a face box under a policy (and an optional training jitter); see module doc."""
+              angle: float = 0.0) -> FaceCrop:
+    """The crop of a face box under a policy, an optional training jitter and an alignment angle.
+
+    ``angle`` (degrees, usually :func:`alignment_angle` of eye points) turns the crop with the
+    face; the jitter's angle adds to it. See the module doc.
+    """
     x, y, w, h = (float(v) for v in box)
     if not all(math.isfinite(v) for v in (x, y, w, h)):
         raise ValueError(f"face box must be finite, got {tuple(box)}")
     extent = max(w, h)
     if extent <= 0:
         raise ValueError(f"face box must have a positive width or height, got {tuple(box)}")
+    if not math.isfinite(angle):
+        raise ValueError(f"alignment angle must be finite, got {angle}")
     j = jitter or Jitter()
     side = policy.scale * extent * j.scale
-    cx = x + w / 2 + (policy.shift[0] + j.dx) * side
-    cy = y + h / 2 + (policy.shift[1] + j.dy) * side
+    # the shift is along the face's axes: the image's when upright (angle 0, as before)
+    sx, sy = (policy.shift[0] + j.dx) * side, (policy.shift[1] + j.dy) * side
+    r = math.radians(angle)
+    cx = x + w / 2 + math.cos(r) * sx - math.sin(r) * sy
+    cy = y + h / 2 + math.sin(r) * sx + math.cos(r) * sy
     s = policy.size / side
-    a = math.radians(j.angle)
+    a = math.radians(angle + j.angle)
     ca, sa = math.cos(a), math.sin(a)
     lin = s * np.array([[ca, sa], [-sa, ca]])
     half = (policy.size - 1) / 2.0
     t = np.array([half, half]) - lin @ np.array([cx, cy])
     matrix = np.concatenate([lin, t[:, None]], axis=1)
-    return FaceCrop(matrix, policy.size, (cx, cy), side, j.angle)
+    return FaceCrop(matrix, policy.size, (cx, cy), side, angle + j.angle)
 
 
 def crop_batch(image: np.ndarray, boxes: np.ndarray, policy: CropPolicy,
+               angles: Optional[Sequence[float]] = None,
                ) -> tuple[np.ndarray, list[FaceCrop]]:
-    """All faces of one image: (N, size, size, C) crops (image dtype) and their FaceCrops."""
+    """All faces of one image: (N, size, size, C) crops (image dtype) and their FaceCrops.
+
+    ``angles``: one alignment angle (degrees) per box, or None for upright crops.
+    """
     crops, geoms = [], []
-    for box in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
-        g = face_crop(box, policy)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if angles is None:
+        angles = [0.0] * len(boxes)
+    if len(angles) != len(boxes):
+        raise ValueError(f"{len(angles)} alignment angles for {len(boxes)} boxes")
+    for box, angle in zip(boxes, angles):
+        g = face_crop(box, policy, angle=float(angle))
         c = g.warp(image)
         crops.append(c if c.ndim == 3 else c[:, :, None])
         geoms.append(g)

@@ -10,7 +10,7 @@ detector against annotated samples (miss rate, IoU) for the evaluation tooling.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 import numpy as np
@@ -31,11 +31,17 @@ class ImageError(DetectError):
 
 @dataclass
 class Face:
-    """One detected face: box (x, y, w, h), detector score and optional (K, 2) points."""
+    """One detected face: box (x, y, w, h), detector score and optional (K, 2) points.
+
+    ``alternatives``: other readings of the same face (MTCNN searching quarter turns finds a
+    face in several turns, with different eye points); a landmark model picks the one it is
+    most confident about (``landmarknet.detect.pipeline.face_candidates``).
+    """
 
     box: np.ndarray
     score: float
     points: Optional[np.ndarray] = None
+    alternatives: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.box = np.asarray(self.box, dtype=np.float64).reshape(4)

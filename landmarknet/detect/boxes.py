@@ -7,7 +7,7 @@ code keeps its own 1-based inclusive-pixel convention internally and converts at
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -91,12 +91,29 @@ class BoxCalibration:
     sw: float = 1.0
     sh: float = 1.0
 
-    def apply(self, boxes: np.ndarray) -> np.ndarray:
-        """(N, 4) x, y, w, h detector boxes -> (N, 4) calibrated boxes."""
+    def apply(self, boxes: np.ndarray, angles: Optional[Sequence[float]] = None) -> np.ndarray:
+        """(N, 4) x, y, w, h detector boxes -> (N, 4) calibrated boxes.
+
+        ``angles`` (degrees, one per box; :func:`landmarknet.data.crop.alignment_angle`) say how
+        far each face is turned in the image. The calibration was fitted on upright faces, so
+        it is applied in the face's frame: the detector's axis-aligned box keeps its centre,
+        its sides are read along the face's axes (``w' = w cos^2 + h sin^2``,
+        ``h' = w sin^2 + h cos^2``: unchanged upright, swapped at a quarter turn), and the
+        centre moves by ``(dx w', dy h')`` along those axes. The result is the face-frame box
+        (centre and sides) that ``face_crop(box, angle=...)`` turns with the face. Angles of 0
+        give exactly the upright calibration.
+        """
         b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        cx = b[:, 0] + b[:, 2] / 2 + self.dx * b[:, 2]
-        cy = b[:, 1] + b[:, 3] / 2 + self.dy * b[:, 3]
-        w, h = b[:, 2] * self.sw, b[:, 3] * self.sh
+        a = np.zeros(len(b)) if angles is None else np.radians(np.asarray(angles, np.float64))
+        if a.shape != (len(b),):
+            raise ValueError(f"{a.size} angles for {len(b)} boxes")
+        ca, sa = np.cos(a), np.sin(a)
+        w0 = b[:, 2] * ca ** 2 + b[:, 3] * sa ** 2
+        h0 = b[:, 2] * sa ** 2 + b[:, 3] * ca ** 2
+        ox, oy = self.dx * w0, self.dy * h0  # the move in the face's frame
+        cx = b[:, 0] + b[:, 2] / 2 + ca * ox - sa * oy
+        cy = b[:, 1] + b[:, 3] / 2 + sa * ox + ca * oy
+        w, h = w0 * self.sw, h0 * self.sh
         return np.stack([cx - w / 2, cy - h / 2, w, h], axis=1)
 
     def to_list(self) -> list[float]:

@@ -50,6 +50,7 @@ class BoxStats:
     iou: list[float] = field(default_factory=list)  # per sample, 0 for a miss
     matched: list[Optional[np.ndarray]] = field(default_factory=list)  # raw detector box or None
     matched_points: list[Optional[np.ndarray]] = field(default_factory=list)  # detector's points
+    matched_faces: list = field(default_factory=list)  # the matched Face (alternatives too)
     reference: list[np.ndarray] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -163,11 +164,13 @@ def detector_box_stats(samples: Sequence, detector: Detector | str, *,
             stats.iou.append(0.0)
             stats.matched.append(None)
             stats.matched_points.append(None)
+            stats.matched_faces.append(None)
         else:
             stats.iou.append(best_iou)
             stats.matched.append(faces[best].box.copy())
             stats.matched_points.append(None if faces[best].points is None
                                         else faces[best].points.copy())
+            stats.matched_faces.append(faces[best])
     return stats
 
 
@@ -180,13 +183,30 @@ def fit_box_calibration(stats: BoxStats) -> BoxCalibration:
     return BoxCalibration.fit(det, ref)
 
 
-def nme_detector_vs_gt(samples: Sequence, model, stats: BoxStats) -> dict:
+def _detector_prediction(model, image: np.ndarray, stats: BoxStats, j: int,
+                         align: bool) -> np.ndarray:
+    """The model's points from the j-th matched detection, chosen as ``detect`` chooses."""
+    from landmarknet.detect import Face
+    from landmarknet.detect.pipeline import best_candidates, face_candidates
+
+    face = stats.matched_faces[j] if j < len(stats.matched_faces) else None
+    if face is None:  # stats made by hand: box and points only
+        face = Face(stats.matched[j], 1.0, stats.matched_points[j])
+    cands, owner = face_candidates([face], align)
+    pred = model.predict(image, np.stack([c.box for c in cands]), stats.detector,
+                         points=[c.points for c in cands] if align else None)
+    return pred.points[best_candidates(pred.confidence, owner)[0]]
+
+
+def nme_detector_vs_gt(samples: Sequence, model, stats: BoxStats, align: bool = True) -> dict:
     """A landmark model's metrics with the detector's boxes beside those with ground-truth boxes.
 
     ``stats`` comes from :func:`detector_box_stats` on the same samples. Ground-truth boxes are the
     points' bounding boxes (what training crops from); detector boxes go through the model's
-    calibration for ``stats.detector``. Returns counts, ``miss_rate`` and three metrics dicts
-    from :func:`landmarknet.metrics.evaluate_points`: "gt" over every readable face,
+    calibration for ``stats.detector`` and, with ``align``, are turned upright by the detector's
+    eye points (as ``detect`` does); ground-truth boxes stay upright. Returns counts,
+    ``miss_rate`` and three metrics dicts from :func:`landmarknet.metrics.evaluate_points`:
+    "gt" over every readable face,
     "detector_boxes" and "gt_on_found" over the faces the detector found (like with like).
     """
     from landmarknet.detect.images import read_image
@@ -200,7 +220,7 @@ def nme_detector_vs_gt(samples: Sequence, model, stats: BoxStats) -> dict:
         gt_pts.append(pts)
         pred_gt.append(model.predict(image, points_box(pts)[None], "landmarks").points[0])
         if stats.matched[j] is not None:
-            pred_det.append(model.predict(image, stats.matched[j][None], stats.detector).points[0])
+            pred_det.append(_detector_prediction(model, image, stats, j, align))
             found.append(len(gt_pts) - 1)
     if not gt_pts:
         raise DetectError("no readable samples to evaluate")

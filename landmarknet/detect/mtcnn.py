@@ -130,10 +130,15 @@ class MTCNN:
 
     def __init__(self, weights_dir: str | os.PathLike | None = None, *, min_face: float = 20.0,
                  factor: float = 0.709, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-                 max_input_side: int = 1280, device: str = "cpu") -> None:
+                 max_input_side: int = 1280, device: str = "cpu",
+                 turns: Sequence[int] = (0,)) -> None:
         """Load the nets. ``min_face``: smallest face side searched (px). ``max_input_side``:
         the pyramid's largest level is at most this long, so on very large images the smallest
-        face searched grows to ``12 * long_side / max_input_side`` px (keeps time bounded)."""
+        face searched grows to ``12 * long_side / max_input_side`` px (keeps time bounded).
+        ``turns``: quarter turns (degrees, multiples of 90) of the image also searched; MTCNN
+        finds faces within about +-45 degrees of upright, so (0, 90, 180, 270) finds them at
+        any roll, at that many times the cost. Boxes and points come back in the image's
+        coordinates (exact for quarter turns); overlapping finds keep the best score."""
         if not 0 < factor < 1:
             raise DetectError(f"MTCNN pyramid factor must be in (0, 1), got {factor}")
         if len(thresholds) != 3:
@@ -149,6 +154,9 @@ class MTCNN:
         self.factor = float(factor)
         self.thresholds = tuple(float(t) for t in thresholds)
         self.max_input_side = int(max_input_side)
+        self.turns = tuple(sorted({int(t) % 360 for t in turns}))
+        if not self.turns or any(t % 90 for t in self.turns):
+            raise DetectError(f"MTCNN turns must be multiples of 90 degrees, got {list(turns)}")
 
     # -- the three stages ----------------------------------------------------------------------
     def scales(self, height: int, width: int) -> list[float]:
@@ -250,6 +258,17 @@ class MTCNN:
                               f"{image.shape}; read images with "
                               "landmarknet.detect.images.read_image")
         rgb = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        if self.turns == (0,):
+            return self._detect_rgb(rgb)
+        faces, turn_of = [], []
+        for turn in self.turns:
+            k = turn // 90
+            found = self._detect_rgb(np.ascontiguousarray(np.rot90(rgb, k)))
+            faces += [_turn_face_back(f, k, rgb.shape) for f in found]
+            turn_of += [turn] * len(found)
+        return _merge_turns(faces, turn_of)
+
+    def _detect_rgb(self, rgb: np.ndarray) -> list[Face]:
         boxes = self.stage1(rgb)
         boxes = self.stage2(rgb, boxes)
         boxes, points = self.stage3(rgb, boxes)
@@ -260,3 +279,60 @@ class MTCNN:
             faces.append(Face(np.array([x1 - 1, y1 - 1, x2 - x1 + 1, y2 - y1 + 1]), float(s),
                               points[i]))
         return faces
+
+
+def _merge_turns(faces: list[Face], turn_of: list[int], overlap: float = 0.5) -> list[Face]:
+    """One Face per face found in several turns: the best score, the others as alternatives.
+
+    MTCNN often also "finds" a face in a wrong turn, with a high score and its eye points in
+    the wrong order, so the score cannot tell the turn; the landmark model's confidence does.
+    A detection overlapping a kept face by more than ``overlap`` of the smaller box (wrong-turn
+    readings are often smaller boxes inside the face's) from a turn not yet in it joins it.
+    """
+    if not faces:
+        return []
+    order = np.argsort([-f.score for f in faces], kind="stable")
+    boxes = np.stack([f.box for f in faces])
+    kept: list[int] = []
+    turns: dict[int, set] = {}
+    for i in order:
+        over = _overlap_of_smaller(boxes[i], boxes[kept]) if kept else np.zeros(0)
+        near = [kept[j] for j in np.argsort(-over) if over[j] > overlap]
+        if not near:
+            kept.append(i)
+            turns[i] = {turn_of[i]}
+        elif turn_of[i] not in turns[near[0]]:
+            faces[near[0]].alternatives.append(faces[i])
+            turns[near[0]].add(turn_of[i])
+    return [faces[i] for i in kept]
+
+
+def _overlap_of_smaller(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection of ``box`` (x, y, w, h) with each of ``others`` over the smaller area."""
+    lo = np.maximum(box[:2], others[:, :2])
+    hi = np.minimum(box[:2] + box[2:], others[:, :2] + others[:, 2:])
+    inter = np.clip(hi - lo, 0, None).prod(1)
+    smaller = np.minimum(box[2:].prod(), others[:, 2:].prod(1))
+    return np.where(smaller > 0, inter / np.where(smaller > 0, smaller, 1), 0.0)
+
+
+def _turn_points_back(points: np.ndarray, k: int, shape: tuple) -> np.ndarray:
+    """Points of ``np.rot90(image, k)`` -> points of ``image`` (pixel centres at integers).
+
+    One counter-clockwise quarter turn of an image of width W takes (x, y) to (y, W - 1 - x);
+    undo the k turns last first.
+    """
+    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    widths = [shape[1] if j % 2 == 0 else shape[0] for j in range(k)]  # width before turn j+1
+    for w in reversed(widths):
+        p = np.stack([w - 1 - p[:, 1], p[:, 0]], axis=1)
+    return p
+
+
+def _turn_face_back(face: Face, k: int, shape: tuple) -> Face:
+    """A face found in ``np.rot90(image, k)`` in ``image``'s coordinates."""
+    x, y, w, h = face.box
+    c = _turn_points_back(np.array([[x, y], [x + w, y + h]]), k, shape)
+    lo, hi = c.min(0), c.max(0)
+    pts = None if face.points is None else _turn_points_back(face.points, k, shape)
+    return Face(np.concatenate([lo, hi - lo]), face.score, pts)

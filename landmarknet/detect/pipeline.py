@@ -3,7 +3,8 @@
 ``Landmarker.process(stream)`` takes ``(key, image)`` pairs in order and yields
 ``(key, image, ImageResult)`` in the same order. Faces of consecutive images are gathered until
 ``batch`` faces (or ``batch`` images) wait, then go through the landmark network together.
-Without a model, the detector's own points (MTCNN's five) are the landmarks.
+Without a model, the detector's own points (MTCNN's five) are the landmarks. With a model, those
+points (when the detector gives them) turn each crop so the eyes are level (``align``).
 """
 from __future__ import annotations
 
@@ -46,6 +47,29 @@ class ImageResult:
     landmark_seconds: float = 0.0
 
 
+def face_candidates(faces: list[Face], align: bool = True) -> tuple[list[Face], list[int]]:
+    """Each face and, when aligning, its alternative readings; with the index of their face."""
+    cands, owner = [], []
+    for i, f in enumerate(faces):
+        for c in [f] + (list(f.alternatives) if align else []):
+            cands.append(c)
+            owner.append(i)
+    return cands, owner
+
+
+def best_candidates(confidence: list[Optional[float]], owner: list[int]) -> list[int]:
+    """Per face (in order), the candidate the landmark model is most confident about.
+
+    Without confidences (regression models) the first candidate, the detector's best, stays.
+    """
+    best: dict[int, int] = {}
+    for j, (c, i) in enumerate(zip(confidence, owner)):
+        if i not in best or (c is not None and confidence[best[i]] is not None
+                             and c > confidence[best[i]]):
+            best[i] = j
+    return [best[i] for i in sorted(best)]
+
+
 @dataclass
 class _Pending:
     key: Any
@@ -58,12 +82,14 @@ class Landmarker:
     """Finds faces and their landmarks; see the module doc."""
 
     def __init__(self, detector: Detector, model=None, batch: int = 16,
-                 keep_heatmaps: bool = False) -> None:
+                 keep_heatmaps: bool = False, align: bool = True) -> None:
+        """``align``: turn each crop upright from the detector's eye points, when it gives any."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         self.detector = detector
         self.model = model
         self.batch = int(batch)
+        self.align = bool(align)
         self.keep_heatmaps = bool(keep_heatmaps) and model is not None and model.decodes_heatmaps
 
     def process(self, stream: Iterable[tuple[Any, np.ndarray]],
@@ -97,16 +123,20 @@ class Landmarker:
                 yield p.key, p.image, ImageResult(faces, p.detect_seconds)
             return
         t0 = time.perf_counter()
-        batches, geoms, crops, owner = [], [], [], []
+        batches, geoms, crops, owner, cands, face_of = [], [], [], [], [], []
         for i, p in enumerate(pending):
             if not p.faces:
                 continue
-            b, g, c = self.model.prepare(p.image, np.stack([f.box for f in p.faces]),
-                                         self.detector.name)
+            cs, own = face_candidates(p.faces, self.align)
+            b, g, c = self.model.prepare(p.image, np.stack([f.box for f in cs]),
+                                         self.detector.name,
+                                         [f.points for f in cs] if self.align else None)
             batches.append(b)
             geoms += g
             crops.append(c)
             owner += [i] * len(p.faces)
+            cands += cs
+            face_of += [len(owner) - len(p.faces) + o for o in own]  # global face index
         pts_all, conf_all, maps_all = [], [], []
         if batches:
             batch = np.concatenate(batches)
@@ -120,13 +150,20 @@ class Landmarker:
         image_pts = self.model.to_image(crop_pts, geoms) if len(geoms) else crop_pts
         maps = np.concatenate(maps_all) if maps_all else None
         crop_px = np.concatenate(crops) if crops else None
+        pick = best_candidates(conf_all, face_of)  # one candidate per face, in order
+        crop_pts, image_pts = crop_pts[pick], image_pts[pick]
+        conf_all = [conf_all[j] for j in pick]
+        chosen = [cands[j] for j in pick]
+        maps = None if maps is None else maps[pick]
+        crop_px = None if crop_px is None else crop_px[pick]
         if crop_px is not None and self.model.spec.channels == "BGR":
             crop_px = crop_px[..., ::-1]  # kept for display: RGB (or gray)
         per_face_seconds = (time.perf_counter() - t0) / max(1, len(owner))
         j = 0
         for i, p in enumerate(pending):
             res = ImageResult(detect_seconds=p.detect_seconds)
-            for f in p.faces:
+            for _ in p.faces:
+                f = chosen[j]  # the reading of the face the landmark model chose
                 res.faces.append(FaceResult(
                     f.box, f.score, image_pts[j], conf_all[j],
                     None if maps is None else maps[j],
