@@ -24,7 +24,6 @@ is a row with ``skipped`` saying why, never an exception.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -483,8 +482,9 @@ def _cpu_model() -> str:
 
 
 def rows_json(rows: Sequence[Row], **extra) -> str:
-    """``{"rows": [...], ...extra}`` as indented JSON."""
-    return json.dumps({"rows": [r.as_dict() for r in rows], **extra}, indent=1)
+    """``{"rows": [...], ...extra}`` as indented JSON (NaN timings as null)."""
+    from landmarknet.jsontext import json_text
+    return json_text({"rows": [r.as_dict() for r in rows], **extra}, indent=1)
 
 
 def render_table(rows: Sequence[Row], *, ratio_to: str | None = "opencv dnn",

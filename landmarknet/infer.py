@@ -57,6 +57,7 @@ from landmarknet.decode import (REFINEMENTS, REGRESSION_UNITS, decode_heatmaps,
                                 decode_regression)
 from landmarknet.detect import DetectError
 from landmarknet.detect.boxes import BoxCalibration
+from landmarknet.models import find_bundles  # noqa: F401 (re-exported: bundles under a folder)
 
 MODEL_JSON = "model.json"
 FORMAT = 1
@@ -353,11 +354,3 @@ class LandmarkModel:
         if len(geoms) == 0:
             return np.zeros((0,) + tuple(points.shape[1:]))
         return np.stack([g.to_image(p) for g, p in zip(geoms, points)])
-
-
-def find_bundles(root: str | os.PathLike) -> list[Path]:
-    """Folders directly under ``root`` that hold a model.json, sorted by name."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p.parent for p in root.glob(f"*/{MODEL_JSON}"))

@@ -30,8 +30,6 @@ Caffe's multi-GPU solver does).
 from __future__ import annotations
 
 import csv
-import json
-import math
 import os
 import time
 import warnings

@@ -22,19 +22,11 @@ from landmarknet.errors import GraphError, LayerError, ShapeError
 from landmarknet.graph import module_name
 from landmarknet.params import load_weights, randomize, save_weights
 from opencv_ref import OpenCVUnavailable, run_opencv
+from reference.compare import rel_err
 from reference.real_caffe import run_caffe
 
 FWD_TOL = 1e-5  # forward, relative to the blob's largest magnitude
 GRAD_TOL = 1e-4  # gradients: float32 sums in another order
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max |ours - ref| / max |ref| (the absolute difference when ref is all zeros)."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    diff = float(np.abs(ours - ref).max()) if ref.size else 0.0
-    return diff / scale if scale else diff
 
 
 def opencv_or_skip(*args, **kwargs):
@@ -236,7 +228,7 @@ def se_resnext_block(n: int, c: int, hw: int, gate: str, phase_loss: bool) -> st
     "axpy" (1x1 convolutions and hujie-frank's Axpy, as in his SE-ResNeXt-50).
     """
     mid = 64
-    text = f'name: "se_resnext"\nforce_backward: true\n' + _input({"data": (n, c, hw, hw)})
+    text = 'name: "se_resnext"\nforce_backward: true\n' + _input({"data": (n, c, hw, hw)})
     for name, bottom, out, extra in (("red", "data", mid, "kernel_size: 1"),
                                      ("grp", "red", mid, "kernel_size: 3 pad: 1 group: 32"),
                                      ("inc", "grp", c, "kernel_size: 1")):

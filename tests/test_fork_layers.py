@@ -14,7 +14,6 @@ References, per layer:
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +25,13 @@ from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.prototxt import parse_net, read_net
 from landmarknet.errors import LandmarknetError
 from landmarknet.layers.bn import INV_STD, VARIANCE, set_bn_statistic
-from landmarknet.params import load_weights, randomize, save_weights
+from landmarknet.params import randomize, save_weights
 from opencv_ref import OpenCVUnavailable, run_opencv
 from reference import fork_ref as R
+from reference.compare import rel_err
 from reference.real_caffe import caffe_forward
 
 REL_TOL = 1e-4
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max |ours - ref| / max |ref|."""
-    scale = float(np.abs(ref).max())
-    diff = float(np.abs(np.asarray(ours, np.float64) - ref).max())
-    return diff / scale if scale else diff
 
 
 def _net(text: str, **kw):

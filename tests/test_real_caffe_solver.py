@@ -32,6 +32,7 @@ import torch
 from landmarknet.build import build_net
 from landmarknet.caffe.prototxt import parse_solver, read_net
 from landmarknet.solver import CaffeSolver
+from reference.compare import rel_err as rel
 from reference.real_caffe import run_caffe
 
 pytestmark = [pytest.mark.caffe_ref]
@@ -134,12 +135,6 @@ def landmarknet_solve(solver_text: str, arrays: dict, net_path: Path, initial: P
         for i in range(len(info.blobs)):
             blobs[(info.node.name, i)] = net.blob_tensor(module, i).detach().double().numpy()
     return blobs, norms
-
-
-def rel(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max |ours - ref| / max |ref|."""
-    ref = np.asarray(ref, dtype=np.float64)
-    return float(np.abs(np.asarray(ours, dtype=np.float64) - ref).max() / np.abs(ref).max())
 
 
 @pytest.mark.parametrize("case", list(SOLVERS))

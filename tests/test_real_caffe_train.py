@@ -41,6 +41,7 @@ from landmarknet.build import build_net
 from landmarknet.caffe.prototxt import read_net
 from landmarknet.layers.pool import CaffePooling, caffe_pool2d
 from landmarknet.params import load_weights
+from reference.compare import rel_err
 from reference.real_caffe import run_caffe
 
 pytestmark = [pytest.mark.caffe_ref]
@@ -248,12 +249,8 @@ def landmarknet_train_pass(net_path: Path, weights: Path, arrays: dict[str, np.n
 
 
 def rel(ours: np.ndarray | None, ref: np.ndarray) -> float:
-    """max |ours - ref| / max |ref| (a missing gradient counts as zeros)."""
-    ref = np.asarray(ref, dtype=np.float64)
-    ours = np.zeros_like(ref) if ours is None else np.asarray(ours, dtype=np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    scale = float(np.abs(ref).max()) if ref.size else 0.0
-    return float(np.abs(ours - ref).max() / scale) if scale else float(np.abs(ours).max())
+    """rel_err, a missing gradient counting as zeros."""
+    return rel_err(np.zeros_like(np.asarray(ref, np.float64)) if ours is None else ours, ref)
 
 
 def errors(meta: dict, ref: dict, ours: TrainPass) -> dict[str, float]:

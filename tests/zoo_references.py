@@ -27,6 +27,7 @@ from landmarknet.build import build_net
 from landmarknet.caffe.prototxt import read_net
 from landmarknet.params import load_weights, randomize, save_weights
 from opencv_ref import OpenCVFailed, run_opencv
+from reference.compare import rel_err
 from reference.real_caffe import caffe_forward, map_layers, without_layers
 
 REL_TOL = 1e-4
@@ -148,15 +149,6 @@ def ours_file(case: ZooNet, zoo: Path, caffe_file: Path) -> Path:
 
 
 # -- comparisons -----------------------------------------------------------------------------
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    """max |ours - ref| / max |ref| (the absolute difference when ref is all zeros)."""
-    if not ref.size:
-        return 0.0
-    scale = float(np.abs(ref).max())
-    diff = float(np.abs(ours.astype(np.float64) - ref).max())
-    return diff / scale if scale else diff
-
-
 def seeded_inputs(shapes: dict) -> dict[str, np.ndarray]:
     """Uniform inputs in [-1, 1): non-trivial, the same on both sides."""
     rng = np.random.default_rng(INPUT_SEED)

@@ -11,10 +11,9 @@ that cannot run is reported as skipped, with the reason. See docs/performance.md
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from landmarknet.cli.common import UsageError, add_memory_argument, json_text, memory_budget
+from landmarknet.cli.common import UsageError, add_memory_argument, memory_budget
 
 EXAMPLE = """\
 examples:
@@ -89,10 +88,9 @@ def run(args: argparse.Namespace) -> int:
                      max_seconds=args.max_seconds, mode=args.mode, seed=args.seed, log=log)
     env = environment(args.threads)
     if args.json:
-        text = rows_json(rows, net=model.name, prototxt=str(model.prototxt),
-                         weights=None if model.weights is None else str(model.weights),
-                         macs_per_image=model.macs_per_image, environment=env)
-        print(json_text(json.loads(text), indent=1))  # NaN timings as null: valid JSON
+        print(rows_json(rows, net=model.name, prototxt=str(model.prototxt),
+                        weights=None if model.weights is None else str(model.weights),
+                        macs_per_image=model.macs_per_image, environment=env))
         return 0
     weights = model.weights or f"random (seed {args.seed})"
     print(f"net {model.name}: {model.prototxt}, weights {weights}, "

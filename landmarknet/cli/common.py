@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from landmarknet.errors import LandmarknetError
-from landmarknet.jsontext import finite_json, json_text  # noqa: F401 (re-exported)
+from landmarknet.jsontext import json_text  # noqa: F401 (re-exported for the commands)
 
 
 class UsageError(LandmarknetError):

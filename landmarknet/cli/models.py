@@ -9,8 +9,6 @@ listed below them. ``--verify`` also checks every file against landmarknet/model
 from __future__ import annotations
 
 import argparse
-import json
-import math
 
 EXAMPLE = """\
 examples:
@@ -39,6 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """List the bundles; 1 when --verify found a problem."""
+    from landmarknet.jsontext import json_text
     from landmarknet.models import (MODELS_DIR, bundle_info, detector_info, installed_bundles,
                                     model_dirs)
 
@@ -47,25 +46,13 @@ def run(args: argparse.Namespace) -> int:
     bad = [i.problem for i in infos if i.problem] + ([detector["problem"]]
                                                      if detector["problem"] else [])
     if args.json:
-        print(json.dumps(_finite({"models_dir": str(MODELS_DIR),
-                                  "search_path": [str(d) for d in model_dirs()],
-                                  "bundles": [i.to_json() for i in infos],
-                                  "detector": detector}),
-                         indent=1, allow_nan=False, default=str))
+        print(json_text({"models_dir": str(MODELS_DIR),
+                         "search_path": [str(d) for d in model_dirs()],
+                         "bundles": [i.to_json() for i in infos], "detector": detector},
+                        indent=1, default=str))
     else:
         print(_table(infos, detector, args.verify))
     return 1 if bad else 0
-
-
-def _finite(obj):
-    """NaN and infinities (json.loads accepts them in a model.json) as null: valid JSON out."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _metric(value) -> str:

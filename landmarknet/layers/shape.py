@@ -778,7 +778,7 @@ def _unpool_bottoms(spec: LayerSpec) -> tuple[int, ...]:
 
 def _segnet_upsample(spec: LayerSpec, up) -> Built:
     """upsample_layer.cpp of caffe-segnet: upsample_h/_w, else scale (or scale_h/_w) - pad_out."""
-    x = _unpool_bottoms(spec)
+    _unpool_bottoms(spec)
     if has_field(up, "upsample_h") or has_field(up, "upsample_w"):
         if not (has_field(up, "upsample_h") and has_field(up, "upsample_w")):
             raise spec.error("upsample_h and upsample_w must be given together")

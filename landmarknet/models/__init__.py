@@ -56,13 +56,20 @@ def model_dirs() -> list[Path]:
     return extra + [MODELS_DIR]
 
 
+def find_bundles(root: str | os.PathLike) -> list[Path]:
+    """Folders directly under ``root`` that hold a model.json, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.parent for p in root.glob(f"*/{MODEL_JSON}"))
+
+
 def installed_bundles() -> list[Path]:
     """Every bundle found by name (folders holding a model.json); a name's first folder wins."""
     seen: dict[str, Path] = {}
     for root in model_dirs():
-        if root.is_dir():
-            for meta in sorted(root.glob(f"*/{MODEL_JSON}")):
-                seen.setdefault(meta.parent.name, meta.parent)
+        for folder in find_bundles(root):
+            seen.setdefault(folder.name, folder)
     return list(seen.values())
 
 
