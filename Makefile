@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 # torch is pinned to the CPU build first, so nothing pulls the multi-GB CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup run test test-fast proto docs clean caffe-ref
+.PHONY: setup run test test-fast proto docs docs-check clean caffe-ref
 
 setup: $(STAMP)
 
@@ -39,6 +39,15 @@ caffe-ref:
 proto: setup
 	$(PY) -m pip install --quiet "grpcio-tools>=1.60"
 	cd landmarknet/caffe && ../../$(PY) -m grpc_tools.protoc -I. --python_out=. caffe.proto
+
+# Every generated document (docs/layers.md, docs/networks.md and prototxt/, docs/bad_inputs.md,
+# the zoo table of docs/caffe_compat.md when the reference Caffe is built); `make docs-check`
+# only checks (what tests/test_docs.py runs).
+docs: setup
+	$(PY) tools/gen_docs.py
+
+docs-check: setup
+	$(PY) tools/gen_docs.py --check
 
 clean:
 	rm -rf $(VENV) out build *.egg-info .pytest_cache

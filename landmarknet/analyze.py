@@ -4,26 +4,16 @@ Everything is read from the built module (``net.layers``: the shapes the builder
 meta device and the blobs each layer holds), so it is right for every layer type we build, in the
 phase the net was built for, with Caffe's own pooling rounding.
 
-Counting rules (for the whole batch the net was built with; ``per_sample`` divides by it):
-
-================================  ============================================================
-layer                             counted as
-================================  ============================================================
-Convolution                       MACs = output elements x (C_in/group x kh x kw)
-Deconvolution                     MACs = INPUT elements x (C_out/group x kh x kw)
-InnerProduct                      MACs = output elements x K (N x K per sample)
-BatchNorm, Scale                  MACs = elements (one multiply-add each, BN folded to x*a+b)
-LRN                               MACs = elements x local_size (sum of squares); ops = elements
-Pooling                           ops = output elements x window (comparisons or adds)
-Eltwise                           ops = output elements x (bottoms - 1)
-Bias, activations, Softmax,       ops = elements
-MVN, Normalize, Interp,
-Reduction, losses, Accuracy
-Dropout                           ops = elements in TRAIN, 0 in TEST (the identity)
-Concat, Slice, Split, Flatten,    0 (data movement)
-Reshape, Crop, Permute, Tile ...
-other types (detection, custom)   not counted: ``counted`` is False and the totals say so
-================================  ============================================================
+Counting rules (for the whole batch the net was built with; ``per_sample`` divides by it): each
+layer type's rule is part of its registration (``cost=`` in ``landmarknet/layers/<family>.py``,
+shared rules in ``landmarknet/layers/costs.py``) and docs/layers.md lists them all. In short:
+Convolution counts MACs = output elements x (C_in/group x kh x kw), Deconvolution MACs = INPUT
+elements x (C_out/group x kh x kw), InnerProduct MACs = output elements x K, BatchNorm and
+Scale one multiply-add per element, Pooling ops = output elements x window, Eltwise ops = output
+elements x (bottoms - 1), activations and other element-wise layers one op per element, losses
+one op per element of their first bottom, Dropout one op per element in TRAIN only, and data
+movement (Concat, Slice, Split, Reshape, Crop, Permute ...) 0. A type without a rule (a custom
+registration that gives none) is not counted: ``counted`` is False and the totals say so.
 
 Biases are not counted (they are one add per output, negligible next to the MACs).
 FLOPs = 2 x MACs. ``ops`` are single operations that are not multiply-accumulates; they are
@@ -47,27 +37,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
 from landmarknet.build import CaffeNet, LayerInfo
+from landmarknet.graph import DATA_LAYER_TYPES
+from landmarknet.layers.registry import Registration, registration_of
 
 Shape = tuple[int, ...]
 
 BYTES_PER_ELEMENT = 4  # float32
-
-#: Types whose tops are views of their bottom (no new memory in Caffe or torch).
-VIEW_TYPES = frozenset({"Split", "Flatten", "Reshape", "Silence"})
-#: Types that only move data (no arithmetic).
-MOVE_TYPES = frozenset({"Concat", "Slice", "Split", "Flatten", "Reshape", "Crop", "Permute",
-                        "ShuffleChannel", "Tile", "Silence", "Upsample", "Parameter", "Input",
-                        "DummyData"})
-#: Types whose cost is one multiply-add per element.
-AFFINE_TYPES = frozenset({"BatchNorm", "Scale"})
-#: Families whose cost is one op per element of the first top.
-ELEMENTWISE_FAMILIES = frozenset({"activation"})
-ELEMENTWISE_TYPES = frozenset({"Bias", "Softmax", "MVN", "Normalize", "Interp", "Axpy",
-                               "ArgMax"})
-#: Types whose cost is one op per element of their first bottom (reductions, losses).
-BOTTOM_TYPES = frozenset({"Reduction", "EuclideanLoss", "SoftmaxWithLoss",
-                          "SigmoidCrossEntropyLoss", "MultinomialLogisticLoss", "HingeLoss",
-                          "Accuracy"})
 
 #: Separators tried in order for a layer name's prefix.
 PREFIX_SEPARATORS = ("/", "_", "-", ".")
@@ -182,7 +157,7 @@ class NetStats:
             "totals": self.totals.as_dict(),
             "prefixes": {k: v.as_dict() for k, v in self.prefixes.items()},
             "uncounted_types": self.uncounted_types,
-            "rules": COUNTING_RULES,
+            "rules": counting_rules(),
             "layers": rows,
         }
 
@@ -249,22 +224,21 @@ CSV_COLUMNS = ["index", "layer", "type", "family", "bottoms", "tops", "input_sha
                "output_shapes", "params", "stats", "macs", "flops", "ops", "memory_bytes",
                "in_place", "prefix", "counted"]
 
-COUNTING_RULES = {
-    "Convolution": "MACs = output elements x (C_in/group x kh x kw)",
-    "Deconvolution": "MACs = input elements x (C_out/group x kh x kw)",
-    "InnerProduct": "MACs = output elements x K",
-    "BatchNorm, Scale": "MACs = elements",
-    "LRN": "MACs = elements x local_size; ops = elements",
-    "Pooling": "ops = output elements x window",
-    "Eltwise": "ops = output elements x (bottoms - 1)",
-    "activations, Bias, Softmax, MVN, Normalize, Interp": "ops = elements",
-    "Reduction, losses, Accuracy": "ops = elements of the first bottom",
-    "Dropout": "ops = elements in TRAIN, 0 in TEST",
-    "data movement (Concat, Slice, Split, Reshape, Crop, Permute ...)": "0",
-    "FLOPs": "2 x MACs (ops are reported apart)",
-    "memory": "bytes of the blobs a layer writes; in-place layers and views count 0",
-    "params": "learnable blob elements; shared blobs counted once",
-}
+def counting_rules() -> dict[str, str]:
+    """The cost rule of every registered type (types sharing a rule on one line), then the
+    definitions of FLOPs, memory and params."""
+    from landmarknet.layers.registry import registered_types
+    by_rule: dict[str, list[str]] = {}
+    for name, reg in sorted(registered_types().items()):
+        if reg.cost is not None and name != "Python":  # Python defers to its class's rule
+            by_rule.setdefault(reg.cost.text, []).append(name)
+    rules = {", ".join(types): text for text, types in by_rule.items()}
+    rules.update({
+        "FLOPs": "2 x MACs (ops are reported apart)",
+        "memory": "bytes of the blobs a layer writes; in-place layers and views count 0",
+        "params": "learnable blob elements; shared blobs counted once",
+    })
+    return rules
 
 
 def _csv_safe(text: str) -> str:
@@ -321,16 +295,10 @@ def name_prefix(name: str) -> str:
 
 def family_of(type_name: str, param=None) -> str:
     """The registry family of a layer type ('conv', 'pool' ...); Python layers by their class."""
-    from landmarknet.layers import registered_types
-    reg = registered_types()
-    if type_name == "Python" and param is not None:
-        key = f"Python:{param.python_param.layer}"
-        if key in reg:
-            return reg[key].family
-    if type_name in reg:
-        return reg[type_name].family
-    if type_name in ("Input", "Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
-                     "AnnotatedData", "VideoData", "ImageLabelmapData"):
+    reg = registration_of(type_name, param)
+    if reg is not None:
+        return reg.family
+    if type_name in DATA_LAYER_TYPES:  # data layers are graph inputs, not registered types
         return "data"
     return "custom"
 
@@ -339,126 +307,26 @@ def _numel(shape: Iterable[int]) -> int:
     return int(math.prod(int(d) for d in shape))
 
 
-def layer_cost(info: LayerInfo, family: str, training: bool) -> tuple[int, int, bool]:
-    """(MACs, ops, counted) of one layer by the rules in this module's docstring."""
-    t = info.node.type
-    tops = [_numel(s) for s in info.top_shapes]
-    bots = [_numel(s) for s in info.bottom_shapes]
-    out0 = tops[0] if tops else 0
-    if t == "Convolution":
-        k = _numel(info.blobs[0].shape[1:])  # (O, C/g, kh, kw)
-        return sum(tops) * k, 0, True
-    if t == "Deconvolution":
-        k = _numel(info.blobs[0].shape[1:])  # (C, O/g, kh, kw)
-        return sum(bots) * k, 0, True
-    if t == "InnerProduct":
-        w = info.blobs[0].shape
-        n_out = info.top_shapes[0][-1]
-        k = _numel(w) // max(n_out, 1)
-        return out0 * k, 0, True
-    if t == "Embed":
-        return 0, 0, True
-    if t in AFFINE_TYPES:
-        return out0, 0, True
-    if t == "LRN":
-        size = int(info.node.param.lrn_param.local_size)
-        return out0 * size, out0, True
-    if t in ("Pooling", "SPP"):
-        if t == "SPP":
-            return 0, bots[0] * int(info.node.param.spp_param.pyramid_height), True
-        pp = info.node.param.pooling_param
-        if pp.global_pooling:
-            window = _numel(info.bottom_shapes[0][2:])
-        elif pp.HasField("kernel_h"):
-            window = int(pp.kernel_h) * int(pp.kernel_w)
-        else:
-            window = int(pp.kernel_size) ** 2
-        return 0, out0 * window, True
-    if t == "Eltwise":
-        return 0, out0 * (len(bots) - 1), True
-    if t == "Dropout":
-        return 0, out0 if training else 0, True
-    if t in MOVE_TYPES:
-        return 0, 0, True
-    if t in BOTTOM_TYPES:
-        return 0, bots[0] if bots else 0, True
-    if t in ELEMENTWISE_TYPES or family in ELEMENTWISE_FAMILIES:
-        return 0, out0, True
-    return 0, 0, False
-
-
-def layer_detail(t: str, p) -> str:
-    """A short parameter summary for a box: '7×7 /2 p3 · 64', 'MAX 3×3 /2', 'SUM' ..."""
+def layer_cost(info: LayerInfo, reg: Registration | None, training: bool
+               ) -> tuple[int, int, bool]:
+    """(MACs, ops, counted) of one layer by its registration's cost rule."""
+    if reg is None or reg.cost is None:
+        return 0, 0, False
     try:
-        if t in ("Convolution", "Deconvolution") and p is not None:
-            cp = p.convolution_param
-            k = _pair(list(cp.kernel_size), cp.kernel_h if cp.HasField("kernel_h") else None,
-                      cp.kernel_w if cp.HasField("kernel_w") else None, 1)
-            s = _pair(list(cp.stride), cp.stride_h if cp.HasField("stride_h") else None,
-                      cp.stride_w if cp.HasField("stride_w") else None, 1)
-            pd = _pair(list(cp.pad), cp.pad_h if cp.HasField("pad_h") else None,
-                       cp.pad_w if cp.HasField("pad_w") else None, 0)
-            d = _pair(list(cp.dilation), None, None, 1)
-            parts = [_dims(k)]
-            if s != (1, 1):
-                parts.append("/" + _dims(s, short=True))
-            if pd != (0, 0):
-                parts.append("p" + _dims(pd, short=True))
-            if d != (1, 1):
-                parts.append("d" + _dims(d, short=True))
-            if cp.group > 1:
-                parts.append(f"g{cp.group}")
-            return " ".join(parts) + f" · {cp.num_output}"
-        if t == "InnerProduct" and p is not None:
-            return f"→ {p.inner_product_param.num_output}"
-        if t == "Pooling" and p is not None:
-            pp = p.pooling_param
-            method = ("MAX", "AVE", "STOCHASTIC")[pp.pool] if pp.pool in (0, 1, 2) else "?"
-            if pp.global_pooling:
-                return f"{method} global"
-            k = (pp.kernel_h, pp.kernel_w) if pp.HasField("kernel_h") else \
-                (pp.kernel_size, pp.kernel_size)
-            s = (pp.stride_h, pp.stride_w) if pp.HasField("stride_h") else (pp.stride, pp.stride)
-            pd = (pp.pad_h, pp.pad_w) if pp.HasField("pad_h") else (pp.pad, pp.pad)
-            text = f"{method} {_dims(k)}"
-            if s != (1, 1):
-                text += " /" + _dims(s, short=True)
-            if pd != (0, 0):
-                text += " p" + _dims(pd, short=True)
-            return text
-        if t == "Eltwise" and p is not None:
-            return ("PROD", "SUM", "MAX")[p.eltwise_param.operation]
-        if t == "LRN" and p is not None:
-            return f"size {p.lrn_param.local_size}"
-        if t == "Dropout" and p is not None:
-            return f"ratio {p.dropout_param.dropout_ratio:g}"
-        if t == "ReLU" and p is not None and p.relu_param.negative_slope:
-            return f"slope {p.relu_param.negative_slope:g}"
-        if t == "Concat" and p is not None:
-            ax = p.concat_param.axis
-            return f"axis {ax}" if ax != 1 else ""
-        if t == "Python" and p is not None:
-            return p.python_param.layer
+        macs, ops = reg.cost.fn(info, training)
+    except LookupError:  # a Python layer whose class is not registered
+        return 0, 0, False
+    return int(macs), int(ops), True
+
+
+def layer_detail(reg: Registration | None, param) -> str:
+    """A short parameter summary for a box ('7×7 /2 p3 · 64', 'MAX 3×3 /2', 'SUM' ...)."""
+    if reg is None or reg.detail is None or param is None:
+        return ""
+    try:
+        return reg.detail(param)
     except (AttributeError, IndexError, ValueError):
         return ""
-    return ""
-
-
-def _pair(rep: list[int], h, w, default: int) -> tuple[int, int]:
-    if h is not None and w is not None:
-        return int(h), int(w)
-    if not rep:
-        return default, default
-    if len(rep) == 1:
-        return int(rep[0]), int(rep[0])
-    return int(rep[0]), int(rep[1])
-
-
-def _dims(pair: tuple[int, int], short: bool = False) -> str:
-    a, b = pair
-    if a == b:
-        return str(a) if short else f"{a}×{b}"
-    return f"{a}×{b}"
 
 
 def analyze(net: CaffeNet, *, bytes_per_element: int = BYTES_PER_ELEMENT) -> NetStats:
@@ -480,8 +348,9 @@ def analyze(net: CaffeNet, *, bytes_per_element: int = BYTES_PER_ELEMENT) -> Net
     uncounted: list[str] = []
     for module, info in net.layers.items():
         node = info.node
-        family = family_of(node.type, node.param)
-        macs, ops, counted = layer_cost(info, family, training)
+        reg = registration_of(node.type, node.param)
+        family = reg.family if reg is not None else family_of(node.type, node.param)
+        macs, ops, counted = layer_cost(info, reg, training)
         if not counted and node.type not in uncounted:
             uncounted.append(node.type)
         tops_caffe, bots_caffe = list(node.param.top), list(node.param.bottom)
@@ -489,7 +358,7 @@ def analyze(net: CaffeNet, *, bytes_per_element: int = BYTES_PER_ELEMENT) -> Net
                           for i, t in enumerate(tops_caffe)]
         in_place = bool(tops_caffe) and all(in_place_flags)
         memory = 0
-        if node.type not in VIEW_TYPES:
+        if reg is None or not reg.view:
             memory = sum(_numel(s) for s, ip in zip(info.top_shapes, in_place_flags) if not ip)
             memory *= bytes_per_element
         params = stats = 0
@@ -519,7 +388,7 @@ def analyze(net: CaffeNet, *, bytes_per_element: int = BYTES_PER_ELEMENT) -> Net
             out_shapes=[list(s) for s in info.top_shapes], params=params, stats=stats,
             blobs=blobs, macs=int(macs), ops=int(ops), memory=int(memory), counted=counted,
             in_place=in_place, group=group, prefix="", source=node.source,
-            prototxt=_layer_text(node.param), detail=layer_detail(node.type, node.param),
+            prototxt=_layer_text(node.param), detail=layer_detail(reg, node.param),
             loss_weights=list(info.loss_weights)))
     by_module = {r.module: r for r in rows}
     for r in rows:

@@ -36,7 +36,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from landmarknet.build import CaffeNet, build_net
+from landmarknet.build import CaffeNet, build_from_graph, net_graph
+from landmarknet.graph import Graph
 from landmarknet.runtime import ort_session_options, set_threads
 from landmarknet.errors import LandmarknetError
 
@@ -92,7 +93,8 @@ class BenchModel:
     def at_batch(self, batch: int) -> CaffeNet:
         """The same net (same weights) built for inputs of this batch size."""
         shapes = {n: (batch,) + self.input_shape(n)[1:] for n in self.input_names}
-        net = build_net(self.prototxt, input_shapes=shapes)
+        # The graph of the batch-1 net: neither parsed nor filtered again.
+        net = build_from_graph(self.net.caffe_graph, input_shapes=shapes)
         net.load_state_dict(self.net.state_dict())
         return net.eval()
 
@@ -129,16 +131,19 @@ def load_model(model: str | os.PathLike, *, seed: int = 0) -> BenchModel:
         prototxt, name = path, path.parent.name if path.stem == "deploy" else path.stem
     else:
         raise BenchError(f"{path}: no such model folder or prototxt")
-    net = build_net(prototxt)
-    shapes = {n: (1,) + tuple(net.blob_shapes[n])[1:] for n in net.input_names}
-    if any(tuple(net.blob_shapes[n])[0] != 1 for n in net.input_names):
-        net = build_net(prototxt, input_shapes=shapes)
+    graph = net_graph(prototxt)  # parsed and filtered once, built once at batch 1
+    net = build_from_graph(graph, input_shapes=_batch_one(graph))
     if weights is not None:
         load_weights(net, weights, strict=True)
     else:
         randomize(net, seed)
     net.eval()
     return BenchModel(name, prototxt, weights, net, seed, macs_per_image(net))
+
+
+def _batch_one(graph: Graph) -> dict[str, tuple[int, ...]]:
+    """Shapes that make the graph's declared inputs batch 1 (unknown shapes stay unknown)."""
+    return {i.name: (1, *i.shape[1:]) for i in graph.inputs if i.shape and i.shape[0] != 1}
 
 
 def macs_per_image(net: CaffeNet) -> int:
@@ -318,10 +323,9 @@ def _opencv(model: BenchModel, net: CaffeNet, xs: list[torch.Tensor], threads: i
                     "(opencv-python-headless<5 has it)")
     weights = model.weights
     if weights is None or weights.suffix.lower() != ".caffemodel":
-        from landmarknet.caffe.prototxt import read_net
         from landmarknet.params import save_weights
         weights = tmp / "model.caffemodel"
-        save_weights(model.net, weights, read_net(model.prototxt).net)
+        save_weights(model.net, weights, model.net.net_param)
     n_py = _register_python_layers(model.net)
     cv2.setNumThreads(threads)
     try:

@@ -4,6 +4,11 @@ Each layer is first built on the ``meta`` device and run on meta tensors to lear
 (no second copy of shape formulas, no memory), then built for real and filled with Caffe's
 fillers. Learnable blobs are parameters, statistics are buffers; ``param { name }`` sharing makes
 layers hold the very same Parameter object.
+
+The flow runs one way: a prototxt is parsed once (``read_net``), filtered into a Graph once
+(``net_graph``, no torch) and built once (``build_from_graph``); ``build_net`` does all three.
+The net keeps what it came from (``net.caffe_graph``, ``net.parsed``, ``net.net_param``), so
+writing a .caffemodel, exporting or bundling never reads the prototxt again.
 """
 from __future__ import annotations
 
@@ -50,7 +55,9 @@ class CaffeNet(fx.GraphModule):
     """A Caffe net as a GraphModule: ``forward(*inputs) -> {blob name: tensor}``.
 
     Positional inputs follow ``input_names``; ``run`` takes a dict by Caffe blob names instead
-    and can also return intermediate blobs.
+    and can also return intermediate blobs. ``caffe_graph`` is the Graph it was built from,
+    ``parsed`` / ``net_param`` the parsed prototxt (as upgraded, all phases): what
+    ``save_weights(net, path, net.net_param)`` needs to write a .caffemodel.
     """
 
     def __init__(self, root: nn.Module, graph: fx.Graph, caffe_graph: Graph,
@@ -60,6 +67,16 @@ class CaffeNet(fx.GraphModule):
         self.layers = layers
         self.blob_shapes = blob_shapes
         self.input_names = [i.name for i in caffe_graph.inputs]
+
+    @property
+    def parsed(self) -> ParsedNet:
+        """The parsed prototxt the net was built from: NetParameter, path, source lines."""
+        return self.caffe_graph.parsed
+
+    @property
+    def net_param(self) -> caffe_pb2.NetParameter:
+        """The NetParameter parsed once at build (every layer, every phase; legacy upgraded)."""
+        return self.caffe_graph.parsed.net
 
     # -- running ------------------------------------------------------------------------------
     def run(self, inputs: Mapping[str, torch.Tensor | np.ndarray],
@@ -266,9 +283,39 @@ def build_net(source: ParsedNet | str | os.PathLike, *, phase: str = "test", lev
     blobs need more (landmarknet.memory.MemoryLimitError names the layer that asks most).
     """
     with _gc_paused():
-        return _build_net(source, phase=phase, level=level, stages=stages,
-                          input_shapes=input_shapes, seed=seed, device=device, strict=strict,
-                          max_memory=max_memory)
+        graph = net_graph(source, phase=phase, level=level, stages=stages,
+                          input_shapes=input_shapes, strict=strict)
+        return _build_from_graph(graph, seed=seed, device=device, max_memory=max_memory)
+
+
+def net_graph(source: ParsedNet | str | os.PathLike, *, phase: str = "test", level: int = 0,
+              stages: Iterable[str] = (), input_shapes: Mapping[str, Iterable[int]] | None = None,
+              strict: bool = True) -> Graph:
+    """The Graph build_net builds from: parsed (if needed), filtered, names clear of CaffeNet's.
+
+    For callers that must look at the net's inputs before choosing their shapes: take the
+    graph, then ``build_from_graph(graph, input_shapes=...)``; nothing is parsed or filtered
+    twice.
+    """
+    parsed = source if isinstance(source, ParsedNet) else read_net(source, strict=strict)
+    state = NetState(phase, level, tuple(stages))
+    return build_graph(parsed, state, input_shapes=_int_shapes(input_shapes),
+                       reserved=reserved_names())
+
+
+def build_from_graph(graph: Graph, *, input_shapes: Mapping[str, Iterable[int]] | None = None,
+                     seed: int = 0, device: str | torch.device = "cpu",
+                     max_memory: int | None = None) -> CaffeNet:
+    """Build and fill a net from a graph of ``net_graph`` (see build_net for the options)."""
+    if input_shapes:
+        graph = graph.with_input_shapes(_int_shapes(input_shapes))
+    with _gc_paused():
+        return _build_from_graph(graph, seed=seed, device=device, max_memory=max_memory)
+
+
+def _int_shapes(shapes: Mapping[str, Iterable[int]] | None) -> dict[str, Shape]:
+    """Input shapes as tuples of Python ints, whatever sequences of numbers they came as."""
+    return {k: tuple(int(d) for d in v) for k, v in (shapes or {}).items()}
 
 
 @contextlib.contextmanager
@@ -289,21 +336,11 @@ def _gc_paused():
             gc.enable()
 
 
-def _build_net(source: ParsedNet | str | os.PathLike, *, phase: str, level: int,
-               stages: Iterable[str], input_shapes: Mapping[str, Iterable[int]] | None,
-               seed: int, device: str | torch.device, strict: bool,
-               max_memory: int | None) -> CaffeNet:
-    """build_net's work (see there)."""
-    if isinstance(source, ParsedNet):
-        parsed = source
-    else:
-        parsed = read_net(source, strict=strict)
-    state = NetState(phase, level, tuple(stages))
-    shapes_in = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
-    graph = build_graph(parsed, state, input_shapes=shapes_in, reserved=reserved_names())
-    if not graph.nodes and not graph.inputs:
-        raise GraphError(f"{parsed.path or '<text>'}: the net has no layers"
-                         + (f" in phase {phase.upper()}" if len(parsed.net.layer) else ""))
+def _build_from_graph(graph: Graph, *, seed: int, device: str | torch.device,
+                      max_memory: int | None) -> CaffeNet:
+    """build_net's work after the graph (see there)."""
+    _check_graph(graph)
+    state = graph.state
     blob_shapes: dict[str, Shape] = {}
     for inp in graph.inputs:
         if inp.shape is None or any(d <= 0 for d in inp.shape):
@@ -346,8 +383,22 @@ def _build_net(source: ParsedNet | str | os.PathLike, *, phase: str, level: int,
 
     fx_graph = _fx_graph(graph, infos)
     net = CaffeNet(root, fx_graph, graph, infos, blob_shapes)
-    net.train(phase == "train")
+    net.train(state.phase == "train")
     return net
+
+
+def _check_graph(graph: Graph) -> None:
+    """Refuse an empty net, and a graph whose submodule names were not kept clear of CaffeNet's
+    attributes (made by graph.build_graph without net_graph's ``reserved``)."""
+    if not graph.nodes and not graph.inputs:
+        has_layers = graph.parsed is not None and len(graph.parsed.net.layer) > 0
+        raise GraphError(f"{graph.path or '<text>'}: the net has no layers"
+                         + (f" in phase {graph.state.phase.upper()}" if has_layers else ""))
+    clash = next((n for n in graph.nodes if n.module in _RESERVED), None)
+    if clash is not None:
+        raise GraphError(f"{clash.source}: layer '{clash.name}' would shadow the CaffeNet "
+                         f"attribute '{clash.module}'; make the graph with "
+                         "landmarknet.build.net_graph, which keeps names clear of them")
 
 
 def estimate_memory(graph: Graph, infos: dict[str, LayerInfo], meta_built: dict[str, Built],
@@ -458,7 +509,7 @@ def _attribute_names() -> frozenset[str]:
     probe = fx.GraphModule(nn.Module(), fx.Graph())
     return (frozenset(dir(CaffeNet)) | frozenset(vars(probe))
             | {"caffe_graph", "layers", "blob_shapes", "input_names", "graph", "code", "meta",
-               "training"})
+               "training", "parsed", "net_param"})
 
 
 _RESERVED = _attribute_names()

@@ -2,7 +2,10 @@
 
 ``save_bundle(dir, net, deploy_prototxt, ...)`` writes ``deploy.prototxt`` (copied),
 ``<name>.caffemodel`` (the net's weights, atomically) and ``model.json`` (format 1, see
-:mod:`landmarknet.infer`), then loads the bundle back once to check it is complete.
+:mod:`landmarknet.infer`), then loads the bundle back once to check it is complete (``check``).
+The .caffemodel's layer parameters are the net's own NetParameter when the net was built from
+that deploy prototxt (it is not parsed again); a training net bundled with its deploy file takes
+them from the deploy file.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+from landmarknet.caffe import caffe_pb2
 from landmarknet.infer import FORMAT, MODEL_JSON
 
 
@@ -21,7 +25,6 @@ def save_bundle(folder, net, deploy_prototxt, scheme: int, input_size: int, deco
                 scale: float = 1.0 / 128, channels: str = "BGR", name: Optional[str] = None,
                 input_blob: str = "data", check: bool = True) -> Path:
     """Write a bundle folder; ``decoding`` is model.json's "output" section."""
-    from landmarknet.caffe.prototxt import read_net
     from landmarknet.params import save_weights
 
     folder = Path(folder)
@@ -34,7 +37,7 @@ def save_bundle(folder, net, deploy_prototxt, scheme: int, input_size: int, deco
     for old in folder.glob("*.caffemodel"):
         if old != weights:
             old.unlink()
-    save_weights(net, weights, read_net(deploy_dst).net)
+    save_weights(net, weights, _deploy_param(net, deploy_prototxt))
     spec = {
         "format": FORMAT, "name": name, "scheme": int(scheme),
         "prototxt": "deploy.prototxt", "weights": weights.name,
@@ -54,3 +57,12 @@ def save_bundle(folder, net, deploy_prototxt, scheme: int, input_size: int, deco
         # Not checked against a MANIFEST: a bundle being rewritten is listed with its old sums.
         LandmarkModel.load(folder, verify=False)
     return folder
+
+
+def _deploy_param(net, deploy_prototxt) -> caffe_pb2.NetParameter:
+    """The deploy net's NetParameter: the built net's own when it came from that file."""
+    built_from = net.parsed.path
+    if built_from is not None and Path(built_from).resolve() == Path(deploy_prototxt).resolve():
+        return net.net_param
+    from landmarknet.caffe.prototxt import read_net
+    return read_net(deploy_prototxt).net

@@ -8,13 +8,13 @@ when ``dynamic_batch`` is asked for). We use the TorchScript exporter; ``exporte
 selects the other one when onnxscript is installed.
 
 The opset defaults to 19: ONNX Runtime computes ceil-mode AveragePool correctly only from opset
-19 on (CAFFE.md item 15), and Caffe rounds pooling up by default.
+19 on (docs/tools.md, "Opset"), and Caffe rounds pooling up by default.
 
 ``--via caffe2onnx`` (``caffe2onnx_crosscheck``) runs the independent caffe2onnx converter on
 the same prototxt and caffemodel and compares both ONNX files in ONNX Runtime. caffe2onnx pins
 onnx==1.6.0, which does not build on modern Python; installed with ``pip install --no-deps
 caffe2onnx`` it works with the current onnx, in a subprocess with
-``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python`` (its generated ``_pb2`` needs it; CAFFE.md 16).
+``PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION=python`` (its generated ``_pb2`` needs it; docs/tools.md).
 """
 from __future__ import annotations
 
@@ -37,16 +37,14 @@ from torch import nn
 
 from landmarknet.build import CaffeNet
 from landmarknet.errors import LandmarknetError
+from landmarknet.layers.registry import OnnxRule, registration_of
 
 DEFAULT_OPSET = 19
 DEFAULT_TOL = 1e-4  # relative: max |onnx - ours| / max |ours|
-# Layers whose output can saturate (random weights drive a Softmax to one-hot, a Sigmoid to 0/1):
-# a check on their output alone can pass whatever the weights, so the check also compares the
-# blobs that feed them. Layers that only move values (SHAPE_ONLY) are looked through.
-SATURATING = frozenset({"Softmax", "Sigmoid", "TanH", "ArgMax", "Threshold", "ReLU6", "Clip",
-                        "HardSigmoid", "HardSwish"})
-SHAPE_ONLY = frozenset({"Reshape", "Flatten", "Permute", "Concat", "Slice", "Split", "Crop",
-                        "Silence", "Dropout"})
+# Layers whose output can saturate (random weights drive a Softmax to one-hot, a Sigmoid to 0/1)
+# say so in their registration (OnnxRule.saturating): a check on their output alone can pass
+# whatever the weights, so the check also compares the blobs that feed them. Layers that only
+# move values (OnnxRule.moves_values) are looked through.
 MAX_PROBES = 16
 CAFFE2ONNX_INSTALL = "pip install --no-deps caffe2onnx"
 
@@ -176,8 +174,8 @@ class _TupleOutputs(nn.Module):
 def saturation_probes(net: CaffeNet, names: Sequence[str]) -> dict[str, str]:
     """Inner blobs (SSA names) that feed a saturating layer on the way to an output, with why.
 
-    Walks back from each output through SHAPE_ONLY layers; each SATURATING layer met adds its
-    bottom (and the walk goes on through it: Softmax after Sigmoid adds both inputs).
+    Walks back from each output through layers that only move values; each saturating layer
+    met adds its bottom (and the walk goes on through it: Softmax after Sigmoid adds both).
     """
     producer = {top: info.node for info in net.layers.values() for top in info.node.tops}
     outputs = {net.caffe_graph.latest.get(n, n) for n in names}
@@ -190,14 +188,32 @@ def saturation_probes(net: CaffeNet, names: Sequence[str]) -> dict[str, str]:
         if blob in seen or node is None:
             continue
         seen.add(blob)
-        if node.type in SATURATING:
+        rule = _onnx_rule(node)
+        if rule.saturating:
             for b in node.bottoms:
                 if b in producer and b not in outputs and b not in probes:
                     probes[b] = f"input of {node.type} layer '{node.name}'"
             todo.extend(node.bottoms)
-        elif node.type in SHAPE_ONLY:
+        elif rule.moves_values:
             todo.extend(node.bottoms)
     return probes
+
+
+def _onnx_rule(node) -> OnnxRule:
+    """The export rule of a layer's type (the default rule for unregistered types)."""
+    reg = registration_of(node.type, node.param)
+    return reg.onnx if reg is not None else OnnxRule()
+
+
+def not_exportable_layers(net: CaffeNet) -> list[str]:
+    """'name (type): reason' for each layer that its registration declares not exportable."""
+    out = []
+    for info in net.layers.values():
+        rule = _onnx_rule(info.node)
+        reason = rule.not_exportable or (rule.refuses(info.node.param) if rule.refuses else None)
+        if reason:
+            out.append(f"'{info.node.name}' ({info.node.type}): {reason}")
+    return out
 
 
 def output_names(net: CaffeNet) -> list[str]:
@@ -312,6 +328,9 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
     path = Path(path)
     if opset < 7:
         raise ExportError(f"opset {opset} is too old; use {DEFAULT_OPSET} or later")
+    blocked = not_exportable_layers(net)
+    if blocked:  # the registrations say why; say it before torch's exporter fails somewhere deep
+        raise ExportError("cannot export: " + "; ".join(blocked))
     report = ExportReport(path, opset, dynamic_batch, tol)
     if opset < 19:
         ave = ceil_ave_pooling_layers(net)
@@ -477,13 +496,12 @@ def rename_values(model, mapping: Mapping[str, str]) -> None:
 
 
 def ceil_ave_pooling_layers(net: CaffeNet) -> list[str]:
-    """Names of AVE pooling layers that round up and are not global (opset < 19 risk)."""
+    """Names of layers that ONNX Runtime before the opset-19 fix computes wrongly (AVE pooling
+    that rounds up and is not global), as their registrations tell."""
     out = []
     for info in net.layers.values():
-        if info.node.type != "Pooling":
-            continue
-        pp = info.node.param.pooling_param
-        if pp.pool == 1 and not pp.global_pooling and pp.round_mode == 0:
+        wrong = _onnx_rule(info.node).wrong_before_opset19
+        if wrong is not None and wrong(info.node.param):
             out.append(info.node.name)
     return out
 
@@ -600,10 +618,9 @@ def caffe2onnx_crosscheck(net: CaffeNet, prototxt: str | os.PathLike,
     """
     with tempfile.TemporaryDirectory(prefix="lnet-c2o-") as tmp:
         if caffemodel is None or Path(caffemodel).suffix.lower() != ".caffemodel":
-            from landmarknet.caffe.prototxt import read_net
             from landmarknet.params import save_weights
             caffemodel = Path(tmp) / "weights.caffemodel"
-            save_weights(net, caffemodel, read_net(prototxt).net)
+            save_weights(net, caffemodel, net.net_param)  # the net's own parse, not a re-read
         out = Path(out_path) if out_path else Path(our_onnx).with_suffix(".caffe2onnx.onnx")
         run_caffe2onnx(prototxt, caffemodel, out)
     note = make_ort_loadable(out)

@@ -5,19 +5,24 @@ against the net state (phase, level, stages); inputs are collected (Input layers
 become graph inputs); and every blob write gets a fresh name, so that an in-place layer (``top ==
 bottom``) produces a new version of the blob and later layers read the newest version while
 earlier ones keep the old. Names are given in layer order, never by looking at the end state.
+
+This is the step between the parsed prototxt and the build; like everything below the build it
+needs protobuf only, never torch (tests/test_flow.py checks it). The Graph keeps the ParsedNet it
+came from, so a built net still has its NetParameter (``CaffeNet.net_param``).
 """
 from __future__ import annotations
 
 import builtins
 import keyword
 import re
+from dataclasses import dataclass, field, replace
 from urllib.parse import quote, unquote
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.prototxt import ParsedNet, read_net
 from landmarknet.errors import GraphError, PrototxtError
+from landmarknet.input_shapes import data_top_shapes
 
 Shape = tuple[int, ...]
 
@@ -168,6 +173,11 @@ class Graph:
     latest: dict[str, str]  # Caffe blob name -> its last SSA version
     data_layers: list[Node] = field(default_factory=list)  # data layers, kept for tools
     path: str | None = None
+    parsed: ParsedNet | None = None  # the parsed prototxt the graph came from
+
+    def with_input_shapes(self, shapes: dict[str, Shape]) -> Graph:
+        """The same graph with some input shapes given (as build_graph's ``input_shapes``)."""
+        return replace(self, inputs=_given_shapes(self.inputs, shapes, self.state))
 
     def consumers(self) -> dict[str, list[Node]]:
         """SSA name -> the nodes reading it."""
@@ -206,10 +216,7 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
     """Filter by phase/level/stage, collect inputs, rename blobs in layer order."""
     if not isinstance(parsed, ParsedNet):
         parsed = read_net(parsed)
-    from landmarknet.layers.data import data_top_shapes  # data layers know their own shapes
-
     state = state or NetState()
-    input_shapes = dict(input_shapes or {})
     inputs: list[GraphInput] = []
     nodes: list[Node] = []
     data_nodes: list[Node] = []
@@ -268,18 +275,27 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
             if layer.bottom:
                 raise GraphError(f"{source}: data layer '{layer.name}' cannot have bottoms")
             shapes = data_top_shapes(layer, parsed.path)
-            for t, shape in zip(layer.top, shapes):
-                given = input_shapes.pop(t, None)
-                inputs.append(GraphInput(t, tuple(given) if given else shape, layer.name,
-                                         layer.type, source))
+            inputs += [GraphInput(t, shape, layer.name, layer.type, source)
+                       for t, shape in zip(layer.top, shapes)]
             data_nodes.append(node)
             continue
         nodes.append(node)
-    if input_shapes:
+    inputs = _given_shapes(inputs, input_shapes or {}, state)
+    return Graph(net.name, state, inputs, nodes, blob_of, latest, data_nodes, parsed.path,
+                 parsed)
+
+
+def _given_shapes(inputs: list[GraphInput], shapes: dict[str, Shape], state: NetState,
+                  ) -> list[GraphInput]:
+    """The inputs with the shapes a caller gives (an empty one keeps the prototxt's)."""
+    names = {i.name for i in inputs}
+    unknown = [name for name in shapes if name not in names]
+    if unknown:
         known = ", ".join(i.name for i in inputs) or "none"
-        raise GraphError(f"--input-shape names {', '.join(input_shapes)}, which is not an input "
+        raise GraphError(f"--input-shape names {', '.join(unknown)}, which is not an input "
                          f"of this net in phase {state.phase} (inputs: {known})")
-    return Graph(net.name, state, inputs, nodes, blob_of, latest, data_nodes, parsed.path)
+    return [replace(i, shape=tuple(shapes[i.name])) if shapes.get(i.name) else i
+            for i in inputs]
 
 
 def _with_auto_top(layer: caffe_pb2.LayerParameter, taken: set[str],

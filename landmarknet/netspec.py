@@ -14,8 +14,7 @@ keyword arguments holding dicts, lists and scalars, which are assigned to the
 
 Blob bookkeeping catches the mistakes Caffe would only report at load time: a bottom that no
 earlier layer produces (in every phase the layer runs in), a top written twice, a repeated layer
-name. ``macs_by_layer`` counts multiply-accumulates of a built net (there is no
-``landmarknet.analyze`` yet; it only counts Convolution, Deconvolution and InnerProduct).
+name. The cost of a built net (MACs per layer) is ``landmarknet.analyze``'s.
 """
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ from google.protobuf import message as _message
 from google.protobuf import text_format
 
 from landmarknet.caffe import caffe_pb2
+from landmarknet.errors import LandmarknetError
 
 #: The command that regenerates every committed prototxt (named in generated headers).
 GENERATOR_COMMAND = "python tools/generate_prototxt.py"
@@ -41,7 +41,7 @@ _PHASE_ENUM = {"train": caffe_pb2.TRAIN, "test": caffe_pb2.TEST}
 Shape = Sequence[int]
 
 
-class NetSpecError(ValueError):
+class NetSpecError(LandmarknetError, ValueError):
     """A net being written that Caffe would refuse (unknown bottom, duplicate name or top)."""
 
 
@@ -471,39 +471,3 @@ def index_ranges(indices: Iterable[int]) -> str:
         parts.append(str(items[i]) if i == j else f"{items[i]}-{items[j]}")
         i = j + 1
     return ",".join(parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# MACs of a built net (conv, deconv and fully connected layers only)
-
-
-def macs_by_layer(net) -> dict[str, int]:
-    """Multiply-accumulates per sample of each Convolution, Deconvolution and InnerProduct.
-
-    Convolution: out_elements x (C_in/group x kh x kw); Deconvolution: in_elements x
-    (C_out/group x kh x kw); InnerProduct: outer positions x K x N. Other layers count 0 (their
-    cost is memory traffic, not multiplies). The batch dimension is divided out.
-    """
-    out: dict[str, int] = {}
-    for module, info in net.layers.items():
-        t = info.node.type
-        if t not in ("Convolution", "Deconvolution", "InnerProduct") or not info.blobs:
-            continue
-        w = tuple(info.blobs[0].shape)
-        bottom = info.bottom_shapes[0]
-        n = max(bottom[0], 1)
-        if t == "Convolution":
-            per_out = math.prod(w[1:])
-            macs = sum(math.prod(s) for s in info.top_shapes) * per_out
-        elif t == "Deconvolution":
-            macs = sum(math.prod(s) for s in info.bottom_shapes) * math.prod(w[1:])
-        else:
-            axis = info.node.param.inner_product_param.axis % len(bottom)
-            macs = math.prod(bottom[:axis]) * math.prod(w)
-        out[info.node.name] = int(macs // n)
-    return out
-
-
-def total_macs(net) -> int:
-    """Sum of macs_by_layer."""
-    return int(sum(macs_by_layer(net).values()))

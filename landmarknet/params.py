@@ -359,6 +359,77 @@ def layer_selector(spec: str, net: CaffeNet) -> Callable[[str], bool]:
     return copy_selector(names=names)
 
 
+@dataclass
+class Conversion:
+    """What convert_weights wrote: the layer count, and the copy report when a net was used."""
+
+    output: Path
+    layers: int
+    report: CopyReport | None = None
+
+
+def convert_weights(source: str | os.PathLike, output: str | os.PathLike, *,
+                    prototxt: str | os.PathLike | None = None, phase: str = "test",
+                    input_shapes: dict | None = None, copy_layers: str | None = None,
+                    seed: int = 0, fit: FitPolicy | None = None,
+                    max_memory: int | None = None) -> Conversion:
+    """Weights from ``source`` to ``output`` (formats by extension: .caffemodel, .h5, .pt).
+
+    Without ``prototxt`` the Caffe blobs go across as they are; with it they are first loaded
+    into that net by layer name (``copy_layers``: ``A,B,...`` or ``upto:NAME``), which .pt
+    files and partial copies need. Weights that do not fit raise WeightsError unless ``fit``
+    (or the current fit_policy) allows it.
+    """
+    source, output = Path(source), Path(output)
+    needs_net = (source.suffix in PT_SUFFIXES or output.suffix in PT_SUFFIXES
+                 or copy_layers is not None)
+    if needs_net and prototxt is None:
+        raise WeightsError(f"{source} -> {output}: PyTorch files and copy_layers need the "
+                           "prototxt (the net that maps layer names to module parameters)")
+    if prototxt is None:
+        return _convert_blobs(source, output, fit or _FIT_POLICY.get())
+    return _convert_through_net(source, output, prototxt, phase=phase,
+                                input_shapes=input_shapes, copy_layers=copy_layers, seed=seed,
+                                fit=fit, max_memory=max_memory)
+
+
+def _convert_blobs(source: Path, output: Path, fit: FitPolicy) -> Conversion:
+    """Caffe blobs from one file to another, no net involved."""
+    if source.suffix.lower() in (".h5", ".hdf5") and source.is_file():
+        check_hdf5_size(source)
+    layers = read_weights(source)
+    bad = nonfinite_blobs(layers)
+    if bad and not fit.allow_nonfinite:
+        raise WeightsError(f"{source}: {len(bad)} blob(s) hold NaN or infinite values "
+                           "(allow with --allow-nonfinite):\n"
+                           + "\n".join(f"  - {b}" for b in bad[:50]))
+    try:
+        write_weights(output, layers)
+    except OSError as exc:  # a folder that does not exist, no permission, a full disk
+        raise WeightsError(f"{output}: cannot write: {exc.strerror or exc}") from None
+    except ValueError as exc:  # a layer name the format cannot hold
+        raise WeightsError(f"{output}: cannot write: {exc}") from None
+    return Conversion(output, len(layers))
+
+
+def _convert_through_net(source: Path, output: Path, prototxt: str | os.PathLike, *,
+                         phase: str, input_shapes: dict | None, copy_layers: str | None,
+                         seed: int, fit: FitPolicy | None,
+                         max_memory: int | None) -> Conversion:
+    """Load ``source`` into the net of ``prototxt`` by layer name, then save it as ``output``."""
+    from landmarknet.build import build_net
+    from landmarknet.caffe.prototxt import read_net
+
+    parsed = read_net(prototxt)
+    net = build_net(parsed, phase=phase, input_shapes=dict(input_shapes or {}), seed=seed,
+                    max_memory=max_memory)
+    # A name the net lacks is an error (a typo must not select nothing).
+    select = layer_selector(copy_layers, net) if copy_layers else None
+    report = load_weights(net, source, select=select, fit=fit)
+    save_weights(net, output, parsed.net)
+    return Conversion(output, len(net_blobs(net)), report)
+
+
 # ---------------------------------------------------------------------------------------------
 # Random weights for testing
 

@@ -515,13 +515,6 @@ def settings_summary(param: caffe_pb2.SolverParameter) -> list[dict]:
     return rows
 
 
-def format_summary(rows: list[dict]) -> str:
-    """The summary as aligned text, set fields first."""
-    rows = sorted(rows, key=lambda r: (not r["set"], r["field"]))
-    return "\n".join(f"{'*' if r['set'] else ' '} {r['field']:<22} {str(r['value']):<14} "
-                     f"{r['handled_by']:<11} {r['note']}" for r in rows)
-
-
 def _resolve(path: str, solver_path: str | os.PathLike | None) -> str:
     """Caffe opens net files relative to the working directory; when the file is not there but
     is beside the solver file, use that one."""

@@ -62,6 +62,17 @@ class TrainingDiverged(TrainingError):
     """A loss became NaN or infinite."""
 
 
+def _make_folder(folder: Path) -> None:
+    """Create the snapshot folder, or say which one cannot be made (the solver's
+    snapshot_prefix, or --out)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TrainingError(f"{folder}: cannot create the snapshot folder "
+                            f"({exc.strerror or exc}); check --out or the solver's "
+                            "snapshot_prefix") from None
+
+
 # ------------------------------------------------------------------------------ solver access
 
 def _plan_get(plan, name, default=None):
@@ -232,7 +243,7 @@ class Trainer:
         self.seed = int(seed) if seed is not None and seed >= 0 else 0
         prefix = str(_plan_get(plan, "snapshot_prefix", "") or self.solver_path.stem)
         self.prefix = (Path(cfg.out) / Path(prefix).name) if cfg.out else Path(prefix)
-        self.prefix.parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(self.prefix.parent)
         self.log_path = Path(f"{self.prefix}_log.csv")
         self.curves_path = Path(f"{self.prefix}_curves.png")
 

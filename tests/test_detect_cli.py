@@ -199,6 +199,34 @@ def test_bad_model_and_options(capsys, tmp_path):
         detect_cli.run(_args(str(ASTRONAUT), "--batch", "0"))
 
 
+def test_device_and_tracking_options(capsys, monkeypatch):
+    """--device cuda without CUDA: one clear line (exit 2 from the command); bad numbers."""
+    import torch
+
+    from landmarknet.cli.common import UsageError
+    from landmarknet.cli.main import main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["detect", str(ASTRONAUT), "--device", "cuda", "--model", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("landmarknet detect: error: --device cuda: torch sees no CUDA GPU")
+    assert "\n" not in err
+    with pytest.raises(UsageError, match="--detect-every"):
+        detect_cli.run(_args(str(ASTRONAUT), "--detect-every", "0"))
+    with pytest.raises(UsageError, match="--camera"):
+        detect_cli.run(_args())
+
+
+def test_device_auto_on_the_cpu_gives_the_same_result(capsys, small_path, tmp_path,
+                                                      monkeypatch):
+    """--device auto without a GPU runs the CPU path: the same JSON as without it."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, plain, _ = _run(capsys, str(small_path), "-o", str(tmp_path / "a"), "--no-overlay")
+    _, auto, _ = _run(capsys, str(small_path), "-o", str(tmp_path / "b"), "--no-overlay",
+                      "--device", "auto")
+    assert auto == plain and len(plain[0]["faces"]) == 1
+
+
 def test_video(capsys, small, tmp_path):
     path = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (256, 256))

@@ -57,3 +57,15 @@ def test_nme_with_detector_boxes_beside_ground_truth_boxes(samples, stats, tmp_p
     out = nme_detector_vs_gt(takeo, model, solo)
     assert out["gt"]["nme_io"] < 1e-4
     assert 0.005 < out["detector_boxes"]["nme_io"] < 0.1
+
+
+def test_evaluate_device_cuda_without_cuda_is_one_clear_line(capsys, monkeypatch, data_dir):
+    import torch
+
+    from landmarknet.cli.main import main
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = main(["evaluate", "heatmap4_68_bn", "--data", str(data_dir / "samples68"),
+               "--device", "cuda"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert err.startswith("landmarknet evaluate: error: --device cuda: torch sees no CUDA GPU")

@@ -207,21 +207,47 @@ def test_shipped_landmark_layers_when_present(tmp_path):
 UNSUPPORTED = """input: "data" input_shape { dim: 1 dim: 3 dim: 6 dim: 6 }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
         convolution_param { num_output: 4 kernel_size: 3 } }
-layer { name: "top2" type: "ArgMax" bottom: "conv" top: "am" argmax_param { top_k: 2 } }
-layer { name: "spp" type: "SPP" bottom: "conv" top: "spp" spp_param { pyramid_height: 2 } }
+layer { name: "top2" type: "TestOnlyScaled" bottom: "conv" top: "am" }
+layer { name: "spp" type: "TestOnlyScaled" bottom: "conv" top: "spp" }
 """
 
 
-def test_unsupported_layers_are_named_and_stubs_keep_the_weights(tmp_path):
+class _Scaled(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.empty(4))
+
+    def forward(self, x):
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+@pytest.fixture
+def unemittable_type():
+    """A layer type registered without an emitter (every built-in type has one since the
+    registry carries emitters); removed again so that other tests see the real registry."""
+    from landmarknet.layers import BlobSlot, Built, registry
+
+    @registry.register("TestOnlyScaled", family="custom", origin="tests")
+    def scaled(spec):
+        """x times a learned per-channel factor."""
+        return Built(_Scaled(), [BlobSlot("weight", (4,))])
+
+    yield
+    registry._REGISTRY.pop("TestOnlyScaled")
+
+
+def test_unsupported_layers_are_named_and_stubs_keep_the_weights(tmp_path, unemittable_type):
     net = build_net(parse_net(UNSUPPORTED, path="u.prototxt"))
+    randomize(net, 1)
     with pytest.raises(EmitError) as err:
         emit_python(net, tmp_path / "m.py")
     msg = str(err.value)
-    assert "'top2' (ArgMax, u.prototxt:" in msg and "'spp' (SPP" in msg
+    assert "'top2' (TestOnlyScaled, u.prototxt:" in msg and "'spp' (TestOnlyScaled" in msg
     assert "stubs=True" in msg
     emit_python(net, tmp_path / "m.py", stubs=True)
     model = _import(tmp_path / "m.py", "stubbed").Net()
     model.load_state_dict(net.state_dict())
+    assert torch.equal(model.get_submodule("top2").weight, net.get_submodule("top2").weight)
     with pytest.raises(NotImplementedError, match="top2"):
         model(torch.zeros(1, 3, 6, 6))
 

@@ -92,7 +92,8 @@ def test_installed_models_lists_the_packaged_bundles(installed, tmp_path):
     out = json.loads(proc.stdout)
     assert out["models_dir"] == str(installed / "landmarknet" / "models")
     assert sorted(b["name"] for b in out["bundles"]) == ["heatmap4_5", "heatmap4_68",
-                                                         "heatmap4_68_bn", "squeeze77"]
+                                                         "heatmap4_68_bn", "light3w_5",
+                                                         "light3w_68", "light3w_77", "squeeze77"]
     assert all(b["verified"] is True for b in out["bundles"]) and out["detector"]["verified"]
 
 

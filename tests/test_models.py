@@ -15,7 +15,8 @@ from landmarknet.models import (MANIFEST, MODELS_DIR, MODELS_ENV, MTCNN_DIR, Che
                                 resolve_bundle, resolve_prototxt, verify_files)
 from synthetic_bundles import regression_bundle
 
-SHIPPED = ["heatmap4_5", "heatmap4_68", "heatmap4_68_bn", "squeeze77"]
+SHIPPED = ["heatmap4_5", "heatmap4_68", "heatmap4_68_bn", "light3w_5", "light3w_68", "light3w_77",
+           "squeeze77"]
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +61,8 @@ def test_names_and_folders_resolve_alike(tmp_path, monkeypatch):
     assert resolve_prototxt(missing) == missing  # the builder says it is missing
     with pytest.raises(ModelError, match=r"heatmap4_69: no such model \(no such bundle "
                                          r"folder.*installed: heatmap4_5, heatmap4_68, "
-                                         r"heatmap4_68_bn, squeeze77"):
+                                         r"heatmap4_68_bn, light3w_5, light3w_68, "
+                                         r"light3w_77, squeeze77"):
         resolve_bundle("heatmap4_69")
     with pytest.raises(ModelError, match="no such bundle folder"):
         resolve_bundle("sub/heatmap4_68")  # a path is never looked up as a name
@@ -70,6 +72,19 @@ def test_names_and_folders_resolve_alike(tmp_path, monkeypatch):
     regression_bundle(tmp_path / "squeeze77")
     assert resolve_bundle("squeeze77") == Path("squeeze77")
     assert LandmarkModel.load(resolve_bundle("squeeze77")).scheme.n_points == 5
+
+
+def test_a_shipped_folder_given_by_a_relative_path_is_checked(monkeypatch, capsys):
+    """A relative folder, with file names joined to it or not, is the same folder (a relative
+    path was once joined twice: 'models/x/models/x/model.json: not listed')."""
+    monkeypatch.chdir(MODELS_DIR.parent)
+    rel = Path(MODELS_DIR.name) / "light3w_5"
+    assert verify_files(rel, [rel / "model.json", "deploy.prototxt"]) is True
+    with pytest.raises(ChecksumError, match="not listed"):
+        verify_files(rel, [rel / "README.txt"])
+    assert LandmarkModel.load(rel).scheme.n_points == 5
+    assert main(["bench", str(rel), "--batch", "1", "--backends", "eager", "--repeats", "1",
+                 "--warmup", "0"]) == 0
 
 
 def test_user_models_folder_gives_names(tmp_path, monkeypatch):

@@ -153,3 +153,57 @@ def test_nets_match_opencv(mtcnn, astronaut, rng, stem, outputs):
         assert _rel(ours[name], ref[name]) < 1e-4, (name, _rel(ours[name], ref[name]))
     if stem != "det1":  # the real crops include faces: the nets are not just agreeing on noise
         assert ref["prob1"][:12, 1].max() > 0.9
+
+
+# -- the pyramid on the device (issue 15) --------------------------------------------------------
+
+
+@pytest.mark.parametrize("src,dst", [(640, 455), (480, 341), (640, 320), (480, 120),
+                                     (512, 363), (97, 13), (300, 300)])
+def test_area_weights_are_opencvs_inter_area(rng, src, dst):
+    """``A_h @ image @ A_w.T`` is cv2.resize(INTER_AREA) to within the uint8 rounding."""
+    from landmarknet.detect.mtcnn import _round_like_opencv, area_weights
+    img = rng.integers(0, 256, (src, 211, 3), dtype=np.uint8)
+    w_dst = 211 if dst == src else max(1, dst // 3)
+    ref = cv2.resize(img, (w_dst, dst), interpolation=cv2.INTER_AREA).astype(np.float64)
+    ours = area_weights(src, dst) @ img.transpose(2, 0, 1).astype(np.float64) \
+        @ area_weights(211, w_dst).T
+    rounded = _round_like_opencv(torch.from_numpy(ours).float(),
+                                 src == 2 * dst and 211 == 2 * w_dst)
+    diff = np.abs(rounded.permute(1, 2, 0).numpy() - ref)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert np.allclose(area_weights(src, dst).sum(1), 1.0)
+
+
+def test_pyramid_on_the_device_path_finds_the_same_faces(mtcnn, astronaut, data_dir):
+    """pyramid="torch" (what --device cuda runs), here on the CPU: the same boxes, scores and
+    points as the OpenCV pyramid on the sample and on ytf68 faces."""
+    on_device = MTCNN(pyramid="torch")
+    assert on_device.pyramid == "torch" and mtcnn.pyramid == "opencv"
+    images = [astronaut] + [cv2.imread(str(p)) for p in
+                            sorted((data_dir / "ytf68" / "val").glob("*.jpg"))[:4]]
+    for image in images:
+        ref, got = mtcnn.detect(image), on_device.detect(image)
+        assert len(got) == len(ref) >= 1
+        for a, b in zip(ref, got):
+            np.testing.assert_allclose(b.box, a.box, atol=1.0)
+            np.testing.assert_allclose(b.points, a.points, atol=1.0)
+            assert b.score == pytest.approx(a.score, abs=1e-3)
+
+
+def test_device_names(monkeypatch):
+    from landmarknet.detect import DeviceError, resolve_device
+    from landmarknet.errors import LandmarknetError
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(DeviceError, match="no CUDA") as exc:
+        resolve_device("cuda")
+    assert isinstance(exc.value, LandmarknetError) and "\n" not in str(exc.value)
+    with pytest.raises(DeviceError, match="choose one of"):
+        resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("CUDA:1") == "cuda:1"
+    with pytest.raises(DeviceError, match="2 CUDA device"):
+        resolve_device("cuda:2")

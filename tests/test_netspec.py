@@ -11,7 +11,7 @@ from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.prototxt import parse_net, parse_solver
 from landmarknet.layers.landmark import parse_index_ranges
 from landmarknet.netspec import (GENERATOR_COMMAND, NetSpec, NetSpecError, assign, gaussian,
-                                 generated_header, index_ranges, macs_by_layer, solver_text)
+                                 generated_header, index_ranges, solver_text)
 
 
 def _tiny() -> NetSpec:
@@ -111,11 +111,17 @@ def test_fire_module_structure():
 
 
 def test_built_tiny_net_and_macs():
-    """MACs from the built net against hand counts (per image; batch 2 divided out)."""
+    """landmarknet.analyze's MACs of the built net against hand counts (per image; the net's
+    batch of 2 divided out)."""
+    from landmarknet.analyze import analyze
+
     net = build_net(parse_net(_tiny().to_text()))
     out = net(torch.zeros(2, 3, 16, 16))
     assert out["fc"].shape == (2, 10)
-    m = macs_by_layer(net)
+    stats = analyze(net)
+    assert stats.batch == 2
+    m = {r.name: r.macs // 2 for r in stats.rows if r.macs and not r.is_input}
+    assert all(r.macs % 2 == 0 for r in stats.rows)
     assert m["conv1_1"] == 8 * 16 * 16 * 3 * 3 * 3
     assert m["fire2/squeeze1x1"] == 4 * 8 * 8 * 8
     assert m["fire2/expand1x1"] == 8 * 8 * 8 * 4

@@ -3,6 +3,9 @@
 
     python tools/build_from_prototxt.py NET.prototxt [--weights W] [--save OUT]
         [--emit-python OUT.py]
+
+Same arguments as the subcommand (``python tools/build_from_prototxt.py --help``);
+errors are one line, exit 2.
 """
 from __future__ import annotations
 

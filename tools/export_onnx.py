@@ -3,6 +3,9 @@
 
     python tools/export_onnx.py NET.prototxt --weights W -o model.onnx
         [--opset N] [--dynamic-batch] [--via caffe2onnx]
+
+Same arguments as the subcommand (``python tools/export_onnx.py --help``);
+errors are one line, exit 2.
 """
 from __future__ import annotations
 

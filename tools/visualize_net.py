@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""Draw a net: ``landmarknet visualize`` as a script (same arguments).
+"""Draw a net: ``landmarknet visualize`` as a script.
 
     python tools/visualize_net.py NET.prototxt [--phase test|train]
         [--format html|svg|png|pdf|dot|json|csv|md] [-o OUT]
+
+Same arguments as the subcommand (``python tools/visualize_net.py --help``);
+errors are one line, exit 2.
 """
 from __future__ import annotations
 

@@ -71,9 +71,8 @@ def _report(args: argparse.Namespace, net) -> int:
         report = load_weights(net, args.weights, fit=fit_from_args(args))
     if args.random_weights is not None:
         randomize(net, args.random_weights)
-    if args.save:
-        from landmarknet.caffe.prototxt import read_net
-        save_weights(net, args.save, read_net(args.prototxt, strict=not args.lenient).net)
+    if args.save:  # layer parameters from the prototxt as parsed for the build, not re-read
+        save_weights(net, args.save, net.net_param)
     if args.emit_python:
         from landmarknet.emit import emit_python
         emit_python(net, args.emit_python, stubs=args.emit_stubs)

@@ -53,42 +53,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from landmarknet.caffe.weights import read_weights, write_weights
+    from landmarknet.params import convert_weights
 
     pt = (".pt", ".pth")
     needs_net = args.input.suffix in pt or args.output.suffix in pt or args.copy_layers
     if needs_net and args.prototxt is None:
         raise UsageError("PyTorch files and --copy-layers need --prototxt (the net that maps "
                          "layer names to module parameters)")
-    if args.prototxt is None:
-        from landmarknet.errors import WeightsError
-        from landmarknet.params import check_hdf5_size, nonfinite_blobs
-        if args.input.suffix.lower() in (".h5", ".hdf5") and args.input.is_file():
-            check_hdf5_size(args.input)
-        layers = read_weights(args.input)
-        bad = nonfinite_blobs(layers)
-        if bad and not args.allow_nonfinite:
-            raise WeightsError(f"{args.input}: {len(bad)} blob(s) hold NaN or infinite values "
-                               "(allow with --allow-nonfinite):\n"
-                               + "\n".join(f"  - {b}" for b in bad[:50]))
-        try:
-            write_weights(args.output, layers)
-        except ValueError as exc:  # a layer name the format cannot hold
-            raise WeightsError(f"{args.output}: cannot write: {exc}") from None
-        print(f"wrote {len(layers)} layer(s) to {args.output}")
-        return 0
-
-    from landmarknet.build import build_net
-    from landmarknet.caffe.prototxt import read_net
-    from landmarknet.params import layer_selector, load_weights, save_weights
-
-    parsed = read_net(args.prototxt)
-    net = build_net(parsed, phase=args.phase, input_shapes=dict(args.input_shape), seed=args.seed,
-                    max_memory=args.max_memory)
-    # A name the net lacks is an error (a typo must not select nothing).
-    select = layer_selector(args.copy_layers, net) if args.copy_layers else None
-    report = load_weights(net, args.input, select=select, fit=fit_from_args(args))
-    print(textwrap.indent(report.render(), "  "))
-    save_weights(net, args.output, parsed.net)
-    print(f"wrote {args.output}")
+    done = convert_weights(args.input, args.output, prototxt=args.prototxt, phase=args.phase,
+                           input_shapes=dict(args.input_shape), copy_layers=args.copy_layers,
+                           seed=args.seed, fit=fit_from_args(args), max_memory=args.max_memory)
+    if done.report is None:
+        print(f"wrote {done.layers} layer(s) to {args.output}")
+    else:
+        print(textwrap.indent(done.report.render(), "  "))
+        print(f"wrote {args.output}")
     return 0

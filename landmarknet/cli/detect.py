@@ -8,6 +8,11 @@ stdout, one per line (images: one per input; videos: one per frame, with "frame"
     {"input": PATH, "faces": [{"box": [x, y, w, h], "score": s,
                                "landmarks": [[x, y], ...], "confidence": c}], "error": null}
 
+A video (or a camera: ``--camera 0``, or any OpenCV capture string such as a URL) runs the
+detector on the first frame, every ``--detect-every`` frames and when a face is lost; on the
+other frames each face is followed from the previous frame's landmarks
+(``landmarknet.detect.tracker``).
+
 Boxes and points are in pixels of the input image (pixel centres at integer coordinates).
 ``score`` is the detector's; ``confidence`` the landmark model's (null without one, or for a
 regression model). A bad input gives ``"faces": [], "error": "why"`` and the run goes on.
@@ -28,6 +33,8 @@ example:
   landmarknet detect samples/astronaut.png -o out/
   landmarknet detect photos/ clip.mp4 --model heatmap4_68 --json > faces.jsonl
   landmarknet detect group.jpg --detector haar --indices --show-heatmaps -o out/
+  landmarknet detect --camera 0 --max-frames 300 --model squeeze77 -o out/
+  landmarknet detect photos/ --device cuda --batch 64 --no-overlay
 """
 
 #: The bundle (a name or folder) used when --model is not given; None: the installed bundle
@@ -49,7 +56,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``detect`` (shared with tools/detect.py)."""
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, or video files")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="images, folders, or video files")
+    p.add_argument("--camera", metavar="SOURCE",
+                   help="also read a live source: a camera index (0) or any OpenCV capture "
+                        "string (a URL, a file, a GStreamer pipeline); stops at its end, after "
+                        "--max-frames, on Ctrl-C, or when no frame comes for --frame-timeout s")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
+                   help="where the landmark net and MTCNN run (default cpu; auto: cuda when "
+                        "torch sees a GPU)")
     p.add_argument("--model", metavar="NAME|FOLDER",
                    help="an installed bundle's name (`landmarknet models` lists them) or a "
                         "bundle folder (deploy.prototxt, .caffemodel, model.json); 'none' "
@@ -65,6 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the table and messages then go to stderr")
     p.add_argument("--show-heatmaps", action="store_true",
                    help="save NAME_heatmaps.png, a figure of each face's heatmaps (heatmap models)")
+    p.add_argument("--flip-test", choices=("on", "off"),
+                   help="also run each face mirrored and average (about twice the landmark "
+                        "net's time; default: the bundle's model.json output.flip_test)")
     p.add_argument("--batch", type=int, default=16, metavar="N",
                    help="faces per landmark-network batch (default 16)")
     p.add_argument("--indices", action="store_true", help="write point indices on the overlay")
@@ -79,7 +96,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "faces at any in-plane angle are found (about 4x the detector's time)")
     p.add_argument("--no-smooth", action="store_true", help="videos: no temporal smoothing")
     p.add_argument("--max-frames", type=int, default=0, metavar="N",
-                   help="videos: stop after N frames (default: all)")
+                   help="videos and --camera: stop after N frames (default: all)")
+    from landmarknet.detect.tracker import DEFAULT_DETECT_EVERY, DEFAULT_MIN_CONFIDENCE
+    from landmarknet.detect.video import DEFAULT_FRAME_TIMEOUT
+    p.add_argument("--detect-every", type=int, default=DEFAULT_DETECT_EVERY, metavar="N",
+                   help="videos: run the detector every N frames (and when a face is lost); "
+                        "in between, faces are followed from the previous frame's landmarks "
+                        f"(default {DEFAULT_DETECT_EVERY}; 1: the detector on every frame)")
+    p.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                   metavar="C", help="videos: a followed face whose landmark confidence "
+                   f"falls below C is lost and the detector runs (default "
+                   f"{DEFAULT_MIN_CONFIDENCE}; heatmap models)")
+    p.add_argument("--frame-timeout", type=float, default=DEFAULT_FRAME_TIMEOUT, metavar="S",
+                   help=f"--camera: give up when no frame comes for S seconds (default "
+                        f"{DEFAULT_FRAME_TIMEOUT:g})")
     p.add_argument("--no-overlay", action="store_true", help="write JSON only")
     from landmarknet.cli.common import add_memory_argument, pixels_arg
     p.add_argument("--max-pixels", type=pixels_arg, default=None, metavar="N",
@@ -134,7 +164,7 @@ class _Run:
         return name
 
 
-def resolve_model(value: Optional[str]):
+def resolve_model(value: Optional[str], device: str = "cpu"):
     """The LandmarkModel to use and a note for the user, or None and the reason there is none."""
     from landmarknet.models import default_bundle, load_bundle
 
@@ -147,7 +177,7 @@ def resolve_model(value: Optional[str]):
         if chosen is None:
             return None, why
         value = str(chosen)
-    model = load_bundle(value)
+    model = load_bundle(value, device=device)
     return model, f"landmark model: {model.name} ({model.spec.folder})"
 
 
@@ -160,23 +190,33 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from landmarknet.cli.common import UsageError
-    from landmarknet.detect import get_detector
+    from landmarknet.detect import get_detector, resolve_device
     from landmarknet.detect.pipeline import Landmarker
 
     if args.batch < 1:
         raise UsageError(f"--batch must be at least 1, got {args.batch}")
+    if not args.inputs and args.camera is None:
+        raise UsageError("give at least one INPUT (image, folder, video) or --camera SOURCE")
+    if args.detect_every < 1:
+        raise UsageError(f"--detect-every must be at least 1, got {args.detect_every}")
+    if not args.frame_timeout > 0:
+        raise UsageError(f"--frame-timeout must be positive, got {args.frame_timeout}")
+    device = resolve_device(args.device)
     if args.min_face < 12:
         raise UsageError(f"--min-face must be at least 12 pixels, got {args.min_face}")
     from landmarknet.detect.images import DEFAULT_MAX_PIXELS
     if args.max_pixels is None:
         args.max_pixels = DEFAULT_MAX_PIXELS
-    model, note = resolve_model(args.model)
+    model, note = resolve_model(args.model, device)
+    if model is not None and args.flip_test:
+        model.spec.flip_test = args.flip_test == "on"
     if model is None:
         note = f"{note}; {_REPORTED[args.detector]}"
     if args.any_roll and args.detector != "mtcnn":
         raise UsageError("--any-roll needs --detector mtcnn")
     turns = {"turns": (0, 90, 180, 270)} if args.any_roll else {}
-    detector = get_detector(args.detector, min_face=args.min_face, **turns)
+    on_device = {"device": device} if device != "cpu" and args.detector == "mtcnn" else {}
+    detector = get_detector(args.detector, min_face=args.min_face, **turns, **on_device)
     out_dir = args.out_dir
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,13 +225,17 @@ def _run(args: argparse.Namespace) -> int:
     r = _Run(args, Landmarker(detector, model, args.batch, keep_heatmaps=args.show_heatmaps,
                               align=not args.no_align),
              model, out_dir)
-    print(f"detect: {note}", file=sys.stderr, flush=True)
+    print(f"detect: {note}" + ("" if device == "cpu" else f"; on {device}"), file=sys.stderr,
+          flush=True)
     if args.show_heatmaps and (model is None or not model.decodes_heatmaps):
         print("detect: --show-heatmaps: " + ("no landmark model, so no heatmaps" if model is None
               else f"model {model.name} decodes by regression, so no heatmaps"),
               file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    _process(r, _expand(args.inputs))
+    items = _expand(args.inputs)
+    if args.camera is not None:
+        items.append(_Item(Path(args.camera), "camera"))
+    _process(r, items)
     _print_table(r)
     r.say(f"{len(r.rows)} input(s) in {time.perf_counter() - t0:.1f} s; results in {out_dir}/"
           + (f"; {r.n_errors} could not be read" if r.n_errors else ""))
@@ -204,7 +248,7 @@ def _run(args: argparse.Namespace) -> int:
 @dataclass
 class _Item:
     path: Path
-    kind: str  # image | video | error
+    kind: str  # image | video | camera | error
     error: Optional[str] = None
 
 
@@ -242,7 +286,7 @@ def _process(r: _Run, items: list[_Item]) -> None:
             continue
         _images(r, run_of_images)
         run_of_images = []
-        if item.kind == "video":
+        if item.kind in ("video", "camera"):
             _video(r, item)
         else:
             _error(r, item.path, item.error)
@@ -332,71 +376,123 @@ def _write_pictures(r: _Run, name: str, path: Path, image, res) -> None:
 
 
 def _video(r: _Run, item: _Item) -> None:
+    """A video file or a live source: frames through the tracker, one JSON object per frame."""
     import cv2
 
     from landmarknet.detect import ImageError
-    from landmarknet.detect.draw import heatmap_figure, overlay
-    from landmarknet.detect.images import open_video, video_frames
-    from landmarknet.smoothing import FaceTracker
+    from landmarknet.detect.tracker import VideoTracker
 
-    name = r.out_name(item.path)
+    live = item.kind == "camera"
+    name = r.out_name(Path("camera") if live else item.path)
     try:
-        cap, info = open_video(item.path, r.args.max_pixels)
+        frames, fps = _open_frames(r, item)
     except ImageError as exc:
         _error(r, item.path, str(exc), name)
         return
-    tracker = None if r.args.no_smooth else FaceTracker()
-    writer = None
-    frames_json = []
-    n_faces = 0
-    seconds = 0.0
-    heatmaps_done = False
-    limit = r.args.max_frames if r.args.max_frames > 0 else None
-
-    def stream():
-        for i, frame in enumerate(video_frames(cap)):
-            if limit is not None and i >= limit:
-                cap.release()
-                return
-            yield i, frame
-
+    tracker = VideoTracker(r.landmarker.detector, r.model, detect_every=r.args.detect_every,
+                           min_confidence=r.args.min_confidence, smooth=not r.args.no_smooth,
+                           align=r.landmarker.align)
+    tracker.landmarker.keep_heatmaps = r.landmarker.keep_heatmaps
+    out = _VideoOut(r, item, name, fps)
+    stopped, interrupted = None, False
     try:
-        for i, frame, res in r.landmarker.process(stream()):
-            if tracker is not None and res.faces:
-                boxes, pts, _ = tracker.update(i, i / info.fps, [f.box for f in res.faces],
-                                               [f.landmarks for f in res.faces])
-                for f, b, p in zip(res.faces, boxes, pts):
-                    f.box, f.landmarks = b, p
-            obj = {"input": str(item.path), "frame": i,
-                   "faces": [f.to_json() for f in res.faces], "error": None}
-            frames_json.append(obj)
-            r.emit(obj)
-            n_faces += len(res.faces)
-            seconds += res.detect_seconds + res.landmark_seconds
-            if not r.args.no_overlay:
-                if writer is None:
-                    writer = _open_writer(r, name, frame.shape[1], frame.shape[0], info.fps)
-                if writer is not None:
-                    writer.write(overlay(frame, res.faces, r.args.indices))
-            if (r.args.show_heatmaps and not heatmaps_done and r.model is not None
-                    and r.model.decodes_heatmaps and res.faces):
-                heatmaps_done = heatmap_figure(r.out_dir / f"{name}_heatmaps.png", res.faces,
-                                               f"{item.path.name} frame {i}: {r.model.name}")
+        for i, frame, res in tracker.process(frames):
+            out.add(i, frame, res)
     except cv2.error as exc:
-        print(f"detect: {item.path}: decoding stopped at frame {len(frames_json)} ({exc})",
-              file=sys.stderr, flush=True)
+        stopped = f"decoding stopped at frame {len(out.frames_json)} ({exc})"
+    except ImageError as exc:  # a live source that stopped giving frames
+        stopped = str(exc)
+    except KeyboardInterrupt:  # a camera's normal end; a file's results so far are kept too
+        stopped, interrupted = f"interrupted after {len(out.frames_json)} frames", True
     finally:
-        cap.release()
-        if writer is not None:
-            writer.release()
-    if not frames_json:
-        _error(r, item.path, f"{item.path}: no frame could be decoded from this video", name)
-        return
-    _write_json(r, name, frames_json)
-    n = len(frames_json)
-    r.rows.append(_Row(str(item.path), f"{n_faces / n:.2g}/frame", "-",
-                       "", seconds, f"video: {n} frames at {info.fps:.3g} fps"
-                       + ("" if tracker is None else ", smoothed")))
+        frames.close()
+        out.close()
+    if stopped:
+        print(f"detect: {item.path}: {stopped}", file=sys.stderr, flush=True)
+    if not out.frames_json:
+        where = f"({stopped or 'the source ended'})" if live else "from this video"
+        _error(r, item.path, f"{item.path}: no frame could be decoded {where}", name)
+    else:
+        _write_json(r, name, out.frames_json)
+        n, st = len(out.frames_json), tracker.stats
+        r.rows.append(_Row(str(item.path), f"{out.n_faces / n:.2g}/frame", "-", "", out.seconds,
+                           f"{'camera' if live else 'video'}: {n} frames"
+                           + (f" at {fps:.3g} fps" if fps else "")
+                           + f", detector on {len(st.detected)}"
+                           + ("" if tracker.smoother is None else ", smoothed")))
+    if interrupted and not live:
+        raise KeyboardInterrupt  # Ctrl-C during a video file stops the whole run
+
+
+def _open_frames(r: _Run, item: _Item):
+    """A generator of ``(index, t seconds, frame)`` for a video file or a live source, and the
+    source's frame rate (0 when a live source does not say)."""
+    from landmarknet.detect.images import open_video, video_frames
+    from landmarknet.detect.video import camera_source, live_frames, open_live
+
+    limit = r.args.max_frames if r.args.max_frames > 0 else None
+    if item.kind == "camera":
+        cap, info = open_live(camera_source(str(r.args.camera)))
+        live = live_frames(cap, r.args.frame_timeout, limit)
+
+        def numbered_live():
+            try:
+                for i, (t, frame) in enumerate(live):
+                    yield i, t, frame
+            finally:
+                live.close()
+        return numbered_live(), info.fps
+    cap, info = open_video(item.path, r.args.max_pixels)
+
+    def numbered():
+        try:
+            for i, frame in enumerate(video_frames(cap)):
+                if limit is not None and i >= limit:
+                    return
+                yield i, i / info.fps, frame
+        finally:
+            cap.release()
+    return numbered(), info.fps
+
+
+class _VideoOut:
+    """Where a video's results go: JSON objects, the annotated video, the heatmap figure."""
+
+    def __init__(self, r: _Run, item: _Item, name: str, fps: float) -> None:
+        self.r, self.item, self.name, self.fps = r, item, name, fps or 30.0
+        self.writer = None
+        self.frames_json: list[dict] = []
+        self.n_faces = 0
+        self.seconds = 0.0
+        self.heatmaps_done = False
+
+    def add(self, i: int, frame, res) -> None:
+        """One frame's result."""
+        from landmarknet.detect.draw import heatmap_figure, overlay
+
+        r = self.r
+        obj = {"input": str(self.item.path), "frame": i,
+               "faces": [f.to_json() for f in res.faces], "error": None}
+        self.frames_json.append(obj)
+        r.emit(obj)
+        self.n_faces += len(res.faces)
+        self.seconds += res.detect_seconds + res.landmark_seconds
+        if not r.args.no_overlay:
+            if self.writer is None:
+                self.writer = _open_writer(r, self.name, frame.shape[1], frame.shape[0],
+                                           self.fps) or False
+            if self.writer:
+                self.writer.write(overlay(frame, res.faces, r.args.indices))
+        if (r.args.show_heatmaps and not self.heatmaps_done and r.model is not None
+                and r.model.decodes_heatmaps and any(f.heatmaps is not None for f in res.faces)):
+            self.heatmaps_done = heatmap_figure(
+                r.out_dir / f"{self.name}_heatmaps.png", res.faces,
+                f"{self.item.path.name} frame {i}: {r.model.name}")
+
+    def close(self) -> None:
+        """Finish the annotated video."""
+        if self.writer:
+            self.writer.release()
 
 
 def _open_writer(r: _Run, name: str, width: int, height: int, fps: float):

@@ -30,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="a 300W folder (image + .pts) or a CelebA root")
     p.add_argument("--partition", default="val", help="CelebA partition: train, val, test "
                    "(default val)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", metavar="cpu|cuda|auto",
+                   help="where the net runs (default cpu; auto: cuda when torch sees a GPU); "
+                        "crops are cut on the CPU and go to the device once per --batch")
     p.add_argument("--batch", type=int, default=64, help="faces per forward pass")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--flip-test", choices=("on", "off"),
@@ -100,10 +102,12 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate and print (or --json) the metrics."""
     from landmarknet.data.dataset import is_celeba, read_samples
     from landmarknet.metrics import evaluate_points, nme, plot_ced
+    from landmarknet.detect import resolve_device
     from landmarknet.models import load_bundle
 
+    device = resolve_device(args.device)
     with memory_budget(args):
-        model = load_bundle(args.model, device=args.device)
+        model = load_bundle(args.model, device=device)
     if args.flip_test:
         model.spec.flip_test = args.flip_test == "on"
     part = args.partition if is_celeba(args.data) else None

@@ -80,8 +80,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(data.decode())
         return 0
     out = Path(args.output) if args.output else Path(f"{Path(args.prototxt).stem}.{fmt}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(data)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+    except OSError as exc:  # a folder that cannot be made, no permission, a full disk
+        raise UsageError(f"-o {out}: cannot write ({exc.strerror or exc})") from None
     engine = ""
     if fmt in ("html", "svg", "png", "pdf"):
         used_dot = args.layout == "dot" or (args.layout == "auto" and dot_available())

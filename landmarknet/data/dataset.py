@@ -25,13 +25,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from landmarknet.data.formats import ReadReport, Sample, read_300w_folder, read_celeba
 from landmarknet.data.transforms import SampleTransform, sample_rng
-from landmarknet.errors import LandmarknetError
+from landmarknet.errors import DataError
 
 CELEBA_LIST = "list_landmarks_celeba.txt"
-
-
-class DatasetError(LandmarknetError):
-    """A data set that cannot be used at all (missing folder, no good samples)."""
 
 
 def is_celeba(path: Path) -> bool:
@@ -44,18 +40,18 @@ def read_samples(path, partition=None, n_points: Optional[int] = None,
     """Samples of a 300W folder or a CelebA root (``partition``: train/val/test or 0/1/2)."""
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: no such data folder")
+        raise DataError(f"{path}: no such data folder")
     if is_celeba(path):
         samples, report = read_celeba(path, partition, check_images=True)
     else:
         if not any(path.glob("*.pts")):
-            raise DatasetError(f"{path}: neither a 300W folder (image + .pts) nor a CelebA root "
-                               f"({CELEBA_LIST})")
+            raise DataError(f"{path}: neither a 300W folder (image + .pts) nor a CelebA root "
+                            f"({CELEBA_LIST})")
         samples, report = read_300w_folder(path, n_points=n_points)
     if not samples:
-        raise DatasetError(f"{path}: no usable samples ({report.summary()})")
+        raise DataError(f"{path}: no usable samples ({report.summary()})")
     if n_points is not None and len(samples[0].points) != n_points:
-        raise DatasetError(f"{path}: {len(samples[0].points)} points per face, expected {n_points}")
+        raise DataError(f"{path}: {len(samples[0].points)} points per face, expected {n_points}")
     return samples, report
 
 
@@ -69,7 +65,7 @@ class LandmarkDataset(Dataset):
     def __init__(self, samples: Sequence[Sample], transform: SampleTransform, *, seed: int = 0,
                  train: bool = True, max_retries: int = 16) -> None:
         if not samples:
-            raise DatasetError("a data set needs at least one sample")
+            raise DataError("a data set needs at least one sample")
         self.samples = list(samples)
         self.transform = transform
         self.seed = int(seed)
@@ -106,8 +102,8 @@ class LandmarkDataset(Dataset):
                 continue
             return {"image": torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1))),
                     "points": torch.from_numpy(pts), "index": j, "bad": bad}
-        raise DatasetError(f"{self.max_retries} bad samples in a row from #{index}: "
-                           + "; ".join(bad[:3]))
+        raise DataError(f"{self.max_retries} bad samples in a row from #{index}: "
+                        + "; ".join(bad[:3]))
 
 
 def collate(items: list[dict]) -> dict:
@@ -128,8 +124,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
         per_rank = self.n // self.world
         self.batches_per_epoch = per_rank // self.batch_size
         if self.batches_per_epoch < 1:
-            raise DatasetError(f"{n} samples over {world} process(es) do not fill one batch of "
-                               f"{batch_size}")
+            raise DataError(f"{n} samples over {world} process(es) do not fill one batch of "
+                            f"{batch_size}")
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """All batches of one epoch for this rank."""

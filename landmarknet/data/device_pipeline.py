@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 
 from landmarknet.data.crop import CropPolicy, face_crop
-from landmarknet.data.dataset import DatasetError, ResumableBatchSampler
+from landmarknet.data.dataset import ResumableBatchSampler
 from landmarknet.data.formats import Sample
 from landmarknet.data.transforms import Augment, SampleTransform, points_box, to_channels
+from landmarknet.errors import DataError
 
 
 def context_factor(a: Augment, margin: float = 0.05) -> float:
@@ -84,7 +85,7 @@ class PatchCache:
         good = [r for r in loaded if not isinstance(r, str)]
         self.bad = [r for r in loaded if isinstance(r, str)]
         if not good:
-            raise DatasetError("no sample could be decoded: " + "; ".join(self.bad[:3]))
+            raise DataError("no sample could be decoded: " + "; ".join(self.bad[:3]))
         self.index = [i for i, r in enumerate(loaded) if not isinstance(r, str)]
         self.device = torch.device(device)
         self.patches = torch.from_numpy(np.stack([g[0] for g in good])).to(self.device)
@@ -243,13 +244,3 @@ class DeviceBatches:
             bad, self.pending_bad = self.pending_bad, []
             yield {"image": crops, "points": pts,
                    "index": [self.cache.index[i % len(self.cache)] for i in batch], "bad": bad}
-
-
-def device_batches(samples: Sequence[Sample], transform: SampleTransform, batch_size: int,
-                   device, *, seed: int = 0, start_batch: int = 0, rank: int = 0, world: int = 1,
-                   threads: int = 8, oversample: float = 1.5,
-                   cache: Optional[PatchCache] = None) -> DeviceBatches:
-    """Cache ``samples`` on ``device`` (unless ``cache`` is given) and return the batches."""
-    cache = cache or PatchCache(samples, transform, device, threads=threads, oversample=oversample)
-    return DeviceBatches(cache, transform.augment, transform.scheme.flip, batch_size, seed=seed,
-                         start_batch=start_batch, rank=rank, world=world)

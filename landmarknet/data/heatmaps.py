@@ -16,7 +16,7 @@ Decoding
 :mod:`landmarknet.decode` already implements the arg-max, the quarter-pixel refinement
 (``refine="quarter"``) and the DARK-style Taylor refinement on the log-heatmap with optional
 Gaussian modulation (``refine="taylor"``, ``blur_sigma``). :func:`decode` here is a thin
-alias so training code has one import; :func:`compare_decoders` measures them on a set of maps.
+alias so training code has one import.
 """
 from __future__ import annotations
 
@@ -26,14 +26,6 @@ import numpy as np
 import torch
 
 from landmarknet.decode import decode_heatmaps
-
-#: The decoder configurations compared by :func:`compare_decoders` (name -> decode kwargs).
-DECODERS = {
-    "argmax": {"refine": "none"},
-    "argmax+quarter": {"refine": "quarter"},
-    "dark": {"refine": "taylor", "blur_sigma": 0.0},
-    "dark+blur1": {"refine": "taylor", "blur_sigma": 1.0},
-}
 
 
 def heatmap_offset(stride: float, offset: Optional[float] = None) -> float:
@@ -80,18 +72,3 @@ def decode(heatmaps, *, stride: float = 4.0, offset: Optional[float] = None,
         heatmaps = heatmaps.detach().float().cpu().numpy()
     return decode_heatmaps(heatmaps, stride=stride, offset=offset, refine=refine,
                            blur_sigma=blur_sigma)
-
-
-def compare_decoders(heatmaps, gt_points: np.ndarray, scheme, *, stride: float = 4.0,
-                     offset: Optional[float] = None, decoders: dict | None = None) -> dict:
-    """NME_io (and mean pixel error) of each decoder on maps whose true points are known."""
-    from landmarknet.metrics import evaluate_points
-
-    out = {}
-    for name, kw in (decoders or DECODERS).items():
-        pred, _ = decode(heatmaps, stride=stride, offset=offset, **kw)
-        m = evaluate_points(pred, gt_points, scheme)
-        err = np.linalg.norm(pred - gt_points, axis=-1)
-        out[name] = {"nme_io": m["nme_io"], "auc08": m["auc08"],
-                     "mean_px": float(err.mean()), "median_px": float(np.median(err))}
-    return out

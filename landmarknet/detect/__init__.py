@@ -4,8 +4,11 @@ A detector takes a BGR ``uint8`` image (H, W, 3) and returns :class:`Face` recor
 ``(x, y, w, h)`` in pixels (pixel centres at integer coordinates), a score and, for MTCNN, five
 points (CelebA order: image-left eye, image-right eye, nose, left and right mouth corners).
 
-``get_detector("mtcnn" | "haar")`` gives a shared, ready instance. ``detector_box_stats`` measures a
-detector against annotated samples (miss rate, IoU) for the evaluation tooling.
+``get_detector("mtcnn" | "haar")`` gives a shared, ready instance (``device="cuda"`` runs MTCNN
+on a GPU; :func:`resolve_device` reads ``--device``). ``detector_box_stats`` measures a detector
+against annotated samples (miss rate, IoU) for the evaluation tooling. Videos:
+``landmarknet.detect.tracker`` runs the detector only when needed; live sources:
+``landmarknet.detect.video``.
 """
 from __future__ import annotations
 
@@ -27,6 +30,36 @@ class DetectError(LandmarknetError):
 
 class ImageError(DetectError):
     """An input file that is missing, empty or not a decodable image or video."""
+
+
+class DeviceError(DetectError):
+    """A device that was asked for and is not there (``--device cuda`` without CUDA)."""
+
+
+#: What ``--device`` accepts: auto is cuda when torch sees a GPU, else cpu.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: Optional[str]) -> str:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> the torch device string to use (DeviceError when
+    CUDA is asked for and torch sees none)."""
+    import torch
+
+    text = (name or "cpu").strip().lower()
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if text == "cpu":
+        return "cpu"
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {text}: torch sees no CUDA GPU here (torch "
+                              f"{torch.__version__}); use --device cpu or auto")
+        index = text.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise DeviceError(f"--device {text}: this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s)")
+        return text
+    raise DeviceError(f"--device {name!r}: choose one of {', '.join(DEVICES)} (or cuda:N)")
 
 
 @dataclass
@@ -78,5 +111,6 @@ def detector_box_stats(samples, detector, **options):
     return _stats(samples, detector, **options)
 
 
-__all__ = ["DETECTORS", "DetectError", "ImageError", "Face", "Detector", "get_detector",
+__all__ = ["DETECTORS", "DEVICES", "DetectError", "ImageError", "DeviceError", "resolve_device",
+           "Face", "Detector", "get_detector",
            "detector_box_stats"]

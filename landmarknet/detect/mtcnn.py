@@ -21,9 +21,17 @@ reach Caffe with rows and columns swapped. Every crop therefore goes in as ``N x
 Internally boxes are MATLAB's 1-based inclusive pixel corners (x1, y1, x2, y2); the public result
 is converted to ``(x, y, w, h)`` with ``x = x1 - 1`` and ``w = x2 - x1 + 1``, the frame in which
 O-Net's points are expressed (``x = x1 - 1 + p * w``).
+
+On a GPU (``device="cuda"``) the pyramid is built there too: the frame goes up once and each
+level is OpenCV's INTER_AREA resize written as two matrix products (:func:`area_weights`, the
+same weights OpenCV uses), P-Net runs on the level where it was made, and only the candidate
+windows (probability over the threshold) come back. R-Net's and O-Net's crops are cut on the CPU
+(a few hundred small resizes) and run on the device in one batch each. NMS stays in numpy: it
+sees tens to hundreds of boxes. ``pyramid="torch"`` takes the same path on the CPU (tests).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -117,6 +125,38 @@ def crop_boxes(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def area_weights(src: int, dst: int) -> np.ndarray:
+    """(dst, src) float64 weights of OpenCV's INTER_AREA resize of ``src`` samples to ``dst``
+    (shrinking, ``dst <= src``): output sample d averages the source interval
+    ``[d * src / dst, (d + 1) * src / dst)``, partly covered samples by their covered fraction,
+    as OpenCV's ``computeResizeAreaTab`` does. A resize is then ``A_h @ image @ A_w.T``.
+    """
+    if not 0 < dst <= src:
+        raise ValueError(f"area weights shrink: need 0 < dst <= src, got {src} -> {dst}")
+    scale = src / dst
+    w = np.zeros((dst, src))
+    for d in range(dst):
+        lo, hi = d * scale, d * scale + scale
+        cell = min(scale, src - lo)
+        first, last = math.ceil(lo), math.floor(hi)
+        last = min(last, src - 1)
+        first = min(first, last)
+        if first - lo > 1e-3:
+            w[d, first - 1] = (first - lo) / cell
+        w[d, first:last] = 1.0 / cell
+        if hi - last > 1e-3:
+            w[d, last] = min(hi - last, 1.0, cell) / cell
+    return w
+
+
+def _round_like_opencv(level: torch.Tensor, halving: bool) -> torch.Tensor:
+    """The uint8 values cv2's INTER_AREA gives: halves to even, except its 2x shrink, whose
+    integer path rounds them up."""
+    out = (level + 0.5).floor_() if halving else level.round_()
+    return out.clamp_(0, 255)
+
+
 def to_blob(images: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) RGB pixels -> normalised N x 3 x W x H tensor (transposed: see module doc)."""
     x = (np.asarray(images, dtype=np.float32) - MEAN) * SCALE
@@ -131,14 +171,17 @@ class MTCNN:
     def __init__(self, weights_dir: str | os.PathLike | None = None, *, min_face: float = 20.0,
                  factor: float = 0.709, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
                  max_input_side: int = 1280, device: str = "cpu",
-                 turns: Sequence[int] = (0,)) -> None:
+                 turns: Sequence[int] = (0,), pyramid: str | None = None) -> None:
         """Load the nets. ``min_face``: smallest face side searched (px). ``max_input_side``:
         the pyramid's largest level is at most this long, so on very large images the smallest
         face searched grows to ``12 * long_side / max_input_side`` px (keeps time bounded).
         ``turns``: quarter turns (degrees, multiples of 90) of the image also searched; MTCNN
         finds faces within about +-45 degrees of upright, so (0, 90, 180, 270) finds them at
         any roll, at that many times the cost. Boxes and points come back in the image's
-        coordinates (exact for quarter turns); overlapping finds keep the best score."""
+        coordinates (exact for quarter turns); overlapping finds keep the best score.
+        ``device``: where the nets run. ``pyramid``: "opencv" (levels resized by cv2 on the
+        CPU) or "torch" (on the device, see the module doc); default: opencv on the CPU,
+        torch elsewhere."""
         if not 0 < factor < 1:
             raise DetectError(f"MTCNN pyramid factor must be in (0, 1), got {factor}")
         if len(thresholds) != 3:
@@ -147,6 +190,10 @@ class MTCNN:
             raise DetectError(f"MTCNN min_face must be at least 12 px, got {min_face}")
         folder = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS
         self.device = torch.device(device)
+        self.pyramid = pyramid or ("opencv" if self.device.type == "cpu" else "torch")
+        if self.pyramid not in ("opencv", "torch"):
+            raise DetectError(f"MTCNN pyramid must be 'opencv' or 'torch', got {pyramid!r}")
+        self._weights_on_device: dict[tuple[int, int], torch.Tensor] = {}
         self.pnet = _load_net(folder, "det1", 12).to(self.device)
         self.rnet = _load_net(folder, "det2", 24).to(self.device)
         self.onet = _load_net(folder, "det3", 48).to(self.device)
@@ -183,15 +230,9 @@ class MTCNN:
 
     def stage1(self, rgb: np.ndarray) -> np.ndarray:
         """P-Net over the pyramid: (N, 9) rows x1, y1, x2, y2, score, dx1, dy1, dx2, dy2."""
-        h, w = rgb.shape[:2]
+        levels = self._levels_torch(rgb) if self.pyramid == "torch" else self._levels_opencv(rgb)
         found = []
-        for scale in self.scales(h, w):
-            hs, ws = int(math.ceil(h * scale)), int(math.ceil(w * scale))
-            level = cv2.resize(rgb, (ws, hs), interpolation=cv2.INTER_AREA)
-            out = self._run(self.pnet, to_blob(level[None]))
-            prob = out["prob1"][0, 1]  # indexed [x, y]: transposed input
-            reg = out["conv4-2"][0]
-            xs, ys = np.nonzero(prob >= self.thresholds[0])
+        for scale, xs, ys, score, reg in levels:
             if xs.size == 0:
                 continue
             boxes = np.empty((xs.size, 9), dtype=np.float64)
@@ -199,8 +240,8 @@ class MTCNN:
             boxes[:, 1] = _fix((2 * ys + 1) / scale)
             boxes[:, 2] = _fix((2 * xs + 12) / scale)
             boxes[:, 3] = _fix((2 * ys + 12) / scale)
-            boxes[:, 4] = prob[xs, ys]
-            boxes[:, 5:9] = reg[:, xs, ys].T
+            boxes[:, 4] = score
+            boxes[:, 5:9] = reg
             keep = nms(boxes[:, :4], boxes[:, 4], 0.5, "union", inclusive=True)
             found.append(boxes[keep])
         if not found:
@@ -211,6 +252,44 @@ class MTCNN:
         boxes = _square(boxes)
         boxes[:, :4] = _fix(boxes[:, :4])
         return boxes
+
+    def _levels_opencv(self, rgb: np.ndarray):
+        """Per pyramid level: scale and P-Net's candidates (x, y, score, (n, 4) regression)."""
+        h, w = rgb.shape[:2]
+        for scale in self.scales(h, w):
+            hs, ws = int(math.ceil(h * scale)), int(math.ceil(w * scale))
+            level = cv2.resize(rgb, (ws, hs), interpolation=cv2.INTER_AREA)
+            out = self._run(self.pnet, to_blob(level[None]))
+            prob = out["prob1"][0, 1]  # indexed [x, y]: transposed input
+            xs, ys = np.nonzero(prob >= self.thresholds[0])
+            yield scale, xs, ys, prob[xs, ys], out["conv4-2"][0][:, xs, ys].T
+
+    def _levels_torch(self, rgb: np.ndarray):
+        """As :meth:`_levels_opencv`, with the levels made and searched on the device."""
+        h, w = rgb.shape[:2]
+        with torch.inference_mode():
+            image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+            image = image.permute(2, 0, 1).float()  # (3, H, W)
+            for scale in self.scales(h, w):
+                hs, ws = int(math.ceil(h * scale)), int(math.ceil(w * scale))
+                level = self._area_matrix(h, hs) @ image @ self._area_matrix(w, ws).T
+                level = _round_like_opencv(level, h == 2 * hs and w == 2 * ws)
+                x = ((level - MEAN) * SCALE).transpose(1, 2)[None]  # N x 3 x W x H
+                out = self.pnet(x.contiguous(memory_format=torch.channels_last))
+                prob = out["prob1"][0, 1].float()
+                idx = torch.nonzero(prob >= self.thresholds[0])  # row-major, as np.nonzero
+                xs, ys = idx[:, 0], idx[:, 1]
+                score = prob[xs, ys].cpu().numpy()
+                reg = out["conv4-2"][0][:, xs, ys].T.float().cpu().numpy()
+                yield scale, xs.cpu().numpy(), ys.cpu().numpy(), score, reg
+
+    def _area_matrix(self, src: int, dst: int) -> torch.Tensor:
+        """:func:`area_weights` as a float32 tensor on the device (kept per size)."""
+        key = (src, dst)
+        if key not in self._weights_on_device:
+            self._weights_on_device[key] = torch.from_numpy(area_weights(src, dst)).to(
+                self.device, torch.float32)
+        return self._weights_on_device[key]
 
     def stage2(self, rgb: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """R-Net on all candidates at once: (N, 5) rows x1, y1, x2, y2, score."""

@@ -16,6 +16,150 @@ from torch import nn
 from landmarknet.caffe import caffe_pb2
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
+from landmarknet.layers.costs import CostRule, first_top
+from landmarknet.layers.emitting import EmitCall, EmitContext, helper_source, num
+from landmarknet.layers.registry import OnnxRule
+
+# ---------------------------------------------------------------------------------------------
+# Tool hooks: cost (analyze; the family's default is one op per output element), box label
+# (render), standalone code (emit), ONNX. Each emitter writes the layer as one torch expression.
+
+SATURATING = OnnxRule(saturating=True)
+DROPOUT_COST = CostRule(lambda info, training: (0, first_top(info) if training else 0),
+                        "ops = elements in TRAIN, 0 in TEST (the identity)")
+
+
+def relu_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'slope 0.1' for a leaky ReLU."""
+    slope = p.relu_param.negative_slope
+    return f"slope {slope:g}" if slope else ""
+
+
+def dropout_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'ratio 0.5'."""
+    return f"ratio {p.dropout_param.dropout_ratio:g}"
+
+
+def _expr(template: str):
+    """An emitter for ``top = template.format(x=bottom)``."""
+    def emit(ctx: EmitContext, call: EmitCall) -> list[str]:
+        return [f"{call.one} = " + template.format(x=call.x)]
+    return emit
+
+
+def emit_relu(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """F.relu, or F.leaky_relu with Caffe's negative_slope."""
+    if call.sub.negative_slope:
+        return [f"{call.one} = F.leaky_relu({call.x}, {num(call.sub.negative_slope)})"]
+    return [f"{call.one} = F.relu({call.x})"]
+
+
+def emit_relu6(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """clamp(x, 0, 6); brocolli's variant: leaky below 0, capped at its threshold."""
+    sub, x = call.sub, call.x
+    if sub.negative_slope:
+        return [f"{call.one} = torch.clamp_max(F.leaky_relu({x}, {num(sub.negative_slope)}), "
+                f"{num(sub.threshold)})"]
+    if sub.threshold != 6.0:
+        return [f"{call.one} = torch.clamp({x}, 0.0, {num(sub.threshold)})"]
+    return [f"{call.one} = torch.clamp({x}, 0.0, 6.0)"]
+
+
+def emit_hardsigmoid(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """clamp(alpha x + beta, 0, 1)."""
+    return [f"{call.one} = torch.clamp({call.x} * {num(call.sub.alpha)} + "
+            f"{num(call.sub.beta)}, 0.0, 1.0)"]
+
+
+helper_source("SharedPReLU", '''
+class SharedPReLU(nn.Module):
+    """PReLU with one slope for all channels (Caffe's channel_shared: a 0-axis blob)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor(0.25))
+
+    def forward(self, x):
+        return F.prelu(x, self.weight.reshape(1))
+''')
+
+
+def emit_prelu(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """nn.PReLU, or the SharedPReLU helper for channel_shared."""
+    if call.sub.channel_shared:
+        ctx.helper("SharedPReLU")
+        ctx.add_module(call.module, "SharedPReLU()")
+    else:
+        ctx.add_module(call.module, f"nn.PReLU({call.sub.weight.shape[0]})")
+    return [f"{call.one} = {call.attr}({call.x})"]
+
+
+def emit_elu(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """F.elu with Caffe's alpha."""
+    return [f"{call.one} = F.elu({call.x}, {num(call.sub.alpha)})"]
+
+
+def emit_power(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """(shift + scale x) ^ power, written out without the neutral terms."""
+    sub, x = call.sub, call.x
+    if sub.scale == 0.0 or sub.power == 0.0:
+        value = 1.0 if sub.power == 0.0 else float(sub.shift) ** float(sub.power)
+        return [f"{call.one} = torch.full_like({x}, {num(value)})"]
+    expr = x
+    if sub.scale != 1.0:
+        expr = f"{expr} * {num(sub.scale)}"
+    if sub.shift != 0.0:
+        expr = f"{expr} + {num(sub.shift)}"
+    if sub.power != 1.0:
+        expr = f"torch.pow({expr}, {num(sub.power)})"
+    return [f"{call.one} = {expr}"]
+
+
+def emit_exp(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """outer_scale * exp(inner_scale x)."""
+    sub, x = call.sub, call.x
+    inner = x if sub.inner_scale == 1.0 else f"{x} * {num(sub.inner_scale)}"
+    expr = f"torch.exp({inner})"
+    if sub.outer_scale != 1.0:
+        expr += f" * {num(sub.outer_scale)}"
+    return [f"{call.one} = {expr}"]
+
+
+def emit_log(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """base_scale * log(shift + scale x)."""
+    sub, x = call.sub, call.x
+    expr = x if sub.scale == 1.0 else f"{x} * {num(sub.scale)}"
+    if sub.shift != 0.0:
+        expr += f" + {num(sub.shift)}"
+    expr = f"torch.log({expr})"
+    if sub.base_scale != 1.0:
+        expr += f" * {num(sub.base_scale)}"
+    return [f"{call.one} = {expr}"]
+
+
+def emit_clip(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """torch.clamp."""
+    return [f"{call.one} = torch.clamp({call.x}, {num(call.sub.min)}, {num(call.sub.max)})"]
+
+
+def emit_swish(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """x * sigmoid(beta x)."""
+    x = call.x
+    inner = x if call.sub.beta == 1.0 else f"{x} * {num(call.sub.beta)}"
+    return [f"{call.one} = {x} * torch.sigmoid({inner})"]
+
+
+def emit_threshold(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """1 where x > threshold, else 0."""
+    return [f"{call.one} = ({call.x} > {num(call.sub.threshold)}).to({call.x}.dtype)"]
+
+
+def emit_dropout(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """F.dropout that follows the module's training flag."""
+    if call.sub.ratio == 0.0:
+        return [f"{call.one} = {call.x}"]
+    return [f"{call.one} = F.dropout({call.x}, {num(call.sub.ratio)}, self.training)"]
+
 _FAMILY = "activation"
 
 
@@ -43,7 +187,7 @@ class ReLU(nn.Module):
         return f"negative_slope={self.negative_slope}"
 
 
-@register("ReLU", family=_FAMILY)
+@register("ReLU", family=_FAMILY, detail=relu_detail, emit=emit_relu)
 def relu(spec: LayerSpec) -> Built:
     """Rectifier max(x, 0) + negative_slope * min(x, 0) (leaky when negative_slope != 0)."""
     _neuron(spec)
@@ -66,8 +210,8 @@ class ReLU6(nn.Module):
         return f"negative_slope={self.negative_slope}, threshold={self.threshold}"
 
 
-@register("ReLU6", family=_FAMILY, origin="Caffe forks (MobileNet-v2 ports, brocolli; read by "
-          "OpenCV DNN)")
+@register("ReLU6", family=_FAMILY, emit=emit_relu6, onnx=SATURATING,
+          origin="Caffe forks (MobileNet-v2 ports, brocolli; read by OpenCV DNN)")
 def relu6(spec: LayerSpec) -> Built:
     """Clipped rectifier min(max(x, 0) + negative_slope * min(x, 0), threshold), threshold 6."""
     _neuron(spec)
@@ -88,7 +232,8 @@ class HardSwish(nn.Module):
         return x * torch.clamp(x / 6.0 + 0.5, 0.0, 1.0)
 
 
-@register("HardSwish", family=_FAMILY, origin="brocolli (inisis/caffe)")
+@register("HardSwish", family=_FAMILY, origin="brocolli (inisis/caffe)", onnx=SATURATING,
+          emit=_expr("{x} * torch.clamp({x} / 6.0 + 0.5, 0.0, 1.0)"))
 def hardswish(spec: LayerSpec) -> Built:
     """x * clip(x / 6 + 0.5, 0, 1) (MobileNet-v3); no parameters."""
     _neuron(spec)
@@ -109,7 +254,8 @@ class HardSigmoid(nn.Module):
         return f"alpha={self.alpha}, beta={self.beta}"
 
 
-@register("HardSigmoid", family=_FAMILY, origin="brocolli (inisis/caffe)")
+@register("HardSigmoid", family=_FAMILY, origin="brocolli (inisis/caffe)", onnx=SATURATING,
+          emit=emit_hardsigmoid)
 def hardsigmoid(spec: LayerSpec) -> Built:
     """clip(alpha * x + beta, 0, 1) with hardsigmoid_param alpha (0.2) and beta (0.5)."""
     _neuron(spec)
@@ -141,7 +287,7 @@ def _default_prelu_filler() -> caffe_pb2.FillerParameter:
     return fp
 
 
-@register("PReLU", family=_FAMILY)
+@register("PReLU", family=_FAMILY, emit=emit_prelu)
 def prelu(spec: LayerSpec) -> Built:
     """Parametric ReLU: learned negative slope per channel (C,) or shared (); default 0.25."""
     _neuron(spec)
@@ -168,7 +314,7 @@ class ELU(nn.Module):
         return f"alpha={self.alpha}"
 
 
-@register("ELU", family=_FAMILY)
+@register("ELU", family=_FAMILY, emit=emit_elu)
 def elu(spec: LayerSpec) -> Built:
     """Exponential linear unit: x if x > 0 else alpha * (exp(x) - 1)."""
     _neuron(spec)
@@ -184,7 +330,7 @@ class Sigmoid(nn.Module):
         return torch.sigmoid(x)
 
 
-@register("Sigmoid", family=_FAMILY)
+@register("Sigmoid", family=_FAMILY, emit=_expr("torch.sigmoid({x})"), onnx=SATURATING)
 def sigmoid(spec: LayerSpec) -> Built:
     """Logistic function 1 / (1 + exp(-x))."""
     _neuron(spec)
@@ -198,7 +344,7 @@ class TanH(nn.Module):
         return torch.tanh(x)
 
 
-@register("TanH", family=_FAMILY)
+@register("TanH", family=_FAMILY, emit=_expr("torch.tanh({x})"), onnx=SATURATING)
 def tanh(spec: LayerSpec) -> Built:
     """Hyperbolic tangent."""
     _neuron(spec)
@@ -212,7 +358,7 @@ class AbsVal(nn.Module):
         return torch.abs(x)
 
 
-@register("AbsVal", family=_FAMILY)
+@register("AbsVal", family=_FAMILY, emit=_expr("torch.abs({x})"))
 def absval(spec: LayerSpec) -> Built:
     """Absolute value |x|."""
     _neuron(spec)
@@ -229,7 +375,7 @@ class BNLL(nn.Module):
         return F.softplus(x, beta=1.0, threshold=20.0)
 
 
-@register("BNLL", family=_FAMILY)
+@register("BNLL", family=_FAMILY, emit=_expr("F.softplus({x}, beta=1.0, threshold=20.0)"))
 def bnll(spec: LayerSpec) -> Built:
     """Binomial normal log likelihood log(1 + exp(x)), computed stably."""
     _neuron(spec)
@@ -257,7 +403,7 @@ class Power(nn.Module):
         return f"power={self.power}, scale={self.scale}, shift={self.shift}"
 
 
-@register("Power", family=_FAMILY)
+@register("Power", family=_FAMILY, emit=emit_power)
 def power(spec: LayerSpec) -> Built:
     """(shift + scale * x) ^ power."""
     _neuron(spec)
@@ -285,7 +431,7 @@ class Exp(nn.Module):
         return f"inner_scale={self.inner_scale}, outer_scale={self.outer_scale}"
 
 
-@register("Exp", family=_FAMILY)
+@register("Exp", family=_FAMILY, emit=emit_exp)
 def exp(spec: LayerSpec) -> Built:
     """base ^ (shift + scale * x); base -1 (the default) means e."""
     _neuron(spec)
@@ -314,7 +460,7 @@ class Log(nn.Module):
         return f"base_scale={self.base_scale}, scale={self.scale}, shift={self.shift}"
 
 
-@register("Log", family=_FAMILY)
+@register("Log", family=_FAMILY, emit=emit_log)
 def log(spec: LayerSpec) -> Built:
     """log_base(shift + scale * x); base -1 (the default) means e."""
     _neuron(spec)
@@ -338,7 +484,7 @@ class Clip(nn.Module):
         return f"min={self.min}, max={self.max}"
 
 
-@register("Clip", family=_FAMILY)
+@register("Clip", family=_FAMILY, emit=emit_clip, onnx=SATURATING)
 def clip(spec: LayerSpec) -> Built:
     """Clamp to [min, max] (both required)."""
     _neuron(spec)
@@ -364,7 +510,7 @@ class Swish(nn.Module):
         return f"beta={self.beta}"
 
 
-@register("Swish", family=_FAMILY)
+@register("Swish", family=_FAMILY, emit=emit_swish)
 def swish(spec: LayerSpec) -> Built:
     """x * sigmoid(beta * x)."""
     _neuron(spec)
@@ -385,7 +531,7 @@ class Threshold(nn.Module):
         return f"threshold={self.threshold}"
 
 
-@register("Threshold", family=_FAMILY)
+@register("Threshold", family=_FAMILY, emit=emit_threshold, onnx=SATURATING)
 def threshold(spec: LayerSpec) -> Built:
     """Step function: 1 where x > threshold, else 0."""
     _neuron(spec)
@@ -408,7 +554,8 @@ class Dropout(nn.Module):
         return f"dropout_ratio={self.ratio}"
 
 
-@register("Dropout", family=_FAMILY)
+@register("Dropout", family=_FAMILY, cost=DROPOUT_COST, detail=dropout_detail,
+          emit=emit_dropout, onnx=OnnxRule(moves_values=True))
 def dropout(spec: LayerSpec) -> Built:
     """Dropout: identity in eval(); in train() zeroes with dropout_ratio, scales by 1/(1-ratio)."""
     _neuron(spec)

@@ -27,6 +27,8 @@ import torch
 from torch import nn
 
 from landmarknet.caffe import caffe_pb2
+from landmarknet.layers.costs import AFFINE
+from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
 INV_STD = "inv_std"  # TSN / yjxiong: fourth blob = moving 1/sqrt(var + eps)
@@ -114,6 +116,12 @@ class SegNetBN(nn.Module):
         return f"channels={self.scale.shape[1]}, bn_mode={'LEARN' if self.learn else 'INFERENCE'}"
 
 
+def _emit_bn(ctx: EmitContext, call: EmitCall) -> list[str] | None:
+    """The layer's own module (either fork's), copied with the functions it calls."""
+    return copy_module(f"INV_STD = {INV_STD!r}", f"SEGNET_EPS = {SEGNET_EPS!r}", _per_channel,
+                       _batch_moments)(ctx, call)
+
+
 def _used_fields(bp: caffe_pb2.BNParameter, names: tuple[str, ...]) -> list[str]:
     return [n for n in names if bp.HasField(n)]
 
@@ -124,7 +132,7 @@ def _constant(value: float) -> caffe_pb2.FillerParameter:
     return fp
 
 
-@register("BN", family="norm",
+@register("BN", family="norm", cost=AFFINE, emit=_emit_bn,
           origin="TSN (yjxiong), PSPNet (hszhao), SegNet/ENet (alexgkendall, TimoSaemann) forks")
 def bn(spec: LayerSpec) -> Built:
     """Fork batch norm with scale and shift inside; TSN/PSPNet (4 blobs) or SegNet (2 blobs)."""

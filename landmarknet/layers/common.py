@@ -70,3 +70,22 @@ def pool_geometry(spec: LayerSpec, pp) -> Geometry2d:
     stride = _pair(spec, "stride", st, opt("stride_h"), opt("stride_w"), 1)
     pad = _pair(spec, "pad", pd, opt("pad_h"), opt("pad_w"), 0)
     return Geometry2d(kernel, stride, pad)
+
+
+def field_pair(rep: list[int], h: int | None, w: int | None, default: int) -> tuple[int, int]:
+    """(h, w) from a repeated field or its _h/_w twins, leniently (for drawing labels)."""
+    if h is not None and w is not None:
+        return int(h), int(w)
+    if not rep:
+        return default, default
+    if len(rep) == 1:
+        return int(rep[0]), int(rep[0])
+    return int(rep[0]), int(rep[1])
+
+
+def dims_text(pair: tuple[int, int], short: bool = False) -> str:
+    """(3, 3) -> '3×3' ('3' when short), (3, 5) -> '3×5'."""
+    a, b = pair
+    if a == b:
+        return str(a) if short else f"{a}×{b}"
+    return f"{a}×{b}"

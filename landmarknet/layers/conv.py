@@ -13,8 +13,129 @@ import torch.nn.functional as F
 from torch import nn
 
 from landmarknet.caffe import caffe_pb2
-from landmarknet.layers.common import Geometry2d, canonical_axis, conv_geometry
+from landmarknet.layers.common import (Geometry2d, canonical_axis, conv_geometry, dims_text,
+                                       field_pair)
+from landmarknet.layers.costs import CostRule, first_top, numel
+from landmarknet.layers.emitting import EmitCall, EmitContext, helper_source, pair_arg
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
+
+# ---------------------------------------------------------------------------------------------
+# Tool hooks: cost (analyze), box label (render), standalone code (emit)
+
+CONV_COST = CostRule(
+    lambda info, training: (sum(numel(s) for s in info.top_shapes)
+                            * numel(info.blobs[0].shape[1:]), 0),
+    "MACs = output elements x (C_in/group x kh x kw)")
+DECONV_COST = CostRule(
+    lambda info, training: (sum(numel(s) for s in info.bottom_shapes)
+                            * numel(info.blobs[0].shape[1:]), 0),
+    "MACs = input elements x (C_out/group x kh x kw)")
+
+
+def _fc_macs(info, training: bool) -> tuple[int, int]:
+    n_out = info.top_shapes[0][-1]
+    k = numel(info.blobs[0].shape) // max(n_out, 1)
+    return first_top(info) * k, 0
+
+
+FC_COST = CostRule(_fc_macs, "MACs = output elements x K")
+EMBED_COST = CostRule(lambda info, training: (0, 0), "0 (a table look-up)")
+
+
+def conv_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'7×7 /2 p3 · 64': kernel, stride, pad, dilation, group, outputs."""
+    cp = p.convolution_param
+    opt = lambda f: getattr(cp, f) if cp.HasField(f) else None  # noqa: E731
+    k = field_pair(list(cp.kernel_size), opt("kernel_h"), opt("kernel_w"), 1)
+    s = field_pair(list(cp.stride), opt("stride_h"), opt("stride_w"), 1)
+    pd = field_pair(list(cp.pad), opt("pad_h"), opt("pad_w"), 0)
+    d = field_pair(list(cp.dilation), None, None, 1)
+    parts = [dims_text(k)]
+    if s != (1, 1):
+        parts.append("/" + dims_text(s, short=True))
+    if pd != (0, 0):
+        parts.append("p" + dims_text(pd, short=True))
+    if d != (1, 1):
+        parts.append("d" + dims_text(d, short=True))
+    if cp.group > 1:
+        parts.append(f"g{cp.group}")
+    return " ".join(parts) + f" · {cp.num_output}"
+
+
+def fc_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'→ 1000': the outputs."""
+    return f"→ {p.inner_product_param.num_output}"
+
+
+def emit_conv(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """nn.Conv2d / nn.ConvTranspose2d with the same weights."""
+    sub = call.sub
+    w = tuple(sub.weight.shape)
+    if isinstance(sub, CaffeDeconvolution):
+        c_in, c_out, cls = w[0], w[1] * sub.groups, "nn.ConvTranspose2d"
+    else:
+        c_in, c_out, cls = w[1] * sub.groups, w[0], "nn.Conv2d"
+    args = [str(c_in), str(c_out), f"kernel_size={pair_arg(w[2:])}"]
+    for name, value, default in (("stride", sub.stride, 1), ("padding", sub.padding, 0),
+                                 ("dilation", sub.dilation, 1)):
+        if tuple(value) != (default, default):
+            args.append(f"{name}={pair_arg(value)}")
+    if sub.groups != 1:
+        args.append(f"groups={sub.groups}")
+    if sub.bias is None:
+        args.append("bias=False")
+    ctx.add_module(call.module, f"{cls}({', '.join(args)})")
+    return [f"{o} = {call.attr}({i})" for i, o in zip(call.ins, call.outs)]
+
+
+helper_source("TransposedLinear", '''
+class TransposedLinear(nn.Module):
+    """InnerProduct with transpose: true: the weight is stored (K, N)."""
+
+    def __init__(self, k, n, bias=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(k, n))
+        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+
+    def forward(self, x):
+        return F.linear(x, self.weight.t(), self.bias)
+''')
+helper_source("Embed", '''
+class Embed(nn.Module):
+    """Caffe's Embed: rows of weight (K, N) picked by the integer part of x (+ bias)."""
+
+    def __init__(self, k, n, bias=True):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(k, n))
+        self.bias = nn.Parameter(torch.zeros(n)) if bias else None
+
+    def forward(self, x):
+        y = F.embedding(x.detach().trunc().long(), self.weight)
+        return y if self.bias is None else y + self.bias
+''')
+
+
+def emit_inner_product(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """nn.Linear after a flatten (TransposedLinear for transpose: true)."""
+    sub, x = call.sub, call.x
+    w = tuple(sub.weight.shape)
+    flat = f"torch.flatten({x}, {sub.axis})" if sub.axis < call.ndim - 1 else x
+    if sub.transpose:
+        ctx.helper("TransposedLinear")
+        ctx.add_module(call.module, f"TransposedLinear({w[0]}, {w[1]}, "
+                                    f"bias={sub.bias is not None})")
+    else:
+        bias = "" if sub.bias is not None else ", bias=False"
+        ctx.add_module(call.module, f"nn.Linear({w[1]}, {w[0]}{bias})")
+    return [f"{call.one} = {call.attr}({flat})"]
+
+
+def emit_embed(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The Embed helper module."""
+    ctx.helper("Embed")
+    w = tuple(call.sub.weight.shape)
+    ctx.add_module(call.module, f"Embed({w[0]}, {w[1]}, bias={call.sub.bias is not None})")
+    return [f"{call.one} = {call.attr}({call.x})"]
 
 
 def _filler(msg, field: str) -> caffe_pb2.FillerParameter | None:
@@ -114,7 +235,7 @@ def _bias_blobs(cp, n_out: int, module: nn.Module) -> list[BlobSlot]:
     return [BlobSlot("bias", (n_out,), _filler(cp, "bias_filler"))]
 
 
-@register("Convolution", family="conv")
+@register("Convolution", family="conv", cost=CONV_COST, detail=conv_detail, emit=emit_conv)
 def convolution(spec: LayerSpec) -> Built:
     """2-D convolution (group, dilation, kernel/stride/pad with _h/_w); weights (O, C/g, kh, kw)."""
     cp, geom, channels, group = _conv_common(spec)
@@ -134,7 +255,8 @@ def convolution(spec: LayerSpec) -> Built:
 
 
 @register("ConvolutionDepthwise", family="conv",
-          origin="MobileNet-v2 / YOLOv3 Caffe forks (conv_dw_layer.cpp; read by OpenCV DNN)")
+          origin="MobileNet-v2 / YOLOv3 Caffe forks (conv_dw_layer.cpp; read by OpenCV DNN)",
+          cost=CONV_COST, emit=emit_conv)
 def convolution_depthwise(spec: LayerSpec) -> Built:
     """One filter per channel: top channels = bottom channels; weights (C, 1, kh, kw), bias (C,)."""
     spec.expect_bottoms(1)
@@ -164,7 +286,8 @@ def convolution_depthwise(spec: LayerSpec) -> Built:
 
 
 @register("DepthwiseConvolution", family="conv",
-          origin="yonghenglh6/DepthwiseConvolution (ShuffleNet/MobileNet forks; OpenCV 4.14 cannot run it)")
+          origin="yonghenglh6/DepthwiseConvolution (ShuffleNet/MobileNet forks; OpenCV 4.14 cannot run it)",
+          cost=CONV_COST, emit=emit_conv)
 def depthwise_convolution(spec: LayerSpec) -> Built:
     """Convolution with the fork's fast depthwise kernel: same blobs and maths as Convolution."""
     # depthwise_conv_layer.cpp derives from BaseConvolutionLayer and its CPU path is Caffe's
@@ -191,7 +314,7 @@ def _check_kernel_fits(spec: LayerSpec, geom: Geometry2d) -> None:
                              f"{name} ({size} + 2*{p})", shape=True)
 
 
-@register("Deconvolution", family="conv")
+@register("Deconvolution", family="conv", cost=DECONV_COST, detail=conv_detail, emit=emit_conv)
 def deconvolution(spec: LayerSpec) -> Built:
     """2-D transposed convolution; weights (C_in, O/g, kh, kw), out = s*(i-1)+d*(k-1)+1-2p."""
     cp, geom, channels, group = _conv_common(spec)
@@ -231,7 +354,8 @@ class CaffeInnerProduct(nn.Module):
                 f"transpose={self.transpose}, bias={self.bias is not None}")
 
 
-@register("InnerProduct", family="conv")
+@register("InnerProduct", family="conv", cost=FC_COST, detail=fc_detail,
+          emit=emit_inner_product)
 def inner_product(spec: LayerSpec) -> Built:
     """Fully connected: flatten from axis in NCHW order; weights (N, K), or (K, N) if transpose."""
     spec.expect_bottoms(1)
@@ -261,8 +385,9 @@ class CaffeEmbed(nn.Module):
             self.register_parameter("bias", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # static_cast<int>: truncation toward zero, as Caffe's EmbedLayer reads its indices.
-        idx = x.detach().trunc().to(torch.long)
+        # static_cast<int>: truncation toward zero, as Caffe's EmbedLayer reads its indices
+        # (the cast to an integer type truncates; ONNX has no Trunc operator to spell it).
+        idx = x.detach().to(torch.long)
         y = F.embedding(idx, self.weight)
         return y if self.bias is None else y + self.bias
 
@@ -270,7 +395,7 @@ class CaffeEmbed(nn.Module):
         return f"weight={tuple(self.weight.shape)}, bias={self.bias is not None}"
 
 
-@register("Embed", family="conv")
+@register("Embed", family="conv", cost=EMBED_COST, emit=emit_embed)
 def embed(spec: LayerSpec) -> Built:
     """Look-up table: each bottom value (an integer index) becomes a row of weights (K, N)."""
     spec.expect_bottoms(1)

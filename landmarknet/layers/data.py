@@ -2,108 +2,97 @@
 
 Data layers read from outside the net (LMDB, image lists, HDF5, memory); in landmarknet they are
 graph inputs that the data pipeline feeds. Their shapes come from the prototxt where Caffe's own
-reshape logic can tell them without the data; otherwise they must be given (--input-shape).
+reshape logic can tell them without the data (landmarknet.input_shapes, which needs no torch, so
+that the graph is built without it); otherwise they must be given (--input-shape).
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from landmarknet.caffe import caffe_pb2
-from landmarknet.errors import LayerError
 from landmarknet.fillers import fill
-from landmarknet.layers.registry import Built, LayerSpec, _REGISTRY, register
+from landmarknet.layers.costs import FREE, CostRule
+from landmarknet.layers.emitting import EmitCall, EmitContext, helper_source, num, tuple_text
+from landmarknet.layers.registry import (Built, LayerSpec, OnnxRule, _REGISTRY, register,
+                                         registration_of)
 
 Shape = tuple[int, ...]
 
+# ---------------------------------------------------------------------------------------------
+# Tool hooks
 
-def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> list[Shape | None]:
-    """Shapes of a data layer's tops as far as the prototxt determines them (None: unknown)."""
-    n_tops = len(layer.top)
-    t = layer.type
-    crop = layer.transform_param.crop_size if layer.HasField("transform_param") else 0
-    if t == "Input":
-        shapes = [tuple(int(d) for d in s.dim) for s in layer.input_param.shape]
-        if len(shapes) not in (0, 1, n_tops):
-            raise LayerError(f"Input has {n_tops} tops but {len(shapes)} shapes (give 1 or "
-                             f"{n_tops})", layer=layer.name, type=t)
-        if len(shapes) == 1:
-            shapes = shapes * n_tops
-        return shapes or [None] * n_tops
-    if t == "MemoryData":
-        p = layer.memory_data_param
-        out: list[Shape | None] = [(p.batch_size, p.channels, p.height, p.width)]
-        return (out + [(p.batch_size,)])[:n_tops]
-    if t == "ImageData":
-        p = layer.image_data_param
-        c = 3 if p.is_color else 1
-        h, w = (crop, crop) if crop else (p.new_height, p.new_width)
-        image = (p.batch_size, c, h, w) if h and w else None
-        return ([image, (p.batch_size,)])[:n_tops]
-    if t == "Data":
-        n = layer.data_param.batch_size
-        # Channels live in the database, not the prototxt: the caller must say (--input-shape).
-        return ([None, (n,) if n else None])[:n_tops]
-    if t == "HDF5Data":
-        return _hdf5_shapes(layer, net_path)
-    if t == "DenseImageData":
-        return _dense_image_shapes(layer, crop)
-    return [None] * n_tops
+helper_source("dummy_data", '''
+def dummy_data(shape, kind, a, b, device):
+    """Caffe's DummyData top: constant a, uniform in [a, b) or gaussian (mean a, std b) from a
+    fresh default generator, as landmarknet fills it on every forward."""
+    t = torch.empty(shape, device=device)
+    gen = torch.Generator(device=t.device)
+    if kind == "constant":
+        return t.fill_(a)
+    if kind == "uniform":
+        return t.uniform_(a, b, generator=gen)
+    return t.normal_(a, b, generator=gen)
+''')
 
 
-def _dense_image_shapes(layer: caffe_pb2.LayerParameter, crop: int) -> list[Shape | None]:
-    """SegNet's DenseImageData: an image top and a one-channel label map of the same size.
-
-    dense_image_data_layer.cpp sizes both tops from transform_param.crop_size, else from
-    crop_height/crop_width, else from new_height/new_width (the first image of the list decides
-    when none is given: unknown here). Channels: 3 when is_color, else 1.
-    """
-    if "dense_image_data_param" not in layer.DESCRIPTOR.fields_by_name:
-        raise LayerError("the legacy V1 format has no DenseImageData layer", layer=layer.name,
-                         type=layer.type)
-    p = layer.dense_image_data_param
-    for a, b in (("crop_height", "crop_width"), ("new_height", "new_width")):
-        if (getattr(p, a) == 0) != (getattr(p, b) == 0):
-            raise LayerError(f"dense_image_data_param.{a} and {b} must be set together "
-                             "(Caffe refuses one without the other)", layer=layer.name,
-                             type=layer.type)
-    if crop:
-        h, w = crop, crop
-    elif p.crop_height:
-        h, w = p.crop_height, p.crop_width
-    else:
-        h, w = p.new_height, p.new_width
-    n, c = p.batch_size, (3 if p.is_color else 1)
-    known = bool(h and w and n)
-    image = (n, c, h, w) if known else None
-    label = (n, 1, h, w) if known else None
-    return [image, label][:len(layer.top)]
+def _filler_args(fp) -> tuple[str, float, float] | None:
+    """(kind, a, b) of a filler the dummy_data helper knows, else None."""
+    if fp is None:
+        return "constant", 0.0, 0.0
+    if fp.type == "constant":
+        return "constant", fp.value, 0.0
+    if fp.type == "uniform":
+        return "uniform", fp.min, fp.max
+    if fp.type == "gaussian" and fp.sparse < 0:
+        return "gaussian", fp.mean, fp.std
+    return None
 
 
-def _hdf5_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> list[Shape | None]:
-    """HDF5Data: each top is a dataset of that name in the listed files; batch from the param."""
-    p = layer.hdf5_data_param
-    candidates = [Path(p.source)]
-    if net_path:
-        candidates.append(Path(net_path).parent / p.source)
-    listing = next((c for c in candidates if c.is_file()), None)
-    if listing is None:
-        return [None] * len(layer.top)
-    files = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
-    if not files:
-        return [None] * len(layer.top)
-    import h5py
-    first = Path(files[0])
-    if not first.is_absolute() and not first.exists():
-        first = listing.parent / first
-    try:
-        with h5py.File(first, "r") as fh:
-            return [(p.batch_size, *fh[top].shape[1:]) if top in fh else None
-                    for top in layer.top]
-    except OSError:
-        return [None] * len(layer.top)
+def emit_dummy_data(ctx: EmitContext, call: EmitCall) -> list[str] | None:
+    """One dummy_data call per top (constant, uniform and gaussian fillers)."""
+    lines = []
+    for out, shape, fp in zip(call.outs, call.sub.shapes, call.sub.fillers):
+        args = _filler_args(fp)
+        if args is None:
+            return None
+        kind, a, b = args
+        lines.append(f"{out} = dummy_data({tuple_text(shape)}, {kind!r}, {num(a)}, {num(b)}, "
+                     "next(self.parameters(), torch.empty(0)).device)")
+    ctx.helper("dummy_data")
+    return lines
+
+
+def _resolved(param):
+    reg = registration_of("Python", param)
+    if reg is None or reg.type == "Python":
+        raise LookupError(f"Python layer {param.python_param.layer} is not registered")
+    return reg
+
+
+def python_detail(p: caffe_pb2.LayerParameter) -> str:
+    """The Python layer's class name."""
+    return p.python_param.layer
+
+
+def emit_python_layer(ctx: EmitContext, call: EmitCall) -> list[str] | None:
+    """The emitter of the registered class the layer names."""
+    reg = _resolved(call.param)
+    return reg.emit(ctx, call) if reg.emit is not None else None
+
+
+def _random_fillers(p: caffe_pb2.LayerParameter) -> str | None:
+    """With a random filler (gaussian, uniform ...)."""
+    kinds = sorted({fp.type for fp in p.dummy_data_param.data_filler if fp.type != "constant"})
+    if not kinds:
+        return None
+    return (f"its {', '.join(kinds)} filler would be exported as ONNX random operators, whose "
+            "numbers ONNX Runtime draws itself; use constant fillers or feed the blob as an "
+            "input")
+
+
+PYTHON_COST = CostRule(lambda info, training: _resolved(info.node.param).cost.fn(info, training),
+                       "that of the registered class it names")
 
 
 class DummyData(nn.Module):
@@ -125,7 +114,9 @@ class DummyData(nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
 
-@register("DummyData", family="data")
+@register("DummyData", family="data", cost=FREE, emit=emit_dummy_data,
+          onnx=OnnxRule(refuses=_random_fillers),
+          emit_reason="fillers other than constant, uniform and gaussian (not sparse)")
 def dummy_data(spec: LayerSpec) -> Built:
     """Fixed-shape tensors from fillers (constant 0 by default), refilled on each forward."""
     p = spec.param.dummy_data_param
@@ -149,7 +140,8 @@ def dummy_data(spec: LayerSpec) -> Built:
     return Built(DummyData(shapes, fillers))
 
 
-@register("Python", family="custom")
+@register("Python", family="custom", cost=PYTHON_COST, detail=python_detail,
+          emit=emit_python_layer)
 def python_layer(spec: LayerSpec) -> Built:
     """A Caffe ``Python`` layer, resolved through the registry (never by importing code)."""
     pp = spec.param.python_param

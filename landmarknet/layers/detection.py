@@ -24,7 +24,9 @@ import torch
 from torch import nn
 
 from landmarknet.errors import LayerError
-from landmarknet.layers.registry import Built, LayerSpec, register
+from landmarknet.layers.costs import PER_ALL_BOTTOMS, CostRule
+from landmarknet.layers.emitting import EmitCall, EmitContext, helper_source, literal, num
+from landmarknet.layers.registry import Built, LayerSpec, OnnxRule, register
 from landmarknet.layers.shape import field_values, fork_param, has_field
 
 _FAMILY = "detection"
@@ -59,6 +61,14 @@ _PRIOR_CONSUMERS = ("DetectionOutput", "MultiBoxLoss")
 #: Concat plumbing). Anything else ends the search, so the trunk that continues from a feature
 #: map is not taken for its head.
 _PLUMBING = ("Permute", "Flatten", "Reshape", "Concat", "Split")
+
+
+# Tool hooks (analyze, emit, export); the emitters follow the modules below.
+PRIOR_COST = CostRule(lambda info, training: (0, 0), "0 (a constant of the input shapes)")
+_NO_EMIT = ("SSD's decoding, per-class NMS and keep_top_k run in numpy with Caffe's own sort "
+            "order (libstdc++'s introsort) and give a number of rows that depends on the data; "
+            "a torch-only copy would be a second implementation to keep in step. Emit the net "
+            "without it and decode with landmarknet.layers.detection.DetectionOutput.detect")
 
 
 class PriorBox(nn.Module):
@@ -160,6 +170,51 @@ class PriorBox(nn.Module):
                 f"variance={self.variances}, img={self.img_hw}, step={self.step_hw}, "
                 f"offset={self.offset}")
         return text + (", rules=FaceBoxes" if self.faceboxes else "")
+
+
+helper_source("prior_boxes", '''
+def prior_boxes(feature, image, shift, half, img_hw, step_hw, offset, clip, variances):
+    """SSD's PriorBox top (1, 2, H*W*P*4): per cell of the feature map, the boxes of the cell
+    centre moved by shift (P, 2) with half extents half (P, 2), in the C++ layer's float32 and
+    double steps, normalised by the image; then the variances."""
+    f32, f64 = torch.float32, torch.float64
+    lh, lw = int(feature.shape[2]), int(feature.shape[3])
+    ih, iw = (int(image.shape[2]), int(image.shape[3])) if img_hw is None else img_hw
+    if step_hw is None:
+        step_h = torch.tensor(ih, dtype=f32) / torch.tensor(lh, dtype=f32)
+        step_w = torch.tensor(iw, dtype=f32) / torch.tensor(lw, dtype=f32)
+    else:
+        step_h, step_w = torch.tensor(step_hw[0], dtype=f32), torch.tensor(step_hw[1], dtype=f32)
+    shift = torch.tensor(shift, dtype=f32)
+    half = torch.tensor(half, dtype=f64)
+    offset = torch.tensor(offset, dtype=f32)
+    cx = (torch.arange(lw, dtype=f32) + offset) * step_w
+    cy = (torch.arange(lh, dtype=f32) + offset) * step_h
+    x = (cx[None, :, None] + shift[None, None, :, 0]).to(f64)
+    y = (cy[:, None, None] + shift[None, None, :, 1]).to(f64)
+    x, y = torch.broadcast_tensors(x, y)
+    boxes = torch.stack([(x - half[:, 0]) / iw, (y - half[:, 1]) / ih,
+                         (x + half[:, 0]) / iw, (y + half[:, 1]) / ih], dim=-1)
+    top = boxes.to(f32).reshape(-1)
+    if clip:
+        top = top.clamp(0.0, 1.0)
+    var = torch.tensor(variances, dtype=f32)
+    var = var.expand(top.numel()) if len(variances) == 1 else var.repeat(top.numel() // 4)
+    return torch.stack([top, var]).reshape(1, 2, -1).to(feature.device, feature.dtype)
+''')
+
+
+def emit_prior_box(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The prior_boxes helper with the per-cell boxes worked out now (they are constants)."""
+    sub = call.sub
+    shift, half = sub._cell_boxes()
+    step = None if sub.step_hw is None else [float(v) for v in sub.step_hw]
+    args = [literal(shift.tolist()), literal(half.tolist()),
+            literal(None if sub.img_hw is None else tuple(int(v) for v in sub.img_hw)),
+            literal(step), num(float(sub.offset)), str(bool(sub.clip)),
+            literal([float(v) for v in sub.variances])]
+    ctx.helper("prior_boxes")
+    return [f"{call.one} = prior_boxes({call.ins[0]}, {call.ins[1]}, {', '.join(args)})"]
 
 
 class PriorCounts(NamedTuple):
@@ -348,7 +403,7 @@ def _check_faceboxes_counts(spec: LayerSpec, counts: PriorCounts, head: _Head | 
                          f"{counts.faceboxes} (SSD's would make {counts.ssd})", shape=True)
 
 
-@register("PriorBox", family=_FAMILY, origin=_ORIGIN)
+@register("PriorBox", family=_FAMILY, origin=_ORIGIN, cost=PRIOR_COST, emit=emit_prior_box)
 def prior_box(spec: LayerSpec) -> Built:
     """SSD default boxes (1, 2, H*W*P*4): coordinates in channel 0, variances in channel 1."""
     spec.expect_bottoms(2)
@@ -885,7 +940,8 @@ def _warn_ignored(spec: LayerSpec, dp) -> None:
                       "returns them without writing files)", stacklevel=3)
 
 
-@register("DetectionOutput", family=_FAMILY, origin=_ORIGIN)
+@register("DetectionOutput", family=_FAMILY, origin=_ORIGIN, cost=PER_ALL_BOTTOMS,
+          onnx=OnnxRule(not_exportable=_NO_EXPORT), emit_reason=_NO_EMIT)
 def detection_output(spec: LayerSpec) -> Built:
     """SSD decoding + per-class NMS + keep_top_k; rows [image, label, score, x0, y0, x1, y1]."""
     spec.expect_bottoms(3, 5)

@@ -67,7 +67,168 @@ import torch.nn.functional as F
 from torch import nn
 
 from landmarknet.caffe import caffe_pb2
-from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
+from landmarknet.layers.costs import PER_BOTTOM, CostRule, first_top, numel
+from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module, helper_source, num
+from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, OnnxRule, register
+
+
+# ---------------------------------------------------------------------------------------------
+# Tool hooks: cost (analyze), box label (render: the class name), standalone code (emit)
+
+def python_class(p: caffe_pb2.LayerParameter) -> str:
+    """The Python layer's class name (what its box shows)."""
+    return p.python_param.layer
+
+
+def _region_pool_cost(info, training: bool) -> tuple[int, int]:
+    n, r = info.bottom_shapes[1][:2]
+    # softmax over each logit map (ops), then each region's weighted average of the features
+    return first_top(info) * numel(info.bottom_shapes[0][2:]), n * r * numel(
+        info.bottom_shapes[1][2:])
+
+
+REGION_POOL_COST = CostRule(_region_pool_cost,
+                            "MACs = output elements x H x W; ops = logit elements")
+REGION_FUSION_COST = CostRule(lambda info, training: (2 * first_top(info), first_top(info)),
+                              "MACs = 2 x output elements; ops = output elements")
+AFFINE_ALIGN_COST = CostRule(lambda info, training: (4 * first_top(info), 0),
+                             "MACs = 4 x output elements (bilinear taps)")
+INVERSE_AFFINE_COST = CostRule(lambda info, training: (2 * first_top(info), 0),
+                               "MACs = 2 x output elements")
+HEATMAP_POINTS_COST = CostRule(
+    lambda info, training: (2 * numel(info.bottom_shapes[0]), numel(info.bottom_shapes[0])),
+    "MACs = 2 x input elements; ops = input elements")
+
+helper_source("region_pool", '''
+def region_pool(features, logits):
+    """Per-region spatial softmax attention pooling: (N,C,H,W), (N,R,H,W) -> (N,R,C)."""
+    n, c = features.shape[:2]
+    r = logits.shape[1]
+    attn = torch.softmax(logits.reshape(n, r, -1), dim=2)
+    return torch.einsum("nrp,ncp->nrc", attn, features.reshape(n, c, -1))
+''')
+helper_source("RegionFusion", '''
+class RegionFusion(nn.Module):
+    """g * global + (1 - g) * local per point, g = sigmoid(gate logits): a learned gate
+    (N points) or bottom 2. local_index reorders the local heads' coordinates."""
+
+    def __init__(self, local_index, n_points, own_gate, gates_top):
+        super().__init__()
+        self.local_index, self.gates_top = local_index, gates_top
+        self.gate = nn.Parameter(torch.zeros(n_points)) if own_gate else None
+
+    def forward(self, glob, local, logits=None):
+        n = glob.shape[0]
+        glob = glob.reshape(n, -1)
+        index = torch.as_tensor(self.local_index, device=local.device)
+        local = local.reshape(n, -1).index_select(1, index)
+        logits = self.gate.expand(n, -1) if logits is None else logits.reshape(n, -1)
+        g = torch.sigmoid(logits)
+        g2 = g.repeat_interleave(2, dim=1)
+        fused = g2 * glob + (1 - g2) * local
+        return (fused, g) if self.gates_top else fused
+''')
+helper_source("affine_align", '''
+def box_angle_to_theta(box, angle, height, width):
+    """(N, 6) affine from aligned to original unit coordinates of a box rotated by angle."""
+    n = box.shape[0]
+    cx, cy, bw, bh = box.reshape(n, 4).unbind(1)
+    angle = angle.reshape(n)
+    c, s = torch.cos(angle), torch.sin(angle)
+    a00, a01 = c * bw, -s * (height / width) * bh
+    a10, a11 = s * (width / height) * bw, c * bh
+    b0 = cx - 0.5 * (a00 + a01)
+    b1 = cy - 0.5 * (a10 + a11)
+    return torch.stack([a00, a01, b0, a10, a11, b1], dim=1)
+
+
+def affine_align(image, box, angle, height, width, padding_mode="zeros"):
+    """Sample the rotated box of the image into an upright (height, width) crop; also
+    returns theta (N, 6) for mapping points back."""
+    n, c, h, w = image.shape
+    theta = box_angle_to_theta(box.to(image.dtype), angle.to(image.dtype), h, w)
+    a = theta.reshape(n, 2, 3)[:, :, :2]
+    b = theta.reshape(n, 2, 3)[:, :, 2:]
+    grid_theta = torch.cat([a, 2 * b + a.sum(dim=2, keepdim=True) - 1], dim=2)
+    grid = F.affine_grid(grid_theta, [n, c, height, width], align_corners=False)
+    out = F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode,
+                        align_corners=False)
+    return out, theta
+''')
+helper_source("inverse_affine_points", '''
+def inverse_affine_points(points, theta):
+    """Points in aligned unit coordinates -> original ones: A p + b per point."""
+    n = points.shape[0]
+    pts = points.reshape(n, -1, 2)
+    t = theta.reshape(n, 2, 3).to(pts.dtype)
+    return (pts @ t[:, :, :2].transpose(1, 2) + t[:, :, 2].unsqueeze(1)).reshape(n, -1)
+''')
+helper_source("heatmap_to_points", '''
+def heatmap_to_points(maps, mode="soft", beta=1.0, background=True):
+    """Heatmaps (N, C, h, w) -> points (N, 2K) in unit coordinates: soft-argmax, or argmax
+    moved a quarter pixel towards the higher neighbour."""
+    if background:
+        maps = maps[:, :-1]
+    n, k, h, w = maps.shape
+    if mode == "soft":
+        p = torch.softmax(beta * maps.reshape(n, k, -1), dim=2).reshape(n, k, h, w)
+        xs = (torch.arange(w, dtype=maps.dtype, device=maps.device) + 0.5) / w
+        ys = (torch.arange(h, dtype=maps.dtype, device=maps.device) + 0.5) / h
+        u = (p.sum(dim=2) * xs).sum(dim=2)
+        v = (p.sum(dim=3) * ys).sum(dim=2)
+        return torch.stack([u, v], dim=2).reshape(n, 2 * k)
+    flat = maps.detach().reshape(n, k, -1)
+    idx = flat.argmax(dim=2)
+    y, x = idx // w, idx % w
+
+    def at(yy, xx):
+        yy, xx = yy.clamp(0, h - 1), xx.clamp(0, w - 1)
+        return flat.gather(2, (yy * w + xx).unsqueeze(2)).squeeze(2)
+
+    dx = torch.sign(at(y, x + 1) - at(y, x - 1)) * ((x > 0) & (x < w - 1))
+    dy = torch.sign(at(y + 1, x) - at(y - 1, x)) * ((y > 0) & (y < h - 1))
+    u = (x.to(maps.dtype) + 0.25 * dx + 0.5) / w
+    v = (y.to(maps.dtype) + 0.25 * dy + 0.5) / h
+    return torch.stack([u, v], dim=2).reshape(n, 2 * k)
+''')
+
+
+def emit_region_pool(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The region_pool helper function."""
+    ctx.helper("region_pool")
+    return [f"{call.one} = region_pool({call.ins[0]}, {call.ins[1]})"]
+
+
+def emit_region_fusion(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The RegionFusion helper module."""
+    sub = call.sub
+    ctx.helper("RegionFusion")
+    ctx.add_module(call.module,
+                   f"RegionFusion({[int(i) for i in sub.local_index]!r}, {sub.n_points}, "
+                   f"own_gate={sub.gate is not None}, gates_top={bool(sub.gates_top)})")
+    return [f"{', '.join(call.outs)} = {call.attr}({', '.join(call.ins)})"]
+
+
+def emit_affine_align(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The affine_align helper function."""
+    sub = call.sub
+    ctx.helper("affine_align")
+    return [f"{', '.join(call.outs)} = affine_align({', '.join(call.ins)}, {sub.height}, "
+            f"{sub.width}, {sub.padding_mode!r})"]
+
+
+def emit_inverse_affine_points(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The inverse_affine_points helper function."""
+    ctx.helper("inverse_affine_points")
+    return [f"{call.one} = inverse_affine_points({call.ins[0]}, {call.ins[1]})"]
+
+
+def emit_heatmap_to_points(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The heatmap_to_points helper function."""
+    sub = call.sub
+    ctx.helper("heatmap_to_points")
+    return [f"{call.one} = heatmap_to_points({call.ins[0]}, {sub.mode!r}, {num(sub.beta)}, "
+            f"{bool(sub.background)})"]
 
 _FAMILY = "landmark"
 _ORIGIN = "landmarknet"
@@ -229,7 +390,12 @@ class RegionWeightedEuclideanLoss(nn.Module):
                 f"weight_grad_scale={self.weight_grad_scale}, penalty={self.penalty}{wing}")
 
 
-@register("Python:RegionWeightedEuclideanLoss", family=_FAMILY, origin=_ORIGIN)
+@register("Python:RegionWeightedEuclideanLoss", family=_FAMILY, origin=_ORIGIN, cost=PER_BOTTOM,
+          detail=python_class, emit=copy_module(f"WING_W = {WING_W!r}",
+                                                f"WING_EPSILON = {WING_EPSILON!r}"),
+          onnx=OnnxRule(not_exportable=(
+              "a training loss that sums each region's errors with index_add over repeated "
+              "indices, which torch's ONNX exporter refuses; export the deploy net")))
 def region_weighted_euclidean_loss(spec: LayerSpec) -> Built:
     """Euclidean (or Wing) loss re-weighted per region by attention weights of mean one."""
     p = layer_params(spec, ("regions", "min_weight", "weight_grad_scale", "penalty", "wing_w",
@@ -280,7 +446,8 @@ class RegionPool(nn.Module):
         return torch.einsum("nrp,ncp->nrc", attn, features.reshape(n, c, -1))
 
 
-@register("Python:RegionPool", family=_FAMILY, origin=_ORIGIN)
+@register("Python:RegionPool", family=_FAMILY, origin=_ORIGIN, cost=REGION_POOL_COST,
+          detail=python_class, emit=emit_region_pool)
 def region_pool(spec: LayerSpec) -> Built:
     """Per-region spatial softmax attention pooling: features (N,C,H,W) -> (N,R,C)."""
     layer_params(spec, ())
@@ -330,7 +497,8 @@ class RegionFusion(nn.Module):
         return f"points={self.n_points}, learned_gate={self.gate is not None}"
 
 
-@register("Python:RegionFusion", family=_FAMILY, origin=_ORIGIN)
+@register("Python:RegionFusion", family=_FAMILY, origin=_ORIGIN, cost=REGION_FUSION_COST,
+          detail=python_class, emit=emit_region_fusion)
 def region_fusion(spec: LayerSpec) -> Built:
     """Per-point sigmoid gate mixing a global head's and the local heads' points."""
     p = layer_params(spec, ("regions",))
@@ -401,7 +569,8 @@ class AffineAlign(nn.Module):
         return f"size=({self.height}, {self.width}), padding_mode={self.padding_mode}"
 
 
-@register("Python:AffineAlign", family=_FAMILY, origin=_ORIGIN)
+@register("Python:AffineAlign", family=_FAMILY, origin=_ORIGIN, cost=AFFINE_ALIGN_COST,
+          detail=python_class, emit=emit_affine_align)
 def affine_align(spec: LayerSpec) -> Built:
     """Differentiable crop of a rotated box (grid_sample): image, box, angle -> face, theta."""
     p = layer_params(spec, ("height", "width", "padding_mode"))
@@ -437,7 +606,8 @@ class InverseAffinePoints(nn.Module):
         return out.reshape(n, -1)
 
 
-@register("Python:InverseAffinePoints", family=_FAMILY, origin=_ORIGIN)
+@register("Python:InverseAffinePoints", family=_FAMILY, origin=_ORIGIN,
+          cost=INVERSE_AFFINE_COST, detail=python_class, emit=emit_inverse_affine_points)
 def inverse_affine_points(spec: LayerSpec) -> Built:
     """Map points from the aligned crop back to the original image (theta from AffineAlign)."""
     layer_params(spec, ())
@@ -499,7 +669,8 @@ class HeatmapToPoints(nn.Module):
         return f"mode={self.mode}, beta={self.beta}, background={self.background}"
 
 
-@register("Python:HeatmapToPoints", family=_FAMILY, origin=_ORIGIN)
+@register("Python:HeatmapToPoints", family=_FAMILY, origin=_ORIGIN, cost=HEATMAP_POINTS_COST,
+          detail=python_class, emit=emit_heatmap_to_points)
 def heatmap_to_points(spec: LayerSpec) -> Built:
     """Decode heatmaps to unit-coordinate points: soft-argmax (differentiable) or argmax+1/4."""
     p = layer_params(spec, ("mode", "beta", "background"))
@@ -556,7 +727,8 @@ class AdaptiveWingLoss(nn.Module):
         return ", ".join(f"{k}={getattr(self, k)}" for k in AWING_DEFAULTS)
 
 
-@register("Python:AdaptiveWingLoss", family=_FAMILY, origin=_ORIGIN)
+@register("Python:AdaptiveWingLoss", family=_FAMILY, origin=_ORIGIN, cost=PER_BOTTOM,
+          detail=python_class, emit=copy_module(f"AWING_DEFAULTS = {AWING_DEFAULTS!r}"))
 def adaptive_wing_loss(spec: LayerSpec) -> Built:
     """Adaptive Wing loss on heatmaps with the weighted loss map (Wang et al., ICCV 2019)."""
     p = layer_params(spec, tuple(AWING_DEFAULTS))

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from landmarknet.layers.common import canonical_axis
+from landmarknet.layers.costs import PER_BOTTOM
+from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module
 from landmarknet.layers.registry import Built, LayerSpec, register
 
 _FAMILY = "loss"
@@ -24,6 +26,28 @@ _FLT_MIN = float(torch.finfo(torch.float32).tiny)  # softmax_loss_layer.cpp: max
 _LOG_THRESHOLD = 1e-20  # multinomial_logistic_loss_layer.cpp: kLOG_THRESHOLD
 _FULL, _VALID, _BATCH_SIZE, _NONE = 0, 1, 2, 3
 _MODE_NAMES = {_FULL: "FULL", _VALID: "VALID", _BATCH_SIZE: "BATCH_SIZE", _NONE: "NONE"}
+
+
+# Tool hooks: every loss and metric costs one op per element of its first bottom (analyze);
+# emit copies the layer's module with the constants and the normaliser it reads.
+
+def _emit_euclidean(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """sum of squared differences / 2N, as one expression."""
+    a, b = call.ins
+    return [f"{call.one} = ({a}.reshape({a}.shape[0], -1) - {b}.reshape({b}.shape[0], -1))"
+            f".square().sum() / (2.0 * {a}.shape[0])"]
+
+
+def _loss_needs():
+    """What the loss modules' code reads besides torch (constants as source, the normaliser)."""
+    return (f"_FLT_MIN = {_FLT_MIN!r}", f"_LOG_THRESHOLD = {_LOG_THRESHOLD!r}",
+            "_FULL, _VALID, _BATCH_SIZE, _NONE = 0, 1, 2, 3", f"_MODE_NAMES = {_MODE_NAMES!r}",
+            _normalizer)
+
+
+def _emit_loss(ctx: EmitContext, call: EmitCall) -> list[str] | None:
+    """The layer's own module, copied with what it reads."""
+    return copy_module(*_loss_needs())(ctx, call)
 
 
 def _loss_tops(spec: LayerSpec, most: int = 1) -> None:
@@ -68,7 +92,7 @@ class EuclideanLoss(nn.Module):
         return (diff * diff).sum() / (2.0 * a.shape[0])
 
 
-@register("EuclideanLoss", family=_FAMILY)
+@register("EuclideanLoss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_euclidean)
 def euclidean_loss(spec: LayerSpec) -> Built:
     """sum((a - b)^2) / (2N), N the batch size; both bottoms hold the same count per sample."""
     spec.expect_bottoms(2)
@@ -123,7 +147,7 @@ def _label_count(spec: LayerSpec, axis: int) -> tuple[int, int]:
     return outer, inner
 
 
-@register("SoftmaxWithLoss", family=_FAMILY)
+@register("SoftmaxWithLoss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss)
 def softmax_with_loss(spec: LayerSpec) -> Built:
     """Softmax + multinomial log loss with ignore_label and normalization; top 2 = probabilities."""
     spec.expect_bottoms(2)
@@ -164,7 +188,7 @@ class SigmoidCrossEntropyLoss(nn.Module):
         return f"ignore_label={self.ignore_label}, normalization={_MODE_NAMES[self.mode]}"
 
 
-@register("SigmoidCrossEntropyLoss", family=_FAMILY)
+@register("SigmoidCrossEntropyLoss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss)
 def sigmoid_cross_entropy_loss(spec: LayerSpec) -> Built:
     """Stable sigmoid cross-entropy; ignore_label; normalization defaults to BATCH_SIZE."""
     spec.expect_bottoms(2)
@@ -189,7 +213,7 @@ class MultinomialLogisticLoss(nn.Module):
         return -torch.log(clamped).sum() / n
 
 
-@register("MultinomialLogisticLoss", family=_FAMILY)
+@register("MultinomialLogisticLoss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss)
 def multinomial_logistic_loss(spec: LayerSpec) -> Built:
     """-sum log(max(p[label], 1e-20)) / N for probabilities p (N, C[,1,1]) and labels (N,)."""
     spec.expect_bottoms(2)
@@ -221,7 +245,7 @@ class HingeLoss(nn.Module):
         return f"norm={'L2' if self.squared else 'L1'}"
 
 
-@register("HingeLoss", family=_FAMILY)
+@register("HingeLoss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss)
 def hinge_loss(spec: LayerSpec) -> Built:
     """One-vs-all hinge loss, L1 (default) or squared L2, divided by the batch size."""
     spec.expect_bottoms(2)
@@ -275,7 +299,7 @@ class ContrastiveLoss(nn.Module):
         return f"margin={self.margin}, legacy_version={self.legacy}"
 
 
-@register("ContrastiveLoss", family=_FAMILY)
+@register("ContrastiveLoss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss)
 def contrastive_loss(spec: LayerSpec) -> Built:
     """Siamese contrastive loss (margin, legacy_version); the gradient is the one Caffe computes."""
     spec.expect_bottoms(3)
@@ -335,7 +359,7 @@ class Accuracy(nn.Module):
         return f"axis={self.axis}, top_k={self.top_k}, ignore_label={self.ignore_label}"
 
 
-@register("Accuracy", family=_FAMILY)
+@register("Accuracy", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss)
 def accuracy(spec: LayerSpec) -> Built:
     """Top-k classification accuracy (ties count against); second top: per-class accuracy."""
     spec.expect_bottoms(2)

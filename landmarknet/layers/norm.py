@@ -14,7 +14,193 @@ from torch import nn
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.layers.common import canonical_axis
+from landmarknet.layers.costs import AFFINE, PER_OUTPUT, CostRule, first_top
+from landmarknet.layers.emitting import (EmitCall, EmitContext, helper_source, num,
+                                         shape_or_none, tuple_text)
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
+
+# ---------------------------------------------------------------------------------------------
+# Tool hooks: cost (analyze), box label (render), standalone code (emit)
+
+LRN_COST = CostRule(
+    lambda info, training: (first_top(info) * int(info.node.param.lrn_param.local_size),
+                            first_top(info)),
+    "MACs = elements x local_size; ops = elements")
+
+
+def lrn_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'size 5'."""
+    return f"size {p.lrn_param.local_size}"
+
+
+helper_source("CaffeBatchNorm", '''
+class CaffeBatchNorm(nn.Module):
+    """Caffe's BatchNorm (no affine part): buffers mean, variance and scale_factor s hold
+    Caffe's blobs; the statistics are mean / s and variance / s. use_global_stats None follows
+    train()/eval(); with batch statistics the blobs are updated as Caffe does."""
+
+    def __init__(self, channels, eps=1e-5, moving_average_fraction=0.999,
+                 use_global_stats=None):
+        super().__init__()
+        self.eps, self.fraction = eps, moving_average_fraction
+        self.use_global_stats = use_global_stats
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("variance", torch.zeros(channels))
+        self.register_buffer("scale_factor", torch.zeros(1))
+
+    def forward(self, x):
+        xs = x.unsqueeze(1) if x.dim() == 1 else x
+        view = (1, -1) + (1,) * (xs.dim() - 2)
+        use_global = (not self.training) if self.use_global_stats is None else self.use_global_stats
+        if use_global:
+            s = self.scale_factor
+            factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            mean, var = self.mean * factor, self.variance * factor
+        else:
+            dims = [0] + list(range(2, xs.dim()))
+            mean = xs.mean(dim=dims)
+            var = (xs - mean.view(view)).square().mean(dim=dims)
+            m = xs.numel() // max(xs.shape[1], 1)
+            with torch.no_grad():
+                self.scale_factor.mul_(self.fraction).add_(1.0)
+                self.mean.mul_(self.fraction).add_(mean.detach())
+                unbiased = m / (m - 1) if m > 1 else 1.0
+                self.variance.mul_(self.fraction).add_(var.detach(), alpha=unbiased)
+        y = (xs - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
+        return y.view(x.shape)
+''')
+helper_source("Scale", '''
+def _broadcast(t, axis, ndim):
+    """View t (shape x.shape[axis:axis+k]) so that it broadcasts against an ndim-D tensor."""
+    return t.reshape((1,) * axis + tuple(t.shape) + (1,) * (ndim - axis - t.dim()))
+
+
+class Scale(nn.Module):
+    """Caffe's Scale: x * weight (+ bias), broadcast from axis; weight may be bottom[1]."""
+
+    def __init__(self, axis, weight_shape, bias_shape):
+        super().__init__()
+        self.axis = axis
+        self.weight = nn.Parameter(torch.ones(weight_shape)) if weight_shape is not None else None
+        self.bias = nn.Parameter(torch.zeros(bias_shape)) if bias_shape is not None else None
+
+    def forward(self, x, s=None):
+        s = self.weight if s is None else s
+        y = x * _broadcast(s, self.axis if s.dim() else 0, x.dim())
+        if self.bias is not None:
+            y = y + _broadcast(self.bias, self.axis if self.bias.dim() else 0, x.dim())
+        return y
+''')
+helper_source("Bias", '''
+class Bias(nn.Module):
+    """Caffe's Bias: x + bias broadcast from axis; the bias may be bottom[1]."""
+
+    def __init__(self, axis, bias_shape):
+        super().__init__()
+        self.axis = axis
+        self.bias = nn.Parameter(torch.zeros(bias_shape)) if bias_shape is not None else None
+
+    def forward(self, x, b=None):
+        b = self.bias if b is None else b
+        return x + _broadcast(b, self.axis if b.dim() else 0, x.dim())
+''', deps=("Scale",))
+helper_source("lrn", '''
+def lrn(x, size, alpha, beta, k, within_channel=False):
+    """Caffe's LRN. ACROSS_CHANNELS: x * (k + alpha/n * sum of n squares)^-beta;
+    WITHIN_CHANNEL: x * (1 + alpha * mean of the n x n squares, zero padded)^-beta."""
+    pre = (size - 1) // 2
+    sq = x * x
+    if within_channel:
+        avg = F.avg_pool2d(sq, size, 1, pre, count_include_pad=True)
+        return x * (1.0 + alpha * avg).pow(-beta)
+    padded = F.pad(sq.unsqueeze(1), (0, 0, 0, 0, pre, pre))
+    avg = F.avg_pool3d(padded, (size, 1, 1), stride=1).squeeze(1)
+    return x * (k + alpha * avg).pow(-beta)
+''')
+helper_source("mvn", '''
+def mvn(x, normalize_variance, across_channels, eps):
+    """Caffe's MVN: subtract the mean (and divide by std + eps) per channel or per sample."""
+    dims = list(range(1 if across_channels else 2, x.dim()))
+    y = x - x.mean(dim=dims, keepdim=True) if dims else x - x
+    if normalize_variance:
+        var = y.square().mean(dim=dims, keepdim=True) if dims else y.square()
+        y = y / (torch.sqrt(var) + eps)
+    return y
+''')
+helper_source("Normalize", '''
+class Normalize(nn.Module):
+    """SSD's L2 Normalize: x / sqrt(sum x^2 + eps) * weight (one value or one per channel)."""
+
+    def __init__(self, weight_shape, across_spatial, eps):
+        super().__init__()
+        self.across_spatial, self.eps = across_spatial, eps
+        self.weight = nn.Parameter(torch.ones(weight_shape))
+
+    def forward(self, x):
+        sq = x * x
+        if self.across_spatial:
+            total = sq.flatten(1).sum(dim=1).view((-1,) + (1,) * (x.dim() - 1))
+        else:
+            total = sq.sum(dim=1, keepdim=True)
+        y = x / torch.sqrt(total + self.eps)
+        if self.weight.dim() == 0:
+            return y * self.weight
+        return y * self.weight.view((1, -1) + (1,) * (x.dim() - 2))
+''')
+
+
+def emit_batch_norm(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The CaffeBatchNorm helper module (Caffe's three statistics blobs as buffers)."""
+    sub = call.sub
+    ctx.helper("CaffeBatchNorm")
+    ctx.add_module(call.module, f"CaffeBatchNorm({sub.channels}, eps={num(sub.eps)}, "
+                                f"moving_average_fraction={num(sub.moving_average_fraction)}, "
+                                f"use_global_stats={sub.use_global_stats})")
+    return [f"{call.one} = {call.attr}({call.x})"]
+
+
+def emit_scale(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The Scale helper module (weight may be bottom 1)."""
+    sub = call.sub
+    ctx.helper("Scale")
+    ws = None if sub.weight is None else tuple(sub.weight.shape)
+    bs = None if sub.bias is None else tuple(sub.bias.shape)
+    ctx.add_module(call.module, f"Scale({sub.axis}, {shape_or_none(ws)}, {shape_or_none(bs)})")
+    return [f"{call.one} = {call.attr}({', '.join(call.ins)})"]
+
+
+def emit_bias(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The Bias helper module (the bias may be bottom 1)."""
+    sub = call.sub
+    ctx.helper("Bias")
+    bs = None if sub.bias is None else tuple(sub.bias.shape)
+    ctx.add_module(call.module, f"Bias({sub.axis}, {shape_or_none(bs)})")
+    return [f"{call.one} = {call.attr}({', '.join(call.ins)})"]
+
+
+def emit_lrn(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The lrn helper function."""
+    sub = call.sub
+    ctx.helper("lrn")
+    return [f"{call.one} = lrn({call.x}, {sub.size}, {num(sub.alpha)}, {num(sub.beta)}, "
+            f"{num(sub.k)}, within_channel={bool(sub.within)})"]
+
+
+def emit_mvn(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The mvn helper function."""
+    sub = call.sub
+    ctx.helper("mvn")
+    return [f"{call.one} = mvn({call.x}, {bool(sub.normalize_variance)}, "
+            f"{bool(sub.across_channels)}, {num(sub.eps)})"]
+
+
+def emit_normalize(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The Normalize helper module."""
+    sub = call.sub
+    ctx.helper("Normalize")
+    ctx.add_module(call.module, f"Normalize({tuple_text(tuple(sub.weight.shape))}, "
+                                f"across_spatial={bool(sub.across_spatial)}, eps={num(sub.eps)})")
+    return [f"{call.one} = {call.attr}({call.x})"]
 
 
 def _constant_filler(value: float) -> caffe_pb2.FillerParameter:
@@ -99,7 +285,7 @@ class CaffeBatchNorm(nn.Module):
                 f"moving_average_fraction={self.moving_average_fraction}, global_stats={g}")
 
 
-@register("BatchNorm", family="norm")
+@register("BatchNorm", family="norm", cost=AFFINE, emit=emit_batch_norm)
 def batch_norm(spec: LayerSpec) -> Built:
     """Normalise per channel with Caffe's 3 blobs (mean, var, scale factor s: stats = blob / s)."""
     spec.expect_bottoms(1)
@@ -199,7 +385,7 @@ class CaffeScale(nn.Module):
         return f"axis={self.axis}, scale={w}, bias={b}"
 
 
-@register("Scale", family="norm")
+@register("Scale", family="norm", cost=AFFINE, emit=emit_scale)
 def scale(spec: LayerSpec) -> Built:
     """Multiply by a learned blob (or by bottom[1]) broadcast from axis; optional bias term."""
     spec.expect_bottoms(1, 2)
@@ -247,7 +433,7 @@ class CaffeBias(nn.Module):
         return f"axis={self.axis}, bias={b}"
 
 
-@register("Bias", family="norm")
+@register("Bias", family="norm", cost=PER_OUTPUT, emit=emit_bias)
 def bias(spec: LayerSpec) -> Built:
     """Add a learned blob (or bottom[1]) broadcast from axis over num_axes axes."""
     spec.expect_bottoms(1, 2)
@@ -296,7 +482,7 @@ class CaffeLRN(nn.Module):
                 f"k={self.k}")
 
 
-@register("LRN", family="norm")
+@register("LRN", family="norm", cost=LRN_COST, detail=lrn_detail, emit=emit_lrn)
 def lrn(spec: LayerSpec) -> Built:
     """Local response normalisation, ACROSS_CHANNELS or WITHIN_CHANNEL exactly as Caffe's C++."""
     spec.expect_bottoms(1)
@@ -343,7 +529,7 @@ class CaffeMVN(nn.Module):
                 f"across_channels={self.across_channels}, eps={self.eps}")
 
 
-@register("MVN", family="norm")
+@register("MVN", family="norm", cost=PER_OUTPUT, emit=emit_mvn)
 def mvn(spec: LayerSpec) -> Built:
     """Mean (and variance) normalisation per channel or per sample; eps is added to the std."""
     spec.expect_bottoms(1)
@@ -397,7 +583,8 @@ def _norm_param(spec: LayerSpec):
     return p.norm_param if p.HasField("norm_param") else None
 
 
-@register("Normalize", family="norm", origin="SSD (weiliu89/caffe)")
+@register("Normalize", family="norm", origin="SSD (weiliu89/caffe)", cost=PER_OUTPUT,
+          emit=emit_normalize)
 def normalize(spec: LayerSpec) -> Built:
     """L2-normalise across channels (and space), then scale by a learned (1 or C) blob."""
     spec.expect_bottoms(1)

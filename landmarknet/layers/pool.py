@@ -24,8 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landmarknet.caffe import caffe_pb2
 from landmarknet.errors import ShapeError
-from landmarknet.layers.registry import Built, LayerSpec, register
+from landmarknet.layers.common import dims_text
+from landmarknet.layers.costs import CostRule, first_bottom, first_top, numel
+from landmarknet.layers.emitting import EmitCall, EmitContext, helper_source, tuple_text
+from landmarknet.layers.registry import Built, LayerSpec, OnnxRule, register
 
 FLT_MAX = 3.4028234663852886e38  # float32's largest value: Caffe's initial value for MAX
 FLT_MIN = 1.1754943508222875e-38  # float32's smallest normal: StoPoolForwardTest's initial sum
@@ -172,6 +176,166 @@ def caffe_pool2d(x: torch.Tensor, method: int, kernel: tuple[int, int],
     raise ValueError(f"unknown pooling method {method}")
 
 
+# ---------------------------------------------------------------------------------------------
+# Tool hooks: cost (analyze), box label (render), standalone code (emit), ONNX
+
+def _pool_cost(info, training: bool) -> tuple[int, int]:
+    pp = info.node.param.pooling_param
+    if pp.global_pooling:
+        window = numel(info.bottom_shapes[0][2:])
+    elif pp.HasField("kernel_h"):
+        window = int(pp.kernel_h) * int(pp.kernel_w)
+    else:
+        window = int(pp.kernel_size) ** 2
+    return 0, first_top(info) * window
+
+
+POOL_COST = CostRule(_pool_cost, "ops = output elements x window")
+SPP_COST = CostRule(
+    lambda info, training: (0, first_bottom(info)
+                            * int(info.node.param.spp_param.pyramid_height)),
+    "ops = input elements x pyramid levels")
+
+
+def pool_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'MAX 3×3 /2', 'AVE global'."""
+    pp = p.pooling_param
+    method = ("MAX", "AVE", "STOCHASTIC")[pp.pool] if pp.pool in (0, 1, 2) else "?"
+    if pp.global_pooling:
+        return f"{method} global"
+    k = (pp.kernel_h, pp.kernel_w) if pp.HasField("kernel_h") else (pp.kernel_size, pp.kernel_size)
+    s = (pp.stride_h, pp.stride_w) if pp.HasField("stride_h") else (pp.stride, pp.stride)
+    pd = (pp.pad_h, pp.pad_w) if pp.HasField("pad_h") else (pp.pad, pp.pad)
+    text = f"{method} {dims_text(k)}"
+    if s != (1, 1):
+        text += " /" + dims_text(s, short=True)
+    if pd != (0, 0):
+        text += " p" + dims_text(pd, short=True)
+    return text
+
+
+def spp_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'MAX 3 levels'."""
+    sp = p.spp_param
+    method = ("MAX", "AVE", "STOCHASTIC")[sp.pool] if sp.pool in (0, 1, 2) else "?"
+    return f"{method} {sp.pyramid_height} levels"
+
+
+helper_source("caffe_pool2d", '''
+def _pool_axis(size, k, s, p, ceil, any_pad):
+    """Caffe's pooled extent along one axis, the padding after the input, the AVE divisors."""
+    span = size + 2 * p - k
+    out = (-((-span) // s) if ceil else span // s) + 1
+    if any_pad and (out - 1) * s >= size + p:
+        out -= 1  # Caffe drops a last window that would start inside the padding
+    after = (out - 1) * s + k - p - size
+    divisors = [min(i * s - p + k, size + p) - (i * s - p) for i in range(out)]
+    return after, divisors
+
+
+def caffe_pool2d(x, method, kernel, stride, pad, ceil=True):
+    """Caffe's MAX/AVE pooling: output size rounded up (ceil), AVE divides by the window
+    clipped to the padded input. kernel=None pools globally."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    kernel = (h, w) if kernel is None else kernel
+    any_pad = pad[0] > 0 or pad[1] > 0
+    after_h, div_h = _pool_axis(h, kernel[0], stride[0], pad[0], ceil, any_pad)
+    after_w, div_w = _pool_axis(w, kernel[1], stride[1], pad[1], ceil, any_pad)
+    if method == "max":
+        x = F.pad(x, (pad[1], after_w, pad[0], after_h), value=-3.4028234663852886e38)
+        return F.max_pool2d(x, kernel, stride)
+    y = F.avg_pool2d(F.pad(x, (pad[1], after_w, pad[0], after_h)), kernel, stride)
+    if all(d == kernel[0] for d in div_h) and all(d == kernel[1] for d in div_w):
+        return y
+    dh = torch.tensor(div_h, dtype=x.dtype, device=x.device)
+    dw = torch.tensor(div_w, dtype=x.dtype, device=x.device)
+    return y * (kernel[0] * kernel[1] / (dh[:, None] * dw[None, :]))
+''')
+helper_source("caffe_pool2d_extra", '''
+def caffe_max_pool2d_mask(x, kernel, stride, pad, ceil=True):
+    """Caffe's MAX pooling with its second top: the argmax as a float index h * W + w into
+    the input plane (-1 for windows that hold no input pixel)."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    kernel = (h, w) if kernel is None else kernel
+    any_pad = pad[0] > 0 or pad[1] > 0
+    after_h, _ = _pool_axis(h, kernel[0], stride[0], pad[0], ceil, any_pad)
+    after_w, _ = _pool_axis(w, kernel[1], stride[1], pad[1], ceil, any_pad)
+    xp = F.pad(x, (pad[1], after_w, pad[0], after_h), value=-3.4028234663852886e38)
+    y, idx = F.max_pool2d(xp, kernel, stride, return_indices=True)
+    wp = w + pad[1] + after_w
+    hh = torch.div(idx, wp, rounding_mode="floor") - pad[0]
+    ww = idx % wp - pad[1]
+    inside = (hh >= 0) & (hh < h) & (ww >= 0) & (ww < w)
+    return y, torch.where(inside, hh * w + ww, torch.full_like(idx, -1)).to(x.dtype)
+
+
+def caffe_stochastic_pool2d(x, kernel, stride, ceil=True):
+    """Caffe's STOCHASTIC pooling at test time: sum(x^2) / (FLT_MIN + sum(x)) per window."""
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    kernel = (h, w) if kernel is None else kernel
+    after_h, _ = _pool_axis(h, kernel[0], stride[0], 0, ceil, False)
+    after_w, _ = _pool_axis(w, kernel[1], stride[1], 0, ceil, False)
+    xp = F.pad(x, (0, after_w, 0, after_h))
+    full = kernel[0] * kernel[1]
+    s1 = F.avg_pool2d(xp, kernel, stride) * full
+    s2 = F.avg_pool2d(xp * xp, kernel, stride) * full
+    return s2 / (s1 + 1.1754943508222875e-38)
+
+
+def caffe_spp(x, method, levels):
+    """Caffe's SPP: for level l, 2^l x 2^l bins pooled, flattened and concatenated."""
+    h, w = int(x.shape[2]), int(x.shape[3])
+    outs = []
+    for level in range(levels):
+        bins = 2 ** level
+        kh, kw = -(-h // bins), -(-w // bins)
+        pad = ((kh * bins - h + 1) // 2, (kw * bins - w + 1) // 2)
+        if method == "stochastic":
+            y = caffe_stochastic_pool2d(x, (kh, kw), (kh, kw))
+        else:
+            y = caffe_pool2d(x, method, (kh, kw), (kh, kw), pad)
+        if levels == 1:
+            return y
+        outs.append(y.flatten(1))
+    return torch.cat(outs, dim=1)
+''', deps=("caffe_pool2d",))
+
+_EMIT_METHODS = {MAX: "max", AVE: "ave", STOCHASTIC: "stochastic"}
+
+
+def emit_pooling(ctx: EmitContext, call: EmitCall) -> list[str] | None:
+    """caffe_pool2d (MAX/AVE), or the extra helpers for the mask top and STOCHASTIC."""
+    sub, x, one = call.sub, call.x, call.one
+    kernel = "None" if sub.kernel is None else tuple_text(sub.kernel)
+    geometry = f"{kernel}, {tuple_text(sub.stride)}"
+    if sub.method == STOCHASTIC:
+        ctx.helper("caffe_pool2d_extra")
+        # Caffe samples one value per window in TRAIN: the file has only the TEST rule.
+        return [f"{one} = caffe_stochastic_pool2d({x}, {geometry}, ceil={bool(sub.ceil)})"]
+    if len(call.outs) == 2:
+        ctx.helper("caffe_pool2d_extra")
+        return [f"{', '.join(call.outs)} = caffe_max_pool2d_mask({x}, {geometry}, "
+                f"{tuple_text(sub.pad)}, ceil={bool(sub.ceil)})"]
+    ctx.helper("caffe_pool2d")
+    return [f"{one} = caffe_pool2d({x}, {_EMIT_METHODS[sub.method]!r}, {geometry}, "
+            f"{tuple_text(sub.pad)}, ceil={bool(sub.ceil)})"]
+
+
+def emit_spp(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The caffe_spp helper."""
+    ctx.helper("caffe_pool2d_extra")
+    return [f"{call.one} = caffe_spp({call.x}, {_EMIT_METHODS[call.sub.method]!r}, "
+            f"{call.sub.pyramid_height})"]
+
+
+def _ave_rounds_up(p: caffe_pb2.LayerParameter) -> bool:
+    pp = p.pooling_param
+    return pp.pool == AVE and not pp.global_pooling and pp.round_mode == 0
+
+
+POOL_ONNX = OnnxRule(wrong_before_opset19=_ave_rounds_up)
+
+
 class CaffePooling(nn.Module):
     """Caffe's Pooling layer (MAX, AVE, STOCHASTIC; global; CEIL/FLOOR rounding; mask top)."""
 
@@ -250,7 +414,8 @@ def _check_plan(spec: LayerSpec, h: int, w: int, kernel, stride, pad, ceil: bool
                       "the same", stacklevel=3)
 
 
-@register("Pooling", family="pool")
+@register("Pooling", family="pool", cost=POOL_COST, detail=pool_detail, emit=emit_pooling,
+          onnx=POOL_ONNX)
 def pooling(spec: LayerSpec) -> Built:
     """MAX/AVE/STOCHASTIC pooling with Caffe's ceil rounding, padding rule and AVE divisor."""
     spec.expect_bottoms(1)
@@ -335,7 +500,7 @@ class CaffeSPP(nn.Module):
         return f"pyramid_height={self.pyramid_height}, {_METHOD_NAMES[self.method]}"
 
 
-@register("SPP", family="pool")
+@register("SPP", family="pool", cost=SPP_COST, detail=spp_detail, emit=emit_spp)
 def spp(spec: LayerSpec) -> Built:
     """Spatial pyramid pooling: pyramid_height levels of 2^l bins, flattened and concatenated."""
     spec.expect_bottoms(1)

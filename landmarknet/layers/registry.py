@@ -1,4 +1,9 @@
-"""The layer registry: one converter per Caffe type, from a layer's spec to a torch module.
+"""The layer registry: one converter per Caffe type, and everything else the project knows of it.
+
+A type lives in one file: its ``@register`` carries the converter and, optionally, its cost
+rule for ``analyze`` (MACs and other ops), its drawing detail (the parameter summary a box in
+``render`` shows), its standalone-PyTorch emission for ``emit`` and its ONNX export rule. Tools
+over a built net ask the registry (``registration_of``) and keep no per-type tables.
 
 A converter is a pure function ``(LayerSpec) -> Built``. It reads the layer's parameters and the
 shapes of its bottoms and returns a module whose ``forward(*bottoms)`` returns one tensor per top
@@ -15,9 +20,11 @@ from torch import nn
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.errors import LayerError
+from landmarknet.layers.costs import PER_OUTPUT, CostRule  # noqa: F401  (CostRule: re-exported)
 
 if TYPE_CHECKING:
     from landmarknet.graph import Graph, Node
+    from landmarknet.layers.emitting import EmitCall, EmitContext
 
 Shape = tuple[int, ...]
 
@@ -77,35 +84,90 @@ class Built:
 
 
 Converter = Callable[[LayerSpec], Built]
+#: The layer's LayerParameter -> a short parameter summary for its box ('MAX 3×3 /2').
+DetailFn = Callable[[caffe_pb2.LayerParameter], str]
+#: Forward lines for one layer (init lines and helpers go through the context), or None when
+#: this configuration of the type cannot be expressed.
+EmitFn = Callable[["EmitContext", "EmitCall"], "list[str] | None"]
+
+
+@dataclass(frozen=True)
+class OnnxRule:
+    """What ``export`` needs to know of a type beyond its torch module."""
+
+    #: Why the type cannot be exported (None: it can). Reported by docs and the test battery.
+    not_exportable: str | None = None
+    #: Its output can saturate under random weights (a Softmax goes one-hot), so the export
+    #: check also compares the blob feeding it.
+    saturating: bool = False
+    #: It only moves values: the saturation walk looks through it.
+    moves_values: bool = False
+    #: param -> why this configuration of the type cannot be exported (None: it can); the
+    #: function's docstring says when, for the docs.
+    refuses: Callable[[caffe_pb2.LayerParameter], str | None] | None = None
+    #: param -> True when ONNX Runtime before the opset-19 fix computes this layer wrongly.
+    wrong_before_opset19: Callable[[caffe_pb2.LayerParameter], bool] | None = None
 
 
 @dataclass(frozen=True)
 class Registration:
-    """A registered layer type: its converter and what the docs say of it."""
+    """A registered layer type: its converter, what the docs say of it, and its tool hooks."""
 
     type: str
     converter: Converter
     family: str
     origin: str  # "BVLC Caffe" or the fork it comes from
     summary: str
+    cost: CostRule | None = None  # None: analyze reports the type as "not counted"
+    detail: DetailFn | None = None  # None: the box shows the type alone
+    emit: EmitFn | None = None  # None: emit cannot express it (see emit_reason)
+    emit_reason: str = ""  # why the type (or some configurations of it) cannot be emitted
+    onnx: OnnxRule = OnnxRule()
+    view: bool = False  # tops are views of the bottom: analyze counts no memory for them
 
 
 _REGISTRY: dict[str, Registration] = {}
 
 
 def register(type_name: str, *aliases: str, family: str, origin: str = "BVLC Caffe",
-             ) -> Callable[[Converter], Converter]:
-    """Decorator: make ``fn`` the converter of Caffe type ``type_name`` (and its aliases)."""
+             cost: CostRule | None = None, detail: DetailFn | None = None,
+             emit: EmitFn | None = None, emit_reason: str = "", onnx: OnnxRule | None = None,
+             view: bool = False) -> Callable[[Converter], Converter]:
+    """Decorator: make ``fn`` the converter of Caffe type ``type_name`` (and its aliases).
+
+    The keyword hooks are optional; a type of family ``activation`` costs one op per output
+    element unless it says otherwise (see ``landmarknet.layers.costs``).
+    """
+    if cost is None and family in _FAMILY_COSTS:
+        cost = _FAMILY_COSTS[family]
 
     def deco(fn: Converter) -> Converter:
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         for name in (type_name, *aliases):
             if name in _REGISTRY and _REGISTRY[name].converter is not fn:
                 raise ValueError(f"layer type {name!r} is registered twice")
-            _REGISTRY[name] = Registration(name, fn, family, origin, summary)
+            _REGISTRY[name] = Registration(
+                name, fn, family, origin, summary, cost=cost, detail=detail,
+                emit=emit, emit_reason=emit_reason, onnx=onnx or OnnxRule(), view=view)
         return fn
 
     return deco
+
+
+#: Cost rules that a whole family shares unless a type gives its own.
+_FAMILY_COSTS: dict[str, CostRule] = {"activation": PER_OUTPUT}
+
+
+def registration_of(type_name: str, param: caffe_pb2.LayerParameter | None = None,
+                    ) -> Registration | None:
+    """The registration of a layer: ``Python`` layers by their ``python_param`` class."""
+    load_builtin_layers()
+    if type_name == "Python" and param is not None:
+        pp = param.python_param
+        for key in (f"Python:{pp.module}.{pp.layer}", f"Python:{pp.layer}"):
+            if key in _REGISTRY:
+                return _REGISTRY[key]
+    return _REGISTRY.get(type_name)
 
 
 def registered_types() -> dict[str, Registration]:
@@ -143,5 +205,5 @@ def load_builtin_layers() -> None:
 
     import landmarknet.layers as pkg
     for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name not in {"registry", "common"}:
+        if info.name not in {"registry", "common", "costs", "emitting"}:
             importlib.import_module(f"landmarknet.layers.{info.name}")

@@ -16,8 +16,200 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landmarknet.caffe import caffe_pb2
 from landmarknet.layers.common import canonical_axis
-from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
+from landmarknet.layers.costs import FREE, PER_BOTTOM, PER_OUTPUT, CostRule, first_top
+from landmarknet.layers.emitting import (EmitCall, EmitContext, copy_module, helper_source, num,
+                                         tuple_text)
+from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, OnnxRule, register
+
+# ---------------------------------------------------------------------------------------------
+# Tool hooks: cost (analyze), box label (render), standalone code (emit), ONNX
+
+MOVES = OnnxRule(moves_values=True)
+ELTWISE_COST = CostRule(
+    lambda info, training: (0, first_top(info) * (len(info.bottom_shapes) - 1)),
+    "ops = output elements x (bottoms - 1)")
+_REDUCTION_OPS = {1: "SUM", 2: "ASUM", 3: "SUMSQ", 4: "MEAN"}
+_UNPOOL_NO_ONNX = (
+    "max-unpooling places each value where its mask says, the later input winning "
+    "(scatter_reduce amax); torch's TorchScript ONNX exporter writes that as a graph ONNX Runtime "
+    "cannot run (its If and Where nodes disagree on the shape)")
+
+
+def _segnet_unpool(p: caffe_pb2.LayerParameter) -> str | None:
+    """With two bottoms (SegNet's max-unpooling Upsample)."""
+    return _UNPOOL_NO_ONNX if len(p.bottom) == 2 else None
+
+
+def eltwise_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'SUM', 'PROD' or 'MAX'."""
+    return ("PROD", "SUM", "MAX")[p.eltwise_param.operation]
+
+
+def concat_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'axis 2' unless the usual channel axis."""
+    ax = p.concat_param.axis
+    return f"axis {ax}" if ax != 1 else ""
+
+
+def emit_eltwise(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """A sum with coefficients, a product, or a chain of torch.where for MAX."""
+    sub, ins, one = call.sub, call.ins, call.one
+    if sub.operation == 1:  # SUM
+        terms = [i if c == 1.0 else f"{i} * {num(c)}" for i, c in zip(ins, sub.coeffs)]
+        return [f"{one} = " + " + ".join(terms)]
+    if sub.operation == 0:  # PROD
+        return [f"{one} = " + " * ".join(ins)]
+    lines = [f"{one} = torch.where({ins[0]} > {ins[1]}, {ins[0]}, {ins[1]})"]
+    for i in ins[2:]:
+        lines.append(f"{one} = torch.where({i} > {one}, {i}, {one})")
+    return lines
+
+
+def emit_concat(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """torch.cat."""
+    if len(call.ins) == 1:
+        return [f"{call.one} = {call.x}"]
+    return [f"{call.one} = torch.cat([{', '.join(call.ins)}], dim={call.sub.axis})"]
+
+
+def emit_slice(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """torch.split at Caffe's slice points (or in equal parts)."""
+    sub, x, outs = call.sub, call.x, call.outs
+    if len(outs) == 1:
+        return [f"{call.one} = {x}"]
+    if sub.points:
+        sizes = [sub.points[0]] + [b - a for a, b in zip(sub.points, sub.points[1:])]
+        size_expr = "[" + ", ".join(map(str, sizes)) + \
+            f", {x}.shape[{sub.axis}] - {sub.points[-1]}]"
+    else:
+        size_expr = f"{x}.shape[{sub.axis}] // {len(outs)}"
+    return [f"{', '.join(outs)} = torch.split({x}, {size_expr}, dim={sub.axis})"]
+
+
+def emit_split(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """Every top is the bottom."""
+    return [f"{o} = {call.x}" for o in call.outs]
+
+
+def emit_flatten(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """torch.flatten."""
+    return [f"{call.one} = torch.flatten({call.x}, {call.sub.axis}, {call.sub.end_axis})"]
+
+
+def emit_reshape(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """x.reshape with Caffe's 0 (copy) and -1 (infer) dims, axis and num_axes."""
+    sub, x, ndim = call.sub, call.x, call.ndim
+    start = sub.axis if sub.axis >= 0 else ndim + sub.axis + 1
+    end = ndim if sub.num_axes == -1 else start + sub.num_axes
+    dims = []
+    if start:
+        dims.append(f"*{x}.shape[:{start}]")
+    for i, d in enumerate(sub.dims):
+        dims.append(f"{x}.shape[{start + i}]" if d == 0 else str(d))
+    if end < ndim:
+        dims.append(f"*{x}.shape[{end}:]")
+    return [f"{call.one} = {x}.reshape({', '.join(dims)})"]
+
+
+def emit_crop(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """A slice of bottom 0 to the size of bottom 1 from the offsets."""
+    sub, ref = call.sub, call.ins[1]
+    idx = [":"] * sub.axis + [f"{o}:{o} + {ref}.shape[{sub.axis + k}]"
+                              for k, o in enumerate(sub.offsets)]
+    return [f"{call.one} = {call.x}[{', '.join(idx)}]"]
+
+
+def emit_softmax(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """torch.softmax."""
+    return [f"{call.one} = torch.softmax({call.x}, dim={call.sub.axis})"]
+
+
+helper_source("reduction", '''
+def reduction(x, operation, axis, coeff):
+    """Caffe's Reduction over all axes from axis: SUM, ASUM, SUMSQ or MEAN, times coeff."""
+    flat = x.reshape(*x.shape[:axis], -1)
+    if operation == "ASUM":
+        y = flat.abs().sum(-1)
+    elif operation == "SUMSQ":
+        y = (flat * flat).sum(-1)
+    else:
+        y = flat.sum(-1)
+    if operation == "MEAN":  # Caffe divides the coefficient in float32
+        coeff = float(torch.tensor(coeff, dtype=torch.float32) / flat.shape[-1])
+    return y if coeff == 1.0 else y * coeff
+''')
+helper_source("Parameter", '''
+class ParameterLayer(nn.Module):
+    """Caffe's Parameter layer: a learnable blob as the top."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(shape))
+
+    def forward(self):
+        return self.weight
+''')
+
+
+def emit_reduction(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The reduction helper function."""
+    sub = call.sub
+    ctx.helper("reduction")
+    return [f"{call.one} = reduction({call.x}, {_REDUCTION_OPS[sub.operation]!r}, {sub.axis}, "
+            f"{num(sub.coeff)})"]
+
+
+def emit_silence(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """Nothing: a comment that the bottoms are unused."""
+    return [f"# ({', '.join(call.ins)} unused)"]
+
+
+def emit_tile(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """x.repeat along the axis."""
+    reps = ["1"] * call.ndim
+    reps[call.sub.axis] = str(call.sub.tiles)
+    return [f"{call.one} = {call.x}.repeat({', '.join(reps)})"]
+
+
+def emit_parameter(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """The ParameterLayer helper module."""
+    ctx.helper("Parameter")
+    ctx.add_module(call.module, f"ParameterLayer({tuple_text(call.sub.weight.shape)})")
+    return [f"{call.one} = {call.attr}()"]
+
+
+def emit_permute(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """x.permute."""
+    return [f"{call.one} = {call.x}.permute({', '.join(map(str, call.sub.order))})"]
+
+
+def emit_shuffle_channel(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """Reshape to (N, g, C/g, ...), swap the two, reshape back."""
+    g, x = call.sub.group, call.x
+    return [f"{call.one} = {x}.reshape({x}.shape[0], {g}, {x}.shape[1] // {g}, *{x}.shape[2:])"
+            f".transpose(1, 2).reshape({x}.shape)"]
+
+
+def emit_upsample(ctx: EmitContext, call: EmitCall) -> list[str] | None:
+    """repeat_interleave by the scales; SegNet's max-unpooling Upsample copies its module."""
+    sub = call.sub
+    if not hasattr(sub, "scale_h"):
+        return copy_module(max_unpool)(ctx, call)
+    expr = call.x
+    if sub.scale_h != 1:
+        expr = f"{expr}.repeat_interleave({sub.scale_h}, dim=-2)"
+    if sub.scale_w != 1:
+        expr = f"{expr}.repeat_interleave({sub.scale_w}, dim=-1)"
+    return [f"{call.one} = {expr}"]
+
+
+def emit_axpy(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """a reshaped to (N, C, 1, ...) times x plus y."""
+    a, xx, yy = call.ins
+    ones = ", 1" * (len(call.info.bottom_shapes[1]) - 2)
+    return [f"{call.one} = {a}.reshape({xx}.shape[0], {xx}.shape[1]{ones}) * {xx} + {yy}"]
 
 _FAMILY = "shape"
 Shape = tuple[int, ...]
@@ -112,7 +304,8 @@ class Eltwise(nn.Module):
         return f"operation={name}" + (f", coeff={self.coeffs}" if self.operation == _SUM else "")
 
 
-@register("Eltwise", family=_FAMILY)
+@register("Eltwise", family=_FAMILY, cost=ELTWISE_COST, detail=eltwise_detail,
+          emit=emit_eltwise)
 def eltwise(spec: LayerSpec) -> Built:
     """Elementwise SUM (coeff per bottom), PROD or MAX over two or more same-shape bottoms."""
     n = len(spec.bottom_shapes)
@@ -164,7 +357,8 @@ def _legacy_axis(spec: LayerSpec, msg, legacy: str, ndim: int) -> int:
     return canonical_axis(msg.axis, ndim, spec)
 
 
-@register("Concat", family=_FAMILY)
+@register("Concat", family=_FAMILY, cost=FREE, detail=concat_detail, emit=emit_concat,
+          onnx=MOVES)
 def concat(spec: LayerSpec) -> Built:
     """Concatenate bottoms along axis (default 1; legacy concat_dim accepted)."""
     spec.expect_bottoms(1, 1 << 30)
@@ -202,7 +396,7 @@ class Slice(nn.Module):
         return f"axis={self.axis}, slice_point={self.points}, tops={self.n_tops}"
 
 
-@register("Slice", family=_FAMILY)
+@register("Slice", family=_FAMILY, cost=FREE, emit=emit_slice, onnx=MOVES)
 def slice_(spec: LayerSpec) -> Built:
     """Cut a bottom along axis at slice_point(s), or into n_tops equal parts."""
     spec.expect_bottoms(1)
@@ -244,7 +438,7 @@ class Split(nn.Module):
         return x if self.n_tops == 1 else tuple(x for _ in range(self.n_tops))
 
 
-@register("Split", family=_FAMILY)
+@register("Split", family=_FAMILY, cost=FREE, emit=emit_split, onnx=MOVES, view=True)
 def split(spec: LayerSpec) -> Built:
     """Copy one bottom to every top."""
     spec.expect_bottoms(1)
@@ -271,7 +465,7 @@ class Flatten(nn.Module):
         return f"axis={self.axis}, end_axis={self.end_axis}"
 
 
-@register("Flatten", family=_FAMILY)
+@register("Flatten", family=_FAMILY, cost=FREE, emit=emit_flatten, onnx=MOVES, view=True)
 def flatten(spec: LayerSpec) -> Built:
     """Merge axes axis..end_axis (default 1..-1) into one."""
     spec.expect_bottoms(1)
@@ -344,7 +538,7 @@ class Reshape(nn.Module):
         return f"shape={self.dims}, axis={self.axis}, num_axes={self.num_axes}"
 
 
-@register("Reshape", family=_FAMILY)
+@register("Reshape", family=_FAMILY, cost=FREE, emit=emit_reshape, onnx=MOVES, view=True)
 def reshape(spec: LayerSpec) -> Built:
     """Change the shape (0 = copy a dim, -1 = infer one; axis/num_axes select the range)."""
     spec.expect_bottoms(1)
@@ -374,7 +568,7 @@ class Crop(nn.Module):
         return f"axis={self.axis}, offsets={self.offsets}"
 
 
-@register("Crop", family=_FAMILY)
+@register("Crop", family=_FAMILY, cost=FREE, emit=emit_crop, onnx=MOVES)
 def crop(spec: LayerSpec) -> Built:
     """Crop bottom 0 to bottom 1's shape from axis (default 2), offsets: none, one, or per axis."""
     spec.expect_bottoms(2)
@@ -421,7 +615,8 @@ class Softmax(nn.Module):
         return f"axis={self.axis}"
 
 
-@register("Softmax", family=_FAMILY)
+@register("Softmax", family=_FAMILY, cost=PER_OUTPUT, emit=emit_softmax,
+          onnx=OnnxRule(saturating=True))
 def softmax(spec: LayerSpec) -> Built:
     """Softmax along axis (default 1)."""
     spec.expect_bottoms(1)
@@ -459,7 +654,7 @@ class Reduction(nn.Module):
         return f"operation={name}, axis={self.axis}, coeff={self.coeff}"
 
 
-@register("Reduction", family=_FAMILY)
+@register("Reduction", family=_FAMILY, cost=PER_BOTTOM, emit=emit_reduction)
 def reduction(spec: LayerSpec) -> Built:
     """SUM, ASUM, SUMSQ or MEAN over all axes from axis (default 0), times coeff."""
     spec.expect_bottoms(1)
@@ -503,7 +698,10 @@ class ArgMax(nn.Module):
         return f"top_k={self.top_k}, out_max_val={self.out_max_val}, axis={self.axis}"
 
 
-@register("ArgMax", family=_FAMILY)
+@register("ArgMax", family=_FAMILY, cost=PER_OUTPUT, emit=copy_module(_topk_caffe),
+          onnx=OnnxRule(saturating=True, not_exportable=(
+              "Caffe's order of tied values (the larger index first) needs a stable sort, which "
+              "torch's ONNX exporter cannot write (aten::sort with stable=True)")))
 def argmax(spec: LayerSpec) -> Built:
     """Top-k indices (or values with out_max_val) along axis, or per sample when axis is unset."""
     spec.expect_bottoms(1)
@@ -536,7 +734,7 @@ class Silence(nn.Module):
         return ()
 
 
-@register("Silence", family=_FAMILY)
+@register("Silence", family=_FAMILY, cost=FREE, emit=emit_silence, onnx=MOVES, view=True)
 def silence(spec: LayerSpec) -> Built:
     """Swallow bottoms so that they are not net outputs; no tops."""
     spec.expect_bottoms(1, 1 << 30)
@@ -561,7 +759,7 @@ class Tile(nn.Module):
         return f"axis={self.axis}, tiles={self.tiles}"
 
 
-@register("Tile", family=_FAMILY)
+@register("Tile", family=_FAMILY, cost=FREE, emit=emit_tile)
 def tile(spec: LayerSpec) -> Built:
     """Repeat the bottom tiles times along axis (numpy.tile on one axis)."""
     spec.expect_bottoms(1)
@@ -587,7 +785,7 @@ class Parameter(nn.Module):
         return f"shape={tuple(self.weight.shape)}"
 
 
-@register("Parameter", family=_FAMILY)
+@register("Parameter", family=_FAMILY, cost=FREE, emit=emit_parameter)
 def parameter(spec: LayerSpec) -> Built:
     """A learnable blob of parameter_param.shape as the top (initialised to 0, as Caffe does)."""
     spec.expect_bottoms(0)
@@ -617,7 +815,8 @@ class Permute(nn.Module):
         return f"order={self.order}"
 
 
-@register("Permute", family=_FAMILY, origin="SSD (weiliu89/caffe)")
+@register("Permute", family=_FAMILY, origin="SSD (weiliu89/caffe)", cost=FREE,
+          emit=emit_permute, onnx=MOVES)
 def permute(spec: LayerSpec) -> Built:
     """Reorder axes by permute_param.order; axes left out follow in increasing order."""
     spec.expect_bottoms(1)
@@ -651,7 +850,8 @@ class ShuffleChannel(nn.Module):
         return f"group={self.group}"
 
 
-@register("ShuffleChannel", family=_FAMILY, origin="ShuffleNet Caffe forks (read by OpenCV DNN)")
+@register("ShuffleChannel", family=_FAMILY, origin="ShuffleNet Caffe forks (read by OpenCV DNN)",
+          cost=FREE, emit=emit_shuffle_channel)
 def shuffle_channel(spec: LayerSpec) -> Built:
     """ShuffleNet channel shuffle: out channel j*group + i = in channel i*(C/group) + j."""
     spec.expect_bottoms(1)
@@ -680,7 +880,8 @@ class Upsample(nn.Module):
         return f"scale=({self.scale_h}, {self.scale_w})"
 
 
-@register("Upsample", family=_FAMILY,
+@register("Upsample", family=_FAMILY, cost=FREE, emit=emit_upsample,
+          onnx=OnnxRule(refuses=_segnet_unpool),
           origin="YOLOv3 Caffe forks and brocolli (nearest, one bottom); SegNet (max-unpooling, "
                  "two bottoms)")
 def upsample(spec: LayerSpec) -> Built:
@@ -802,7 +1003,8 @@ def _segnet_upsample(spec: LayerSpec, up) -> Built:
     return Built(MaxUnpool(None, scale, pad_out))
 
 
-@register("MaxUnPool", family=_FAMILY, origin="brocolli (inisis/caffe)")
+@register("MaxUnPool", family=_FAMILY, origin="brocolli (inisis/caffe)", cost=FREE,
+          emit=copy_module(max_unpool), onnx=OnnxRule(not_exportable=_UNPOOL_NO_ONNX))
 def max_unpool_layer(spec: LayerSpec) -> Built:
     """Max-unpooling into a fixed dst_h x dst_w plane by a pooling mask (bottom 1)."""
     _unpool_bottoms(spec)
@@ -828,7 +1030,8 @@ class PixelShuffle(nn.Module):
         return f"upscale_factor={self.factor}"
 
 
-@register("PixelShuffle", family=_FAMILY, origin="brocolli (inisis/caffe)")
+@register("PixelShuffle", family=_FAMILY, origin="brocolli (inisis/caffe)", cost=FREE,
+          emit=copy_module())
 def pixel_shuffle(spec: LayerSpec) -> Built:
     """Depth to space by pixelshuffle_param.upscale_factor r: (N, C*r*r, H, W) -> (N, C, rH, rW)."""
     spec.expect_bottoms(1)
@@ -869,7 +1072,8 @@ class Pad(nn.Module):
 _PAD_MODES = {0: "constant", 1: "replicate", 2: "reflect"}
 
 
-@register("Pad", family=_FAMILY, origin="brocolli (inisis/caffe)")
+@register("Pad", family=_FAMILY, origin="brocolli (inisis/caffe)", cost=FREE,
+          emit=copy_module())
 def pad(spec: LayerSpec) -> Built:
     """Pad H and W by pad_u/pad_d/pad_l/pad_r (CONSTANT, REPLICATE, REFLECT); all < 0 crops."""
     spec.expect_bottoms(1)
@@ -945,7 +1149,8 @@ class Interp(nn.Module):
                 f"width={self.width}, pad_beg={self.pad_beg}, pad_end={self.pad_end}")
 
 
-@register("Interp", family=_FAMILY, origin="PSPNet (hszhao/PSPNet)")
+@register("Interp", family=_FAMILY, origin="PSPNet (hszhao/PSPNet)", cost=PER_OUTPUT,
+          emit=copy_module(interp_top_hw))
 def interp(spec: LayerSpec) -> Built:
     """Bilinear align-corners resize by zoom_factor, shrink_factor or height/width; pads crop."""
     spec.expect_bottoms(1)
@@ -980,7 +1185,8 @@ class Axpy(nn.Module):
         return scale * x + y
 
 
-@register("Axpy", family=_FAMILY, origin="SENet Caffe forks (hujie's Axpy)")
+@register("Axpy", family=_FAMILY, origin="SENet Caffe forks (hujie's Axpy)", cost=PER_OUTPUT,
+          emit=emit_axpy)
 def axpy(spec: LayerSpec) -> Built:
     """F = a * X + Y: bottom 0 the scale (N, C[, 1, 1]), bottoms 1 and 2 X and Y (same shape)."""
     spec.expect_bottoms(3)

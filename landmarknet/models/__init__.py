@@ -190,7 +190,10 @@ def verify_files(folder: str | os.PathLike, files: Iterable[str | os.PathLike]) 
     manifest = folder.resolve().parent / MANIFEST
     for f in files:
         path = Path(f)
-        path = path if path.is_absolute() else folder / path
+        # Relative names are the folder's own ("model.json") unless the caller joined them
+        # to the (relative) folder already: "landmarknet/models/x/model.json" from the cwd.
+        if not path.is_absolute() and path.parts[:len(folder.parts)] != folder.parts:
+            path = folder / path
         try:
             rel = path.resolve().relative_to(folder.resolve()).as_posix()
         except ValueError:

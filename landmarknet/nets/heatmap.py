@@ -27,6 +27,12 @@ VGG_BLOCKS = ((("conv1_1", 64), ("conv1_2", 64)),
               (("conv2_1", 128), ("conv2_2", 128)),
               (("conv3_1", 256), ("conv3_2", 256), ("conv3_3", 256)))
 
+#: The light trunk ("mobile"): conv1 (3x3, stride 2) then depthwise-separable units (depthwise
+#: 3x3 + pointwise 1x1, MobileNet v1's unit) as (name, channels, stride); stride 4 in all, like
+#: the VGG trunk, so the maps stay 28x28 at 112 input.
+MOBILE_BLOCKS = (("block1", 48, 1), ("block2", 64, 2), ("block3", 64, 1), ("block4", 96, 1),
+                 ("block5", 96, 1))
+
 #: Dilations replacing the five 7x7 convolutions of a stage in the 'dilated' variant: the same
 #: 3x3 weights see a 27x27 window (five 7x7 see 31x31); 1 at both ends fills the gaps that
 #: dilated convolutions alone leave ("gridding").
@@ -41,8 +47,14 @@ class HeatmapConfig:
     points: int = 68
     stages: int = 4
     input_size: int = 112
-    trunk: str = "vgg"  # "vgg" or "hourglass"
-    stage_kernels: str = "7x7"  # "7x7" or "dilated"
+    trunk: str = "vgg"  # "vgg", "hourglass" or "mobile" (depthwise-separable, light)
+    #: Stage convolutions: "7x7" (plain), "dilated" (3x3, DILATIONS) or "separable" (depthwise
+    #: stage_kernel x stage_kernel + pointwise 1x1: ~k*k/C of a plain convolution's MACs).
+    stage_kernels: str = "7x7"
+    stage_kernel: int = 7  # kernel of the "separable" stage convolutions (stages 2..)
+    stage_convs: int = 5  # convolutions per refinement stage (stages 2..)
+    #: Channel multiplier of the mobile trunk's units (MOBILE_BLOCKS), rounded to multiples of 8.
+    width: float = 1.0
     residual: bool = False  # residual units inside the stages
     head: str = "base"  # "base" (1x1 128, 1x1 K+1) or "strong"
     features: int = 64  # trunk channels fed to every stage
@@ -63,6 +75,10 @@ class HeatmapConfig:
     init: str = "msra"
     train_batch: int = 32
     test_batch: int = 16
+    #: Adam's rate in the generated solver: the BatchNorm nets train at 1e-3 (docs/results.md).
+    base_lr: float = 1e-4
+    #: Iterations of the generated solver; the rate drops x0.1 at 60 % and 80 % of them.
+    max_iter: int = 20000
 
     @property
     def maps(self) -> int:
@@ -78,20 +94,52 @@ class HeatmapConfig:
         get_scheme(self.points)  # only known landmark schemes
         if self.input_size % 16:
             raise ValueError("input_size must be a multiple of 16 (stride 4, hourglass x4)")
-        if self.trunk not in ("vgg", "hourglass") or self.head not in ("base", "strong") \
-                or self.stage_kernels not in ("7x7", "dilated") or self.init not in ("gaussian",
+        if self.trunk not in ("vgg", "hourglass", "mobile") \
+                or self.head not in ("base", "strong") \
+                or self.stage_kernels not in ("7x7", "dilated", "separable") or self.init not in ("gaussian",
                                                                                      "msra") \
                 or self.loss not in ("euclidean", "awing"):
             raise ValueError(f"bad heatmap config {self}")
 
 
 def _conv(ns: NetSpec, cfg: HeatmapConfig, name: str, x: str, n: int, kernel: int = 3,
-          dilation: int = 1, relu_name: str | None = None, relu: bool = True) -> str:
+          dilation: int = 1, relu_name: str | None = None, relu: bool = True,
+          stride: int = 1) -> str:
     """A hidden convolution: conv [+ BatchNorm + Scale when cfg.batch_norm] [+ ReLU]."""
-    x = ns.conv(name, x, n, kernel, dilation=dilation, bias=not cfg.batch_norm)
+    x = ns.conv(name, x, n, kernel, dilation=dilation, stride=stride, bias=not cfg.batch_norm)
     if cfg.batch_norm:
         x = ns.bn_scale(f"{name}/bn", f"{name}/scale", x)
     return ns.relu(relu_name or relu_name_for(name), x) if relu else x
+
+
+def _separable(ns: NetSpec, cfg: HeatmapConfig, name: str, x: str, channels_in: int, n: int,
+               kernel: int = 3, stride: int = 1, relu_name: str | None = None) -> str:
+    """A depthwise-separable unit: ``{name}_dw`` (depthwise kernel x kernel, one filter per input
+    channel) then ``{name}`` (pointwise 1x1 to n), each with its BatchNorm/Scale and ReLU."""
+    x = ns.conv(f"{name}_dw", x, channels_in, kernel, stride=stride, group=channels_in,
+                bias=not cfg.batch_norm)
+    if cfg.batch_norm:
+        x = ns.bn_scale(f"{name}_dw/bn", f"{name}_dw/scale", x)
+    x = ns.relu(f"{name}_dw/relu", x)
+    return _conv(ns, cfg, name, x, n, 1, relu_name=relu_name)
+
+
+def _width(cfg: HeatmapConfig, channels: int) -> int:
+    """Channels of a mobile unit scaled by cfg.width, a multiple of 8 (SIMD-friendly)."""
+    return max(8, int(round(channels * cfg.width / 8)) * 8)
+
+
+def _trunk_mobile(ns: NetSpec, data: str, cfg: HeatmapConfig) -> str:
+    """conv1 (3x3, stride 2) then depthwise-separable units down to stride 4 and a pointwise
+    projection to cfg.features: ~1/40 of the VGG trunk's MACs."""
+    c = _width(cfg, 24)
+    x = _conv(ns, cfg, "conv1", data, c, stride=2)
+    for name, n, stride in MOBILE_BLOCKS:
+        n = _width(cfg, n)
+        x = _separable(ns, cfg, name, x, c, n, 3, stride)
+        c = n
+    ns.comment(f"features: pointwise {c} -> {cfg.features}, at stride 4")
+    return _conv(ns, cfg, "conv_features", x, cfg.features, 1)
 
 
 def _trunk_vgg(ns: NetSpec, data: str, cfg: HeatmapConfig) -> str:
@@ -161,7 +209,27 @@ def _residual_body(ns: NetSpec, cfg: HeatmapConfig, p: str, x: str, n: int,
     return x
 
 
+def _separable_stage(ns: NetSpec, t: int, features: str, prev: str | None,
+                     cfg: HeatmapConfig) -> str:
+    """A light stage: depthwise-separable units (stage 1: two 3x3 on the trunk features; later
+    stages: cfg.stage_convs units of cfg.stage_kernel on features + previous maps), then the
+    head. Depthwise 7x7 keeps the stages' wide field of view at a fraction of the MACs."""
+    p = f"stage{t}"
+    if t == 1:
+        x, c, n, k, units = features, cfg.features, cfg.features, 3, 2
+    else:
+        x = ns.concat(f"{p}_concat", [features, prev])
+        c, n, k, units = cfg.features + cfg.maps, cfg.stage_channels, cfg.stage_kernel, \
+            cfg.stage_convs
+    for i in range(1, units + 1):
+        x = _separable(ns, cfg, f"{p}_conv{i}", x, c, n, k, relu_name=f"{p}_relu{i}")
+        c = n
+    return _head(ns, p, x, cfg, units + 1)
+
+
 def _stage(ns: NetSpec, t: int, features: str, prev: str | None, cfg: HeatmapConfig) -> str:
+    if cfg.stage_kernels == "separable":
+        return _separable_stage(ns, t, features, prev, cfg)
     p = f"stage{t}"
     if t == 1:
         x, n, ks = features, cfg.features, [(3, 1)] * 3
@@ -191,9 +259,9 @@ def heatmap_net(cfg: HeatmapConfig, deploy: bool = False) -> NetSpec:
                      input_param={"shape": [{"dim": [n, 3, s, s]},
                                             {"dim": [n, cfg.maps, h, h]}]})
         data = "data"
-    ns.comment("trunk" + (" (hourglass)" if cfg.trunk == "hourglass" else " (VGG, 2 pools: "
-                                                                          "stride 4)"))
-    trunk = _trunk_vgg if cfg.trunk == "vgg" else _trunk_hourglass
+    ns.comment("trunk" + {"hourglass": " (hourglass)", "vgg": " (VGG, 2 pools: stride 4)",
+                          "mobile": " (depthwise-separable: stride 4)"}[cfg.trunk])
+    trunk = {"vgg": _trunk_vgg, "hourglass": _trunk_hourglass, "mobile": _trunk_mobile}[cfg.trunk]
     features = trunk(ns, data, cfg)
     prev = None
     for t in range(1, cfg.stages + 1):
@@ -216,15 +284,15 @@ def heatmap_solver(cfg: HeatmapConfig, net_path: str, val_size: int) -> dict:
         "test_interval": 1000,
         "test_initialization": False,
         "type": "Adam",
-        "base_lr": 1e-4,
+        "base_lr": cfg.base_lr,
         "momentum": 0.9,
         "momentum2": 0.999,
         "delta": 1e-8,
         "weight_decay": 5e-4,
         "lr_policy": "multistep",
         "gamma": 0.1,
-        "stepvalue": [12000, 16000],
-        "max_iter": 20000,
+        "stepvalue": [cfg.max_iter * 3 // 5, cfg.max_iter * 4 // 5],
+        "max_iter": cfg.max_iter,
         "display": 50,
         "average_loss": 50,
         "snapshot": 2000,
@@ -274,3 +342,28 @@ HEATMAP_NETS: dict[str, tuple[HeatmapConfig, str]] = {
     "heatmap4_5": (replace(BASE, name="heatmap4_5", points=5),
                    "5 points (CUHK/CelebA layout): the main net with 6 maps"),
 }
+
+#: The light family: the same multi-stage heatmap idea (trunk at stride 4, stages refining the
+#: maps, a loss per stage, 112 input) built for a CPU at batch 1: a depthwise-separable trunk
+#: and depthwise 7x7 stage convolutions, BatchNorm throughout; ~1/20-1/40 of heatmap4_68's MACs.
+LIGHT = HeatmapConfig("light3_68", trunk="mobile", stage_kernels="separable", batch_norm=True,
+                      stages=3, stage_kernel=7, stage_convs=3, stage_channels=48,
+                      head_channels=64, base_lr=1e-3, max_iter=5200)
+LIGHT_WIDE = replace(LIGHT, width=1.5, features=96, stage_channels=64, head_channels=96)
+
+LIGHT_NETS: dict[str, tuple[HeatmapConfig, str]] = {
+    "light3_68": (LIGHT, "the light family's base: a depthwise-separable trunk (conv1 stride 2, "
+                         "five units) at stride 4, 3 stages of depthwise 7x7 + pointwise units, "
+                         "BatchNorm throughout: ~0.095 GMACs"),
+    "light4_68": (replace(LIGHT, name="light4_68", stages=4), "light3_68 with a 4th stage"),
+    "light3w_68": (replace(LIGHT_WIDE, name="light3w_68", base_lr=3e-3, max_iter=10500),
+                   "light3_68 1.5x wider (trunk units, 96 features, 64-wide stages, 96-wide "
+                   "heads): ~0.17 GMACs"),
+    "light4w_68": (replace(LIGHT_WIDE, name="light4w_68", stages=4, max_iter=4700),
+                   "light3w_68 with a 4th stage: ~0.21 GMACs"),
+    "light3w_5": (replace(LIGHT_WIDE, name="light3w_5", points=5, max_iter=10800),
+                  "light3w_68 for 5 points (CUHK/CelebA layout)"),
+    "light3w_77": (replace(LIGHT_WIDE, name="light3w_77", points=77, max_iter=8400),
+                   "light3w_68 for 77 points (68 + 9 forehead points)"),
+}
+HEATMAP_NETS.update(LIGHT_NETS)

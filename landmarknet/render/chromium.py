@@ -18,10 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from landmarknet.errors import LandmarknetError
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
-class ChromiumError(RuntimeError):
+class ChromiumError(LandmarknetError, RuntimeError):
     """Chromium is missing, died, timed out, or a DevTools command failed."""
 
 

@@ -12,7 +12,6 @@ by an isotonic regression per layer (pool-adjacent-violators), so chains come ou
 from __future__ import annotations
 
 import heapq
-import math
 import os
 import shutil
 import subprocess
@@ -509,20 +508,3 @@ def _smooth(pts: list[Point]) -> list[Point]:
         out += [(x0, y0 + k), (x1, y1 - k), (x1, y1)]
     return out
 
-
-def bezier_point(pts: list[Point], t: float) -> Point:
-    """The point at parameter ``t`` in [0, 1] along a multi-segment cubic path."""
-    n = (len(pts) - 1) // 3
-    if n == 0:
-        return pts[0]
-    seg = min(int(t * n), n - 1)
-    u = t * n - seg
-    p0, p1, p2, p3 = pts[3 * seg: 3 * seg + 4]
-    a, b, c, d = (1 - u) ** 3, 3 * u * (1 - u) ** 2, 3 * u * u * (1 - u), u ** 3
-    return (a * p0[0] + b * p1[0] + c * p2[0] + d * p3[0],
-            a * p0[1] + b * p1[1] + c * p2[1] + d * p3[1])
-
-
-def path_length_hint(pts: list[Point]) -> float:
-    """Rough length of a control polygon (for label placement)."""
-    return sum(math.dist(a, b) for a, b in zip(pts, pts[1:]))

@@ -11,6 +11,7 @@ Then refresh landmarknet/models/MANIFEST:
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 import numpy as np
@@ -35,12 +36,14 @@ def flush(path: str) -> int:
     return count
 
 
-def main(paths: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Flush every file given; print what changed."""
-    for path in paths:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("caffemodel", nargs="+", help="files to rewrite in place")
+    for path in ap.parse_args(argv).caffemodel:
         print(f"{path}: {flush(path)} denormal value(s) set to zero")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

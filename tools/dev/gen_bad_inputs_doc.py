@@ -23,7 +23,7 @@ from bad_inputs import CASES  # noqa: E402
 from fuzz.cases import Unavailable, case_count, case_seed, generate, summary_rows  # noqa: E402
 from fuzz.runner import run_cli  # noqa: E402
 
-from landmarknet.cli.main import main  # noqa: E402
+from landmarknet.cli.main import main as cli_main  # noqa: E402
 
 DOC = ROOT / "docs" / "bad_inputs.md"
 FUZZ_HEADING = "## Fuzzing"
@@ -39,7 +39,7 @@ def run_case(case) -> tuple[int | None, str]:
             return out.status, text.replace(tmp + "/", "").strip()
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            status = main(argv)
+            status = cli_main(argv)
         return status, err.getvalue().replace(tmp + "/", "").strip()
 
 
@@ -95,22 +95,29 @@ def fuzz_section() -> list[str]:
     return rows
 
 
-def main_doc() -> None:
+def document(fuzz: bool = True, old: str | None = None) -> str:
+    """The text of docs/bad_inputs.md; without ``fuzz`` the fuzz summary of ``old`` (default:
+    the current file) is kept as it is."""
+    rows = case_rows()
+    if fuzz:
+        tail = fuzz_section()
+    else:
+        old = (DOC.read_text() if DOC.exists() else "") if old is None else old
+        tail = old[old.index(FUZZ_HEADING):].rstrip("\n").splitlines() \
+            if FUZZ_HEADING in old else []
+    return "\n".join(rows + ([""] + tail if tail else [])) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
     """Regenerate the document."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-fuzz", action="store_true", help="keep the fuzz summary as it is")
-    args = ap.parse_args()
-    rows = case_rows()
-    if args.no_fuzz:
-        old = DOC.read_text() if DOC.exists() else ""
-        fuzz = old[old.index(FUZZ_HEADING):].rstrip("\n").splitlines() \
-            if FUZZ_HEADING in old else []
-    else:
-        fuzz = fuzz_section()
-    DOC.write_text("\n".join(rows + ([""] + fuzz if fuzz else [])) + "\n")
+    args = ap.parse_args(argv)
+    DOC.write_text(document(fuzz=not args.no_fuzz))
     print(f"wrote docs/bad_inputs.md ({len(CASES)} cases"
           + ("" if args.no_fuzz else ", fuzz summary") + ")")
+    return 0
 
 
 if __name__ == "__main__":
-    main_doc()
+    sys.exit(main())

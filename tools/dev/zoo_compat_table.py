@@ -171,20 +171,27 @@ def table(zoo: Path, shared: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def document(old: str | None = None) -> str:
+    """docs/caffe_compat.md (``old``, default the current file) with a fresh zoo table."""
+    shared = shared_dir()
+    doc = DOC.read_text() if old is None else old
+    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
+    return doc[:start] + "\n" + table(shared / "zoo", shared) + "\n" + doc[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the table, or with --write put it into docs/caffe_compat.md."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="update docs/caffe_compat.md")
-    args = ap.parse_args()
-    shared = shared_dir()
-    text = table(shared / "zoo", shared)
+    args = ap.parse_args(argv)
     if not args.write:
-        print(text)
-        return
-    doc = DOC.read_text()
-    start, end = doc.index(BEGIN) + len(BEGIN), doc.index(END)
-    DOC.write_text(doc[:start] + "\n" + text + "\n" + doc[end:])
+        shared = shared_dir()
+        print(table(shared / "zoo", shared))
+        return 0
+    DOC.write_text(document())
     print(f"updated {DOC}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Shapes of a data layer's tops as far as the prototxt tells them, without torch.
+
+Data layers (Input, MemoryData, ImageData, Data, HDF5Data, DenseImageData ...) become graph
+inputs in :mod:`landmarknet.graph`. Their shapes come from the layer's parameters where Caffe's own
+reshape logic can tell them without reading the data; otherwise they are unknown (None) and must
+be given (``--input-shape``). This sits beside graph.py, below the build, so that turning a
+NetParameter into a Graph needs protobuf only (no torch).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from landmarknet.caffe import caffe_pb2
+from landmarknet.errors import LayerError
+
+Shape = tuple[int, ...]
+
+
+def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> list[Shape | None]:
+    """Shapes of a data layer's tops as far as the prototxt determines them (None: unknown)."""
+    n_tops = len(layer.top)
+    t = layer.type
+    crop = layer.transform_param.crop_size if layer.HasField("transform_param") else 0
+    if t == "Input":
+        shapes = [tuple(int(d) for d in s.dim) for s in layer.input_param.shape]
+        if len(shapes) not in (0, 1, n_tops):
+            raise LayerError(f"Input has {n_tops} tops but {len(shapes)} shapes (give 1 or "
+                             f"{n_tops})", layer=layer.name, type=t)
+        if len(shapes) == 1:
+            shapes = shapes * n_tops
+        return shapes or [None] * n_tops
+    if t == "MemoryData":
+        p = layer.memory_data_param
+        out: list[Shape | None] = [(p.batch_size, p.channels, p.height, p.width)]
+        return (out + [(p.batch_size,)])[:n_tops]
+    if t == "ImageData":
+        p = layer.image_data_param
+        c = 3 if p.is_color else 1
+        h, w = (crop, crop) if crop else (p.new_height, p.new_width)
+        image = (p.batch_size, c, h, w) if h and w else None
+        return ([image, (p.batch_size,)])[:n_tops]
+    if t == "Data":
+        n = layer.data_param.batch_size
+        # Channels live in the database, not the prototxt: the caller must say (--input-shape).
+        return ([None, (n,) if n else None])[:n_tops]
+    if t == "HDF5Data":
+        return _hdf5_shapes(layer, net_path)
+    if t == "DenseImageData":
+        return _dense_image_shapes(layer, crop)
+    return [None] * n_tops
+
+
+def _dense_image_shapes(layer: caffe_pb2.LayerParameter, crop: int) -> list[Shape | None]:
+    """SegNet's DenseImageData: an image top and a one-channel label map of the same size.
+
+    dense_image_data_layer.cpp sizes both tops from transform_param.crop_size, else from
+    crop_height/crop_width, else from new_height/new_width (the first image of the list decides
+    when none is given: unknown here). Channels: 3 when is_color, else 1.
+    """
+    if "dense_image_data_param" not in layer.DESCRIPTOR.fields_by_name:
+        raise LayerError("the legacy V1 format has no DenseImageData layer", layer=layer.name,
+                         type=layer.type)
+    p = layer.dense_image_data_param
+    for a, b in (("crop_height", "crop_width"), ("new_height", "new_width")):
+        if (getattr(p, a) == 0) != (getattr(p, b) == 0):
+            raise LayerError(f"dense_image_data_param.{a} and {b} must be set together "
+                             "(Caffe refuses one without the other)", layer=layer.name,
+                             type=layer.type)
+    if crop:
+        h, w = crop, crop
+    elif p.crop_height:
+        h, w = p.crop_height, p.crop_width
+    else:
+        h, w = p.new_height, p.new_width
+    n, c = p.batch_size, (3 if p.is_color else 1)
+    known = bool(h and w and n)
+    image = (n, c, h, w) if known else None
+    label = (n, 1, h, w) if known else None
+    return [image, label][:len(layer.top)]
+
+
+def _hdf5_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> list[Shape | None]:
+    """HDF5Data: each top is a dataset of that name in the listed files; batch from the param."""
+    p = layer.hdf5_data_param
+    candidates = [Path(p.source)]
+    if net_path:
+        candidates.append(Path(net_path).parent / p.source)
+    listing = next((c for c in candidates if c.is_file()), None)
+    if listing is None:
+        return [None] * len(layer.top)
+    files = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
+    if not files:
+        return [None] * len(layer.top)
+    import h5py  # only nets with an HDF5Data layer whose listing exists pay for h5py
+    first = Path(files[0])
+    if not first.is_absolute() and not first.exists():
+        first = listing.parent / first
+    try:
+        with h5py.File(first, "r") as fh:
+            return [(p.batch_size, *fh[top].shape[1:]) if top in fh else None
+                    for top in layer.top]
+    except OSError:
+        return [None] * len(layer.top)

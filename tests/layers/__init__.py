@@ -1,0 +1,1 @@
+"""Tests of landmarknet.layers: the registry battery over every registered type."""

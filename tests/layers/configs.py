@@ -1,0 +1,236 @@
+"""A small configuration for every registered layer type, for the registry battery.
+
+Each entry is a whole net (inputs, the layer under test, and where it needs them the layers that
+make its bottoms) small enough to build, run, emit and export in well under a second, and says
+how to fill inputs that are not arbitrary reals (labels, probabilities, points). A new layer
+type needs an entry here; ``test_every_registered_type_has_a_config`` says so.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """A net that holds the type under test, and how to fill its inputs."""
+
+    text: str
+    #: input name -> "label:K" (integers 0..K-1), "unit" (uniform in (0.05, 0.95)),
+    #: "positive" (uniform in (0.5, 1.5)), "prob" (rows summing to one); others: randn.
+    feeds: dict[str, str] = field(default_factory=dict)
+    layer: str = "x"  # the name of the layer under test
+
+
+def _inputs(shapes: dict[str, tuple[int, ...]]) -> str:
+    return "".join(f'input: "{n}" input_shape {{ {" ".join(f"dim: {d}" for d in s)} }}\n'
+                   for n, s in shapes.items())
+
+
+def one(type_name: str, shapes: dict[str, tuple[int, ...]], params: str = "", *,
+        tops: int = 1, feeds: dict[str, str] | None = None, before: str = "") -> LayerConfig:
+    """A net of inputs ``shapes`` and one layer 'x' of the type reading all of them."""
+    bottoms = " ".join(f'bottom: "{n}"' for n in shapes)
+    top_text = " ".join(f'top: "x{i or ""}"' for i in range(tops))
+    return LayerConfig(
+        _inputs(shapes) + before
+        + f'layer {{ name: "x" type: "{type_name}" {bottoms} {top_text} {params} }}\n',
+        feeds or {})
+
+
+def custom(text: str, feeds: dict[str, str] | None = None) -> LayerConfig:
+    """A net written out in full; its layer under test is named 'x'."""
+    return LayerConfig(text, feeds or {})
+
+
+def python(layer: str, shapes: dict[str, tuple[int, ...]], params: dict | None = None, *,
+           tops: int = 1, feeds: dict[str, str] | None = None) -> LayerConfig:
+    """A Python layer of the project's landmark module."""
+    param_str = json.dumps(json.dumps(params or {}))
+    return one("Python", shapes, f'python_param {{ module: "landmarknet.layers.landmark" '
+                                 f'layer: "{layer}" param_str: {param_str} }}',
+               tops=tops, feeds=feeds)
+
+
+X = {"data": (2, 3, 5, 6)}
+V = {"data": (4, 6)}
+POOL_MASK = ('layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" '
+             'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n')
+
+CONFIGS: dict[str, LayerConfig] = {
+    # activations
+    "AbsVal": one("AbsVal", X),
+    "BNLL": one("BNLL", X),
+    "Clip": one("Clip", X, "clip_param { min: -0.5 max: 0.7 }"),
+    "Dropout": one("Dropout", X, "dropout_param { dropout_ratio: 0.3 }"),
+    "ELU": one("ELU", X, "elu_param { alpha: 0.7 }"),
+    "Exp": one("Exp", X, "exp_param { base: 2 scale: 0.5 shift: 0.1 }"),
+    "HardSigmoid": one("HardSigmoid", X, "hardsigmoid_param { alpha: 0.3 beta: 0.4 }"),
+    "HardSwish": one("HardSwish", X),
+    "Log": one("Log", X, "log_param { base: 10 scale: 2 shift: 0.5 }",
+               feeds={"data": "positive"}),
+    "PReLU": one("PReLU", X),
+    "Power": one("Power", X, "power_param { power: 2 scale: 0.5 shift: 1 }"),
+    "ReLU": one("ReLU", X, "relu_param { negative_slope: 0.1 }"),
+    "ReLU6": one("ReLU6", X),
+    "Sigmoid": one("Sigmoid", X),
+    "Swish": one("Swish", X, "swish_param { beta: 1.5 }"),
+    "TanH": one("TanH", X),
+    "Threshold": one("Threshold", X, "threshold_param { threshold: 0.1 }"),
+    # convolution family
+    "Convolution": one("Convolution", X, "convolution_param { num_output: 4 kernel_size: 3 "
+                                         "stride: 2 pad: 1 }"),
+    "ConvolutionDepthwise": one("ConvolutionDepthwise", X, "convolution_param { kernel_size: 3 "
+                                                           "pad: 1 }"),
+    "DepthwiseConvolution": one("DepthwiseConvolution", X,
+                                "convolution_param { num_output: 3 group: 3 kernel_size: 3 }"),
+    "Deconvolution": one("Deconvolution", X, "convolution_param { num_output: 2 kernel_size: 4 "
+                                             "stride: 2 pad: 1 }"),
+    "InnerProduct": one("InnerProduct", X, "inner_product_param { num_output: 5 }"),
+    "Embed": one("Embed", {"data": (2, 3)}, "embed_param { num_output: 4 input_dim: 6 }",
+                 feeds={"data": "label:6"}),
+    # pooling
+    "Pooling": one("Pooling", X, "pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 }"),
+    "SPP": one("SPP", X, "spp_param { pyramid_height: 2 }"),
+    # normalisation
+    "BatchNorm": one("BatchNorm", X),
+    "BN": one("BN", X, "bn_param { momentum: 0.9 eps: 1e-5 }"),
+    "Bias": one("Bias", X),
+    "LRN": one("LRN", X, "lrn_param { local_size: 3 alpha: 0.1 beta: 0.75 }"),
+    "MVN": one("MVN", X),
+    "Normalize": one("Normalize", X, "norm_param { across_spatial: false }"),
+    "Scale": one("Scale", X, "scale_param { bias_term: true }"),
+    # shape and merge
+    "ArgMax": one("ArgMax", X, "argmax_param { top_k: 2 out_max_val: true }"),
+    "Axpy": one("Axpy", {"a": (2, 3, 1, 1), "data": (2, 3, 5, 6), "y": (2, 3, 5, 6)}),
+    "Concat": one("Concat", {"data": (2, 3, 5, 6), "b": (2, 3, 2, 6)}, "concat_param { axis: 2 }"),
+    "Crop": one("Crop", {"data": (2, 3, 7, 8), "ref": (2, 3, 5, 6)},
+                "crop_param { axis: 2 offset: 1 offset: 2 }"),
+    "Eltwise": one("Eltwise", {"data": (2, 3, 5, 6), "b": (2, 3, 5, 6)},
+                   "eltwise_param { operation: SUM coeff: 0.5 coeff: -2 }"),
+    "Flatten": one("Flatten", X),
+    "Interp": one("Interp", X, "interp_param { zoom_factor: 2 }"),
+    "MaxUnPool": custom(_inputs(X) + POOL_MASK
+                        + 'layer { name: "x" type: "MaxUnPool" bottom: "pool" bottom: "mask" '
+                          'top: "x" max_unpool_param { dst_h: 5 dst_w: 6 } }\n'),
+    "Pad": one("Pad", X, "pad_param { pad_u: 1 pad_d: 2 pad_l: 3 pad_r: 0 pad_value: 1.5 }"),
+    "Parameter": custom('layer { name: "x" type: "Parameter" top: "x" '
+                        'parameter_param { shape { dim: 2 dim: 3 } } }\n'),
+    "Permute": one("Permute", X, "permute_param { order: 0 order: 2 order: 3 order: 1 }"),
+    "PixelShuffle": one("PixelShuffle", {"data": (2, 8, 3, 4)},
+                        "pixelshuffle_param { upscale_factor: 2 }"),
+    "Reduction": one("Reduction", X, "reduction_param { operation: SUMSQ axis: 1 coeff: 0.5 }"),
+    "Reshape": one("Reshape", X, "reshape_param { shape { dim: 0 dim: -1 dim: 6 } }"),
+    "ShuffleChannel": one("ShuffleChannel", {"data": (2, 6, 3, 4)},
+                          "shuffle_channel_param { group: 3 }"),
+    "Silence": custom(_inputs(X) + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
+                      'layer { name: "x" type: "Silence" bottom: "data" }\n'),
+    "Slice": one("Slice", X, "slice_param { axis: 1 slice_point: 1 }", tops=2),
+    "Softmax": one("Softmax", X),
+    "Split": one("Split", X, tops=2),
+    "Tile": one("Tile", X, "tile_param { axis: 1 tiles: 2 }"),
+    "Upsample": one("Upsample", X, "upsample_param { scale: 2 }"),
+    # losses and metrics
+    "Accuracy": one("Accuracy", {"data": (6, 5), "label": (6,)}, "accuracy_param { top_k: 2 }",
+                    feeds={"label": "label:5"}),
+    "ContrastiveLoss": one("ContrastiveLoss", {"data": (4, 5), "b": (4, 5), "sim": (4,)},
+                           feeds={"sim": "label:2"}),
+    "EuclideanLoss": one("EuclideanLoss", {"data": (4, 6), "b": (4, 6)}),
+    "HingeLoss": one("HingeLoss", {"data": (4, 5), "label": (4,)}, feeds={"label": "label:5"}),
+    "MultinomialLogisticLoss": one("MultinomialLogisticLoss", {"data": (4, 5), "label": (4,)},
+                                   feeds={"data": "prob", "label": "label:5"}),
+    "SigmoidCrossEntropyLoss": one("SigmoidCrossEntropyLoss", {"data": (4, 5), "t": (4, 5)},
+                                   feeds={"t": "label:2"}),
+    "SoftmaxWithLoss": one("SoftmaxWithLoss", {"data": (4, 5), "label": (4,)},
+                           feeds={"label": "label:5"}),
+    # data
+    "DummyData": custom('layer { name: "x" type: "DummyData" top: "x" top: "x1" '
+                        'dummy_data_param { shape { dim: 2 dim: 3 } '
+                        'data_filler { type: "gaussian" std: 0.5 } '
+                        'data_filler { type: "constant" value: 0.25 } } }\n'),
+    # SSD detection
+    "PriorBox": one("PriorBox", {"feat": (1, 2, 3, 4), "img": (1, 3, 24, 32)},
+                    "prior_box_param { min_size: 6 max_size: 12 aspect_ratio: 2 flip: true "
+                    "clip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 }"),
+    "DetectionOutput": custom(
+        _inputs({"feat": (1, 2, 3, 3), "img": (1, 3, 30, 30), "loc": (1, 36), "conf": (1, 18)})
+        + 'layer { name: "prior" type: "PriorBox" bottom: "feat" bottom: "img" top: "prior" '
+          'prior_box_param { min_size: 10 variance: 0.1 variance: 0.1 variance: 0.2 '
+          'variance: 0.2 } }\n'
+        + 'layer { name: "x" type: "DetectionOutput" bottom: "loc" bottom: "conf" '
+          'bottom: "prior" top: "x" detection_output_param { num_classes: 2 '
+          'share_location: true background_label_id: 0 code_type: CENTER_SIZE '
+          'keep_top_k: 5 confidence_threshold: 0.01 nms_param { nms_threshold: 0.45 } } }\n',
+        feeds={"conf": "unit"}),
+    # the project's landmark layers (Python layers)
+    "Python": python("RegionPool", {"data": (2, 4, 5, 5), "logits": (2, 3, 5, 5)}),
+    "Python:RegionPool": python("RegionPool", {"data": (2, 4, 5, 5), "logits": (2, 3, 5, 5)}),
+    "Python:RegionFusion": python("RegionFusion", {"data": (2, 10), "local": (2, 10)},
+                                  {"regions": {"a": "0-1", "b": "2-4"}}),
+    "Python:AffineAlign": python("AffineAlign", {"data": (2, 3, 12, 10), "box": (2, 4),
+                                                 "angle": (2, 1)},
+                                 {"height": 8, "width": 6}, tops=2,
+                                 feeds={"box": "unit"}),
+    "Python:InverseAffinePoints": python("InverseAffinePoints", {"data": (2, 6),
+                                                                 "theta": (2, 6)}),
+    "Python:HeatmapToPoints": python("HeatmapToPoints", {"data": (2, 4, 6, 5)}),
+    "Python:AdaptiveWingLoss": python("AdaptiveWingLoss", {"data": (2, 3, 6, 6),
+                                                           "t": (2, 3, 6, 6)},
+                                      feeds={"t": "unit"}),
+    "Python:RegionWeightedEuclideanLoss": python(
+        "RegionWeightedEuclideanLoss", {"data": (2, 10), "t": (2, 10), "w": (2, 2)},
+        {"regions": {"a": "0-1", "b": "2-4"}, "min_weight": 0.25}, feeds={"w": "unit"}),
+}
+
+
+def feed(kind: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    """An input of ``shape`` filled as ``kind`` says (see LayerConfig.feeds)."""
+    if kind.startswith("label:"):
+        return torch.randint(0, int(kind.split(":")[1]), shape, generator=gen).float()
+    if kind == "unit":
+        return 0.05 + 0.9 * torch.rand(shape, generator=gen)
+    if kind == "positive":
+        return 0.5 + torch.rand(shape, generator=gen)
+    if kind == "prob":
+        return torch.softmax(torch.randn(shape, generator=gen), dim=-1)
+    return torch.randn(shape, generator=gen)
+
+
+#: More configurations of types whose emitters and export rules branch on their parameters:
+#: name -> (type, config). The emit and ONNX tests run over these as well.
+VARIANTS: dict[str, tuple[str, LayerConfig]] = {
+    "Pooling/STOCHASTIC": ("Pooling", one("Pooling", {"data": (2, 3, 5, 6)},
+                                          "pooling_param { pool: STOCHASTIC kernel_size: 2 "
+                                          "stride: 2 }", feeds={"data": "positive"})),
+    "Pooling/MAX-mask": ("Pooling", one("Pooling", X, "pooling_param { pool: MAX kernel_size: 3 "
+                                                      "stride: 2 pad: 1 }", tops=2)),
+    "Pooling/global": ("Pooling", one("Pooling", X, "pooling_param { pool: MAX "
+                                                    "global_pooling: true }")),
+    "SPP/AVE": ("SPP", one("SPP", {"data": (2, 3, 9, 7)}, "spp_param { pyramid_height: 3 "
+                                                          "pool: AVE }")),
+    "ReLU6/brocolli": ("ReLU6", one("ReLU6", X, "relu6_param { negative_slope: 0.1 "
+                                                "threshold: 0.75 }")),
+    "ReLU6/threshold": ("ReLU6", one("ReLU6", X, "relu6_param { threshold: 0.75 }")),
+    "Upsample/SegNet": ("Upsample", custom(
+        _inputs({"data": (2, 3, 6, 8)})
+        + 'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" '
+          'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+        + 'layer { name: "x" type: "Upsample" bottom: "pool" bottom: "mask" top: "x" '
+          'upsample_param { scale: 2 } }\n')),
+    "BN/SegNet": ("BN", one("BN", X, "bn_param { bn_mode: INFERENCE }")),
+    "DummyData/uniform": ("DummyData", custom(
+        'layer { name: "x" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 '
+        'dim: 3 } data_filler { type: "uniform" min: -1 max: 2 } } }\n')),
+    "DummyData/constant": ("DummyData", custom(
+        'layer { name: "x" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 '
+        'dim: 3 } data_filler { type: "constant" value: 0.5 } } }\n')),
+    "InnerProduct/transpose": ("InnerProduct", one("InnerProduct", V, "inner_product_param { "
+                                                   "num_output: 3 transpose: true }")),
+    "SoftmaxWithLoss/prob-top": ("SoftmaxWithLoss", one(
+        "SoftmaxWithLoss", {"data": (4, 5), "label": (4,)}, "loss_param { ignore_label: 2 }",
+        tops=2, feeds={"label": "label:5"})),
+    "Python:HeatmapToPoints/argmax": ("Python:HeatmapToPoints", python(
+        "HeatmapToPoints", {"data": (2, 4, 6, 5)}, {"mode": "argmax"})),
+}
