@@ -3,8 +3,11 @@
 Runs `landmarknet bench` (batch 1, eager / fast / ONNX Runtime / OpenCV DNN) in fresh
 processes pinned to the same cores, under each configuration:
 
-  policy       flush denormals, OMP_WAIT_POLICY=PASSIVE, threads = usable cores (the default)
+  policy       flush denormals, OMP_WAIT_POLICY=PASSIVE, threads = usable cores (the default
+               on a busy machine)
   no-flush     --keep-denormals
+  spin-omp     GOMP_SPINCOUNT=100000 (idle OpenMP threads spin ~0.1 ms, then sleep: the default
+               on a quiet machine, see landmarknet.runtime)
   active-omp   OMP_WAIT_POLICY=ACTIVE (OpenMP threads spin while idle: torch's own default)
 and each of them again with another process keeping one of those cores busy (`+busy`).
 
@@ -26,8 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = ["heatmap4_68_bn", "heatmap4_68", "heatmap4_5", "squeeze77"]  # installed bundle names
 BACKENDS = "eager,fast,onnxruntime,opencv"
 CONFIGS = {  # name -> (extra CLI arguments, extra environment)
-    "policy": ([], {}),
-    "no-flush": (["--keep-denormals"], {}),
+    "policy": ([], {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "no-flush": (["--keep-denormals"], {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "spin-omp": ([], {"GOMP_SPINCOUNT": "100000"}),
     "active-omp": ([], {"OMP_WAIT_POLICY": "ACTIVE"}),
 }
 
@@ -45,7 +49,8 @@ def bench(model: str, cores: set[int], args: list[str], env: dict, repeats: int)
            "from landmarknet.cli.main import main; sys.exit(main())",
            "bench", model, "--batch", "1", "--backends", BACKENDS, "--repeats", str(repeats),
            "--json", *args]
-    full_env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     full_env.update(env)
     out = subprocess.run(cmd, capture_output=True, text=True, env=full_env, cwd=REPO)
     if out.returncode != 0:

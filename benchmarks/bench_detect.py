@@ -263,8 +263,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, metavar="PATH", help="also write the rows as JSON")
     args = ap.parse_args(argv)
 
-    from landmarknet.runtime import apply_cpu_policy, prefer_passive_openmp
-    prefer_passive_openmp()
+    from landmarknet.runtime import apply_cpu_policy, choose_openmp_waiting
+    choose_openmp_waiting()
     threads = apply_cpu_policy(args.threads)
     import torch
 

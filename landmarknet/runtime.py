@@ -13,16 +13,22 @@ Two things make a CPU run many times slower than it should be, and neither shows
   machine where another process keeps a core busy, spinning OpenMP threads wait for the one
   that is descheduled, and a run slows down far more than in proportion. Every command sets
   the thread count of all three deliberately (``--threads``, default: the cores this process
-  may run on, ``os.sched_getaffinity``), and OpenMP threads sleep at once instead of spinning
-  when idle (``OMP_WAIT_POLICY=PASSIVE`` unless the user set it: it must be set before torch
-  is imported, so :func:`prefer_passive_openmp` runs first thing in the CLI).
+  may run on, ``os.sched_getaffinity``), and how idle OpenMP threads wait is chosen by the
+  machine's load now (:func:`choose_openmp_waiting`, first thing in the CLI: OpenMP reads it
+  once, when torch is imported; 50 ms of /proc/stat). On a busy machine they sleep at once (``OMP_WAIT_POLICY=PASSIVE``):
+  spinning threads waiting for a descheduled peer made a run 5-45x slower. On a quiet one they
+  spin briefly before sleeping (``GOMP_SPINCOUNT=100000``, about a tenth of a millisecond):
+  a small net at batch 1 is a chain of short parallel regions, and waking sleeping threads
+  for each of them doubled its time (light3w_68 on two cores: 3.4 ms spinning, 6.5-9.5 ms
+  passive). Either is left alone when the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``.
 """
 from __future__ import annotations
 
 import os
+import time
 
-__all__ = ["usable_cores", "prefer_passive_openmp", "set_threads", "flush_denormals",
-           "apply_cpu_policy", "ort_session_options"]
+__all__ = ["usable_cores", "busy_cores", "choose_openmp_waiting", "machine_is_quiet",
+           "set_threads", "flush_denormals", "apply_cpu_policy", "ort_session_options"]
 
 
 def usable_cores() -> int:
@@ -33,10 +39,52 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def prefer_passive_openmp() -> None:
-    """Let idle OpenMP threads sleep rather than spin (unless the user chose); call it before
-    torch is imported, since OpenMP reads the variable once."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+#: Spin iterations of an idle OpenMP thread before it sleeps on a quiet machine (libgomp's
+#: GOMP_SPINCOUNT): long enough to bridge the gaps between one layer and the next, short enough
+#: to give the core back between calls.
+QUIET_SPINCOUNT = "100000"
+
+
+def busy_cores(window: float = 0.05) -> float | None:
+    """How many cores other processes keep busy now: the non-idle share of all CPU time over
+    ``window`` seconds (/proc/stat, Linux), times the number of CPUs; None where unknown.
+    Instantaneous on purpose: the load average still counts a run that ended a minute ago."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle
+    try:
+        t0, i0 = sample()
+        time.sleep(window)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if t1 <= t0:
+        return None
+    return (1.0 - (i1 - i0) / (t1 - t0)) * (os.cpu_count() or 1)
+
+
+def machine_is_quiet(busy: float | None = None) -> bool:
+    """True when other processes keep less than half a core busy (``busy``: that many cores
+    instead of a measurement, :func:`busy_cores`). Unknown: not quiet."""
+    if busy is None:
+        busy = busy_cores()
+    return busy is not None and busy < 0.5
+
+
+def choose_openmp_waiting(busy: float | None = None) -> str:
+    """Set how idle OpenMP threads wait, by how busy the machine is now (module doc; ``busy``:
+    cores kept busy by others, measured when None), unless the user chose; returns what was
+    decided ("user", "spin" or "passive"). Call it before torch is imported: OpenMP reads
+    these variables once."""
+    if "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ:
+        return "user"
+    if machine_is_quiet(busy):
+        os.environ["GOMP_SPINCOUNT"] = QUIET_SPINCOUNT
+        return "spin"
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "passive"
 
 
 def set_threads(threads: int) -> None:

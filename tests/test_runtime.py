@@ -2,6 +2,11 @@
 and shipped weights free of denormal values."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +16,8 @@ from landmarknet.caffe.weights import read_caffemodel
 from landmarknet.cli import main as cli_main
 from landmarknet.models import MODELS_DIR
 from landmarknet.params import load_weights
-from landmarknet.runtime import (apply_cpu_policy, flush_denormals, ort_session_options,
+from landmarknet.runtime import (QUIET_SPINCOUNT, apply_cpu_policy, busy_cores,
+                                 choose_openmp_waiting, flush_denormals, machine_is_quiet, ort_session_options,
                                  usable_cores)
 
 TINY = np.finfo(np.float32).tiny
@@ -92,3 +98,40 @@ def test_inference_commands_offer_keep_denormals():
         assert any("--keep-denormals" in a.option_strings for a in sub[name]._actions), name
     assert not any("--keep-denormals" in a.option_strings for a in sub["train"]._actions)
     assert all(any("--threads" in a.option_strings for a in p._actions) for p in sub.values())
+
+
+@pytest.mark.parametrize("busy, expected", [(0.0, "spin"), (0.49, "spin"), (0.5, "passive"),
+                                            (3.0, "passive")])
+def test_openmp_waiting_follows_the_load(busy, expected, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert choose_openmp_waiting(busy) == expected
+    if expected == "spin":  # quiet: brief spinning, no PASSIVE (which would set the count to 0)
+        assert os.environ["GOMP_SPINCOUNT"] == QUIET_SPINCOUNT
+        assert "OMP_WAIT_POLICY" not in os.environ
+    else:  # busy: sleep at once
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+        assert "GOMP_SPINCOUNT" not in os.environ
+
+
+@pytest.mark.parametrize("var, value", [("OMP_WAIT_POLICY", "ACTIVE"), ("GOMP_SPINCOUNT", "7")])
+def test_openmp_waiting_leaves_the_users_choice(var, value, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.setenv(var, value)
+    before = dict(os.environ)
+    assert choose_openmp_waiting(0.0) == "user"
+    assert dict(os.environ) == before
+
+
+def test_busy_cores_sees_a_spinning_process():
+    if busy_cores() is None:
+        pytest.skip("no /proc/stat here")
+    code = "import time\nt = time.time()\nwhile time.time() - t < 3: pass"
+    spinner = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)
+        assert busy_cores(0.3) >= 0.6  # one core of a spinning process (+ noise)
+        assert not machine_is_quiet()
+    finally:
+        spinner.kill()

@@ -8,7 +8,7 @@ import warnings
 
 from landmarknet import __version__
 from landmarknet.errors import LandmarknetError
-from landmarknet.runtime import apply_cpu_policy, prefer_passive_openmp
+from landmarknet.runtime import apply_cpu_policy, choose_openmp_waiting
 
 #: Subcommand -> module defining ``add_parser(subparsers)``; imported lazily, in this order.
 SUBCOMMANDS = {
@@ -64,7 +64,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn landmarknet's errors into one clear line (exit 2)."""
-    prefer_passive_openmp()  # before torch is imported by a subcommand
+    choose_openmp_waiting()  # before torch is imported by a subcommand
     parser = make_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning

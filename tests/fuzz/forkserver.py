@@ -14,9 +14,9 @@ import signal
 import sys
 import time
 
-from landmarknet.runtime import prefer_passive_openmp
+from landmarknet.runtime import choose_openmp_waiting
 
-prefer_passive_openmp()  # as landmarknet.cli.main does, before torch is imported
+choose_openmp_waiting()  # as landmarknet.cli.main does, before torch is imported
 
 import torch  # noqa: E402,F401 - imported once here so that each child starts warm
 
