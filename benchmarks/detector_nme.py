@@ -27,9 +27,8 @@ from pathlib import Path
 
 from landmarknet.paths import shared_dir
 
-#: bundle -> (data set, CelebA partition or None) it is measured on
-SETS = {"heatmap4_68_bn": ("ytf68/val", None), "heatmap4_68": ("ytf68/val", None),
-        "heatmap4_5": ("cuhk5", "val")}
+#: landmark scheme (points) -> (data set, CelebA partition or None) a bundle is measured on
+SETS = {68: ("ytf68/val", None), 77: ("ytf77/val", None), 5: ("cuhk5", "val")}
 #: the quarter turns ``--turns`` has MTCNN search
 TURNS = (0, 90, 180, 270)
 
@@ -37,7 +36,8 @@ TURNS = (0, 90, 180, 270)
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="heatmap4_68_bn,heatmap4_5",
-                    help=f"installed bundle names, comma-separated (known: {', '.join(SETS)})")
+                    help="installed bundle names, comma-separated (measured on the val split "
+                         "of their scheme's set: ytf68, ytf77 or cuhk5)")
     ap.add_argument("--detectors", default="mtcnn,haar")
     ap.add_argument("--limit", type=int, help="first N faces of each set (quick look)")
     ap.add_argument("--every", type=int, default=1, metavar="N",
@@ -56,13 +56,12 @@ def main(argv=None) -> int:
     from landmarknet.models import load_bundle
 
     names = args.models.split(",")
-    unknown = [n for n in names if n not in SETS]
-    if unknown:
-        ap.error(f"--models: no data set known for {', '.join(unknown)} (known: {', '.join(SETS)})")
     rows = []
     for name in names:
-        split, part = SETS[name]
         model = load_bundle(name)
+        if model.scheme.n_points not in SETS:
+            ap.error(f"--models: {name} has {model.scheme.n_points} points; no val set for that")
+        split, part = SETS[model.scheme.n_points]
         samples, _ = read_samples(shared_dir() / "data" / split, part, model.scheme.n_points)
         samples = samples[::args.every]
         samples = samples[:args.limit] if args.limit else samples
