@@ -52,6 +52,8 @@ in one file. All are optional keywords of `@register`:
 * `onnx=OnnxRule(...)`: ONNX export facts: `not_exportable="why"`, `saturating=True` (the
   export check then also compares its input), `moves_values=True`.
 * `view=True`: its tops are views of its bottom (no activation memory).
+* `random=rule`: its random test weights (`--random-weights SEED`) when He-scaled weights
+  and small biases are not plausible for it (`landmarknet/layers/random_weights.py`).
 
 The columns below come from those hooks: **cost** is the rule `analyze` applies, **box** what
 a drawn box shows after the type name, **emit** and **ONNX** whether `--emit-python` and

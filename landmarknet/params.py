@@ -24,6 +24,8 @@ from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.weights import LayerBlobs, read_weights, write_weights
 from landmarknet.errors import WeightsError
 from landmarknet.graph import layer_name_of
+from landmarknet.layers.random_weights import DEFAULT as DEFAULT_RANDOM
+from landmarknet.layers.registry import registration_of
 
 PT_SUFFIXES = (".pt", ".pth")
 
@@ -436,44 +438,15 @@ def _convert_through_net(source: Path, output: Path, prototxt: str | os.PathLike
 
 @torch.no_grad()
 def randomize(net: CaffeNet, seed: int) -> None:
-    """Seeded random blobs keeping activations of order one, whatever the fillers say.
-
-    He-style weights, small biases, BatchNorm statistics with variances in [0.5, 1.5] stored
-    with a scale factor other than 1 (so readers that ignore Caffe's third blob get it wrong).
-    """
+    """Seeded random blobs keeping activations of order one, whatever the fillers say: each
+    layer's type draws its blobs by its registered rule (landmarknet.layers.random_weights)."""
     gen = torch.Generator().manual_seed(seed)
     for module, info in net.layers.items():
-        for i, slot in enumerate(info.blobs):
-            if i in info.shared_from:
-                continue
-            t = net.blob_tensor(module, i)
-            shape = tuple(t.shape)
-            value = _random_blob(info.node.type, i, shape, gen)
-            t.copy_(value.to(t.dtype))
-        if info.node.type == "BatchNorm" and len(info.blobs) == 3:
-            factor = net.blob_tensor(module, 2)
-            s = float(factor.reshape(-1)[0])
-            net.blob_tensor(module, 0).mul_(s)
-            net.blob_tensor(module, 1).mul_(s)
-
-
-def _random_blob(layer_type: str, i: int, shape: tuple[int, ...], gen: torch.Generator,
-                 ) -> torch.Tensor:
-    u = lambda lo, hi: torch.empty(shape).uniform_(lo, hi, generator=gen)  # noqa: E731
-    if layer_type == "BatchNorm":
-        return [torch.randn(shape, generator=gen) * 0.1, u(0.5, 1.5),
-                torch.full(shape, 0.5 + torch.rand((), generator=gen).item())][i]
-    if layer_type == "BN":  # fork BN: slope/scale, bias/shift, moving mean, moving var or 1/std
-        return [u(0.5, 1.5), u(-0.1, 0.1), u(-0.1, 0.1), u(0.5, 1.5)][i]
-    if layer_type in ("Scale", "Normalize") and i == 0:
-        return u(0.5, 1.5)
-    if layer_type == "PReLU":
-        return u(0.0, 0.3)
-    if len(shape) <= 1:
-        return u(-0.1, 0.1)
-    if layer_type == "Deconvolution":
-        # (C_in, C_out/g, kh, kw): each output sums over C_out/g-sized slices of the kernel.
-        fan_in = max(shape[1] * math.prod(shape[2:]), 1)
-    else:
-        fan_in = max(math.prod(shape) // max(shape[0], 1), 1)
-    return torch.randn(shape, generator=gen) * math.sqrt(2.0 / fan_in)
+        tensors = [net.blob_tensor(module, i) for i in range(len(info.blobs))]
+        shapes = [None if i in info.shared_from else tuple(t.shape)
+                  for i, t in enumerate(tensors)]
+        reg = registration_of(info.node.type, info.node.param)
+        rule = (reg.random if reg is not None and reg.random is not None else DEFAULT_RANDOM)
+        for t, value in zip(tensors, rule(shapes, gen)):
+            if value is not None:
+                t.copy_(value.to(t.dtype))

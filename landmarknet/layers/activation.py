@@ -18,6 +18,7 @@ from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
 from landmarknet.layers.costs import CostRule, first_top
 from landmarknet.layers.emitting import EmitCall, EmitContext, helper_source, num
+from landmarknet.layers.random_weights import per_blob, uniform
 from landmarknet.layers.registry import OnnxRule
 
 # ---------------------------------------------------------------------------------------------
@@ -287,7 +288,8 @@ def _default_prelu_filler() -> caffe_pb2.FillerParameter:
     return fp
 
 
-@register("PReLU", family=_FAMILY, emit=emit_prelu)
+@register("PReLU", family=_FAMILY, emit=emit_prelu,
+          random=per_blob(lambda i, shape, gen: uniform(shape, 0.0, 0.3, gen)))  # small slopes
 def prelu(spec: LayerSpec) -> Built:
     """Parametric ReLU: learned negative slope per channel (C,) or shared (); default 0.25."""
     _neuron(spec)

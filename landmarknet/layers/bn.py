@@ -29,6 +29,7 @@ from torch import nn
 from landmarknet.caffe import caffe_pb2
 from landmarknet.layers.costs import AFFINE
 from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module
+from landmarknet.layers.random_weights import per_blob, uniform
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
 INV_STD = "inv_std"  # TSN / yjxiong: fourth blob = moving 1/sqrt(var + eps)
@@ -132,7 +133,15 @@ def _constant(value: float) -> caffe_pb2.FillerParameter:
     return fp
 
 
-@register("BN", family="norm", cost=AFFINE, emit=_emit_bn,
+def _random_bn(i: int, shape, gen: torch.Generator) -> torch.Tensor:
+    """Slope/scale in [0.5, 1.5), bias/shift and moving mean in +-0.1, moving variance (or
+    1/std) in [0.5, 1.5). Each blob draws all four candidates (the seeds' weights stay what
+    they were)."""
+    return [uniform(shape, 0.5, 1.5, gen), uniform(shape, -0.1, 0.1, gen),
+            uniform(shape, -0.1, 0.1, gen), uniform(shape, 0.5, 1.5, gen)][i]
+
+
+@register("BN", family="norm", cost=AFFINE, emit=_emit_bn, random=per_blob(_random_bn),
           origin="TSN (yjxiong), PSPNet (hszhao), SegNet/ENet (alexgkendall, TimoSaemann) forks")
 def bn(spec: LayerSpec) -> Built:
     """Fork batch norm with scale and shift inside; TSN/PSPNet (4 blobs) or SegNet (2 blobs)."""

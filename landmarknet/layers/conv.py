@@ -17,6 +17,7 @@ from landmarknet.layers.common import (Geometry2d, canonical_axis, conv_geometry
                                        field_pair)
 from landmarknet.layers.costs import CostRule, first_top, numel
 from landmarknet.layers.emitting import EmitCall, EmitContext, helper_source, pair_arg
+from landmarknet.layers.random_weights import he_or_small, per_blob
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
 # ---------------------------------------------------------------------------------------------
@@ -314,7 +315,8 @@ def _check_kernel_fits(spec: LayerSpec, geom: Geometry2d) -> None:
                              f"{name} ({size} + 2*{p})", shape=True)
 
 
-@register("Deconvolution", family="conv", cost=DECONV_COST, detail=conv_detail, emit=emit_conv)
+@register("Deconvolution", family="conv", cost=DECONV_COST, detail=conv_detail, emit=emit_conv,
+          random=per_blob(lambda i, shape, gen: he_or_small(shape, gen, fan_in_axes=1)))
 def deconvolution(spec: LayerSpec) -> Built:
     """2-D transposed convolution; weights (C_in, O/g, kh, kw), out = s*(i-1)+d*(k-1)+1-2p."""
     cp, geom, channels, group = _conv_common(spec)

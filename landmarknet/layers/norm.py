@@ -17,6 +17,7 @@ from landmarknet.layers.common import canonical_axis
 from landmarknet.layers.costs import AFFINE, PER_OUTPUT, CostRule, first_top
 from landmarknet.layers.emitting import (EmitCall, EmitContext, helper_source, num,
                                          shape_or_none, tuple_text)
+from landmarknet.layers.random_weights import he_or_small, per_blob, uniform
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
 # ---------------------------------------------------------------------------------------------
@@ -285,7 +286,27 @@ class CaffeBatchNorm(nn.Module):
                 f"moving_average_fraction={self.moving_average_fraction}, global_stats={g}")
 
 
-@register("BatchNorm", family="norm", cost=AFFINE, emit=emit_batch_norm)
+def _random_batch_norm(shapes, gen: torch.Generator) -> list:
+    """Mean ~N(0, 0.1), variance in [0.5, 1.5), both stored multiplied by a scale factor in
+    [0.5, 1.5) (blob 2), so that a reader ignoring the factor gets the statistics wrong. Each
+    blob draws all three candidates (the seeds' weights stay what they were)."""
+    def one(i, shape, g):
+        return [torch.randn(shape, generator=g) * 0.1, uniform(shape, 0.5, 1.5, g),
+                torch.full(shape, 0.5 + torch.rand((), generator=g).item())][i]
+    values = per_blob(one)(shapes, gen)
+    if len(values) == 3 and all(v is not None for v in values):
+        factor = float(values[2].reshape(-1)[0])
+        values[0], values[1] = values[0] * factor, values[1] * factor
+    return values
+
+
+def _random_scale(i: int, shape, gen: torch.Generator) -> torch.Tensor:
+    """Scales in [0.5, 1.5) (blob 0); a bias as the default rule."""
+    return uniform(shape, 0.5, 1.5, gen) if i == 0 else he_or_small(shape, gen)
+
+
+@register("BatchNorm", family="norm", cost=AFFINE, emit=emit_batch_norm,
+          random=_random_batch_norm)
 def batch_norm(spec: LayerSpec) -> Built:
     """Normalise per channel with Caffe's 3 blobs (mean, var, scale factor s: stats = blob / s)."""
     spec.expect_bottoms(1)
@@ -385,7 +406,7 @@ class CaffeScale(nn.Module):
         return f"axis={self.axis}, scale={w}, bias={b}"
 
 
-@register("Scale", family="norm", cost=AFFINE, emit=emit_scale)
+@register("Scale", family="norm", cost=AFFINE, emit=emit_scale, random=per_blob(_random_scale))
 def scale(spec: LayerSpec) -> Built:
     """Multiply by a learned blob (or by bottom[1]) broadcast from axis; optional bias term."""
     spec.expect_bottoms(1, 2)
@@ -584,7 +605,7 @@ def _norm_param(spec: LayerSpec):
 
 
 @register("Normalize", family="norm", origin="SSD (weiliu89/caffe)", cost=PER_OUTPUT,
-          emit=emit_normalize)
+          emit=emit_normalize, random=per_blob(_random_scale))
 def normalize(spec: LayerSpec) -> Built:
     """L2-normalise across channels (and space), then scale by a learned (1 or C) blob."""
     spec.expect_bottoms(1)

@@ -2,7 +2,8 @@
 
 A type lives in one file: its ``@register`` carries the converter and, optionally, its cost
 rule for ``analyze`` (MACs and other ops), its drawing detail (the parameter summary a box in
-``render`` shows), its standalone-PyTorch emission for ``emit`` and its ONNX export rule. Tools
+``render`` shows), its standalone-PyTorch emission for ``emit``, its ONNX export rule and its
+rule for random test weights (``landmarknet.layers.random_weights``). Tools
 over a built net ask the registry (``registration_of``) and keep no per-type tables.
 
 A converter is a pure function ``(LayerSpec) -> Built``. It reads the layer's parameters and the
@@ -21,6 +22,7 @@ from torch import nn
 from landmarknet.caffe import caffe_pb2
 from landmarknet.errors import LayerError
 from landmarknet.layers.costs import PER_OUTPUT, CostRule  # noqa: F401  (CostRule: re-exported)
+from landmarknet.layers.random_weights import RandomRule
 
 if TYPE_CHECKING:
     from landmarknet.graph import Graph, Node
@@ -124,6 +126,7 @@ class Registration:
     emit_reason: str = ""  # why the type (or some configurations of it) cannot be emitted
     onnx: OnnxRule = OnnxRule()
     view: bool = False  # tops are views of the bottom: analyze counts no memory for them
+    random: RandomRule | None = None  # test weights (--random-weights); None: the default rule
 
 
 _REGISTRY: dict[str, Registration] = {}
@@ -132,7 +135,8 @@ _REGISTRY: dict[str, Registration] = {}
 def register(type_name: str, *aliases: str, family: str, origin: str = "BVLC Caffe",
              cost: CostRule | None = None, detail: DetailFn | None = None,
              emit: EmitFn | None = None, emit_reason: str = "", onnx: OnnxRule | None = None,
-             view: bool = False) -> Callable[[Converter], Converter]:
+             view: bool = False, random: RandomRule | None = None,
+             ) -> Callable[[Converter], Converter]:
     """Decorator: make ``fn`` the converter of Caffe type ``type_name`` (and its aliases).
 
     The keyword hooks are optional; a type of family ``activation`` costs one op per output
@@ -148,7 +152,8 @@ def register(type_name: str, *aliases: str, family: str, origin: str = "BVLC Caf
                 raise ValueError(f"layer type {name!r} is registered twice")
             _REGISTRY[name] = Registration(
                 name, fn, family, origin, summary, cost=cost, detail=detail,
-                emit=emit, emit_reason=emit_reason, onnx=onnx or OnnxRule(), view=view)
+                emit=emit, emit_reason=emit_reason, onnx=onnx or OnnxRule(), view=view,
+                random=random)
         return fn
 
     return deco
