@@ -1,4 +1,5 @@
-"""Pin the independent references (tests/caffe_ref.py, tests/opencv_ref.py) to facts.
+"""Pin the independent references (tests/reference/numpy_caffe.py and wire.py,
+tests/opencv_ref.py) to facts.
 
 Two kinds of evidence:
 
@@ -44,9 +45,10 @@ import textwrap
 import numpy as np
 import pytest
 
-import caffe_ref as cr
 from opencv_ref import (OPENCV_PATH_ENV, OpenCVFailed, OpenCVUnavailable, opencv_version,
                         run_opencv_text)
+from reference import numpy_caffe as cr
+from reference import wire
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -482,10 +484,10 @@ def test_encode_caffemodel_literal_bytes():
     # blob (7, LEN) = 3a <len> { data (5, packed) 2a 08 <1.0f><2.0f>; shape 3a 03 { 0a 01 02 } }
     want = bytes.fromhex("a20617" "0a0161" "120142" "3a0f" "2a08" "0000803f" "00000040"
                          "3a03" "0a0102")
-    got = cr.encode_caffemodel([("a", "B", [np.array([1.0, 2.0], np.float32)])])
+    got = wire.encode_caffemodel([("a", "B", [np.array([1.0, 2.0], np.float32)])])
     assert got == want
-    assert cr.decode_caffemodel(want)[0][0:2] == ("a", "B")
-    _close(cr.decode_caffemodel(want)[0][2][0], [1.0, 2.0])
+    assert wire.decode_caffemodel(want)[0][0:2] == ("a", "B")
+    _close(wire.decode_caffemodel(want)[0][2][0], [1.0, 2.0])
 
 
 def _mini_caffe_classes():
@@ -542,9 +544,9 @@ def test_encode_caffemodel_matches_protobuf_serializer(legacy):
                 bp.shape.SetInParent()
                 bp.shape.dim.extend(b.shape)
     want = msg.SerializeToString()
-    assert cr.encode_caffemodel(layers, legacy_shape=legacy) == want
+    assert wire.encode_caffemodel(layers, legacy_shape=legacy) == want
     # and the decoder reads protobuf's bytes back
-    back = cr.decode_caffemodel(want)
+    back = wire.decode_caffemodel(want)
     assert [(n, t) for n, t, _ in back] == [(n, t) for n, t, _ in layers]
     for (_, _, got), (_, _, ref) in zip(back, layers):
         for g, r in zip(got, ref):
@@ -887,7 +889,7 @@ def agree_outputs():
               if spec[1] == "legacy"]
     # Two serialised NetParameters concatenated parse as one message (repeated fields append):
     # this also checks that the legacy 4-D blob form loads.
-    model = cr.encode_caffemodel(plain) + cr.encode_caffemodel(legacy, legacy_shape=True)
+    model = wire.encode_caffemodel(plain) + wire.encode_caffemodel(legacy, legacy_shape=True)
     return _opencv_or_skip(_net({"data": X.shape}, layers), model, {"data": X}, list(AGREE))
 
 
@@ -945,7 +947,7 @@ def test_opencv_runs_are_deterministic():
         layer { name: "p" type: "Pooling" bottom: "c" top: "p"
                 pooling_param { pool: AVE kernel_size: 3 stride: 2 } }
         """)
-    model = cr.encode_caffemodel([("c", "Convolution", [w])])
+    model = wire.encode_caffemodel([("c", "Convolution", [w])])
     a = _opencv_or_skip(proto, model, {"data": x}, ["p"])["p"]
     b = _opencv_or_skip(proto, model, {"data": x}, ["p"])["p"]
     np.testing.assert_array_equal(a, b)
@@ -1060,7 +1062,7 @@ PRIOR_DIVERGE = {
 @pytest.fixture(scope="module")
 def diverge_outputs():
     layers = DIVERGE_HELPERS + "\n".join(spec[0] for spec in DIVERGE.values()) + "\n"
-    model = cr.encode_caffemodel([(n, "", spec[1]) for n, spec in DIVERGE.items() if spec[1]])
+    model = wire.encode_caffemodel([(n, "", spec[1]) for n, spec in DIVERGE.items() if spec[1]])
     return _opencv_or_skip(_net({"data": X1.shape}, layers), model, {"data": X1}, list(DIVERGE))
 
 
@@ -1123,7 +1125,7 @@ REJECTS = {
 @pytest.mark.parametrize("name", list(REJECTS))
 def test_opencv_rejects_what_caffe_accepts(name):
     layer, blobs, shape = REJECTS[name]
-    model = cr.encode_caffemodel([("x", "", blobs)]) if blobs else None
+    model = wire.encode_caffemodel([("x", "", blobs)]) if blobs else None
     with pytest.raises(OpenCVFailed):
         _opencv_or_skip(_net({"data": shape}, layer + "\n"), model,
                         {"data": np.ones(shape, np.float32)}, ["x"])

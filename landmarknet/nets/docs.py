@@ -241,7 +241,7 @@ All are `type: "Python"` with `python_param {{ module: "landmarknet.layers.landm
 | `HeatmapToPoints` | maps (N,C,h,w) | (N,2K) | soft-argmax (`beta`) or argmax + quarter pixel (`mode`), drops the background map |
 
 Each has a forward test against a numpy reference and a float64 `gradcheck` in
-`tests/test_layers_landmark.py`.
+`tests/layers/test_landmark.py`.
 """
 
 

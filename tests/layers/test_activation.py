@@ -1,0 +1,128 @@
+"""Activation layers (landmarknet/layers/activation.py) against independent references.
+
+References: ``reference.numpy_caffe`` (numpy re-implementations of Caffe's C++), Caffe's
+backward passes written out here, and hand-derived literals at the formulas' kinks. Every layer
+is also run on the meta device, as the builder does, and must report the same top shapes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from layers.checker import (assert_close, assert_refused, build_layer, check_layer, layer_spec,
+                            run_layer, seeded, to_numpy, with_kinks)
+from reference import numpy_caffe as R
+
+ACTIVATIONS = [
+    ("ReLU", "", lambda x: R.relu(x)),
+    ("ReLU", "relu_param { negative_slope: 0.1 }", lambda x: R.relu(x, negative_slope=0.1)),
+    ("ELU", "", lambda x: R.elu(x)),
+    ("ELU", "elu_param { alpha: 0.5 }", lambda x: R.elu(x, alpha=0.5)),
+    ("Sigmoid", "", R.sigmoid),
+    ("TanH", "", R.tanh),
+    ("AbsVal", "", R.absval),
+    ("BNLL", "", R.bnll),
+    ("Power", "power_param { power: 2 scale: 0.5 shift: 1 }",
+     lambda x: R.power(x, power=2, scale=0.5, shift=1)),
+    ("Power", "power_param { power: 3 }", lambda x: R.power(x, power=3)),
+    ("Power", "power_param { power: 0 scale: 2 }", lambda x: R.power(x, power=0, scale=2)),
+    ("Power", "power_param { power: 2 scale: 0 shift: 3 }",
+     lambda x: R.power(x, power=2, scale=0, shift=3)),
+    ("Exp", "", lambda x: R.exp(x)),
+    ("Exp", "exp_param { base: 2 scale: 0.5 shift: 1 }",
+     lambda x: R.exp(x, base=2, scale=0.5, shift=1)),
+    ("Exp", "exp_param { shift: -1 scale: 0.3 }", lambda x: R.exp(x, scale=0.3, shift=-1)),
+    ("Clip", "clip_param { min: -1 max: 2.5 }", lambda x: R.clip(x, min=-1, max=2.5)),
+    ("Swish", "", lambda x: R.swish(x)),
+    ("Swish", "swish_param { beta: 1.5 }", lambda x: R.swish(x, beta=1.5)),
+    ("Threshold", "", lambda x: R.threshold(x)),
+    ("Threshold", "threshold_param { threshold: 0.7 }", lambda x: R.threshold(x, threshold=0.7)),
+    ("Dropout", "dropout_param { dropout_ratio: 0.3 }", lambda x: R.dropout(x)),
+    ("ReLU6", "", lambda x: np.minimum(np.maximum(x, 0), 6)),
+]
+
+
+@pytest.mark.parametrize("type_,text,ref", ACTIVATIONS, ids=lambda v: v if isinstance(v, str)
+                         and v else None)
+def test_activation_matches_reference(type_: str, text: str, ref) -> None:
+    x = with_kinks(seeded(1), (2, 3, 4, 5))
+    x[0, 0, 0, :3] = [30.0, -30.0, 7.5]  # saturation and ReLU6's clip
+    (y,), mod, _ = run_layer(type_, text, [x])
+    mod.eval()
+    assert_close(mod(torch.tensor(x)), ref(x))
+
+
+def test_log_matches_reference() -> None:
+    x = np.abs(seeded(2).normal(0, 2, (2, 3, 4))).astype(np.float32) + 0.05
+    for text, kw in [("", {}), ("log_param { base: 10 scale: 2 shift: 0.5 }",
+                                dict(base=10, scale=2, shift=0.5)),
+                     ("log_param { base: 2 }", dict(base=2))]:
+        check_layer("Log", text, [x], R.log(x, **kw))
+
+
+def test_prelu_per_channel_and_shared_forward_and_caffe_gradients() -> None:
+    rng = seeded(3)
+    x = with_kinks(rng, (2, 4, 3, 3))
+    for text, shared in [("", False), ("prelu_param { channel_shared: true }", True)]:
+        (y,), mod, (xt,) = run_layer("PReLU", text, [x], grad=True)
+        slope = to_numpy(mod.weight)
+        assert mod.weight.shape == (() if shared else (4,))
+        assert_close(y, R.prelu(x, slope, channel_shared=shared))
+        top_diff = rng.normal(size=x.shape).astype(np.float32)
+        y.backward(torch.tensor(top_diff))
+        # prelu_layer.cpp Backward_cpu: the slope gets sum(top_diff * x * (x <= 0)) per
+        # channel; the bottom gets top_diff * ((x > 0) + slope_c * (x <= 0)).
+        a = slope.reshape(1, -1, 1, 1) if not shared else slope
+        neg = (x <= 0).astype(np.float64)
+        d_slope = (top_diff * x * neg).sum(axis=(0, 2, 3))
+        assert_close(mod.weight.grad, d_slope.sum() if shared else d_slope, rtol=1e-5, atol=1e-5)
+        assert_close(xt.grad, top_diff * ((x > 0) + a * neg))
+
+
+def test_prelu_default_filler_is_a_quarter() -> None:
+    spec = layer_spec("PReLU", "", [(1, 3, 2, 2)])
+    built, _ = build_layer(spec, fill_blobs="filler")
+    assert_close(built.module.weight, np.full(3, 0.25, np.float32))
+    spec = layer_spec("PReLU", "prelu_param { filler { type: 'constant' value: 0.1 } }",
+                      [(1, 3, 2, 2)])
+    built, _ = build_layer(spec, fill_blobs="filler")
+    assert_close(built.module.weight, np.full(3, 0.1, np.float32))
+
+
+def test_activation_gradients_at_the_kinks() -> None:
+    x = np.array([[-2.0, 0.0, 3.0]], np.float32)
+    # ReLULayer::Backward: (x > 0) + slope * (x <= 0); BNLL: sigmoid(x) (0.5 at 0).
+    for type_, text, expected in [
+            ("ReLU", "", [0, 0, 1]),
+            ("ReLU", "relu_param { negative_slope: 0.2 }", [0.2, 0.2, 1]),
+            ("BNLL", "", 1 / (1 + np.exp(-x[0]))),
+            ("AbsVal", "", [-1, 0, 1]),
+            ("Clip", "clip_param { min: 0 max: 2 }", [0, 1, 0]),
+            ("ELU", "elu_param { alpha: 2 }", [2 * np.exp(-2.0), 2, 1])]:
+        (y,), _, (xt,) = run_layer(type_, text, [x], grad=True)
+        y.sum().backward()
+        assert_close(xt.grad, np.asarray(expected, np.float32)[None], rtol=1e-6)
+
+
+def test_dropout_scales_kept_values_in_training_and_is_identity_in_eval() -> None:
+    x = np.ones((4, 50, 50), np.float32)
+    (_,), mod, _ = run_layer("Dropout", "dropout_param { dropout_ratio: 0.25 }", [x])
+    mod.train()
+    torch.manual_seed(0)
+    y = to_numpy(mod(torch.tensor(x)))
+    assert set(np.unique(y)) <= {0.0, np.float32(1 / 0.75)}
+    assert abs((y == 0).mean() - 0.25) < 0.02
+    mod.eval()
+    assert_close(mod(torch.tensor(x)), x)
+
+
+def test_activation_bad_parameters() -> None:
+    assert_refused("Exp", "exp_param { base: -2 }", [(2, 3)], match="base")
+    assert_refused("Log", "log_param { base: 0 }", [(2, 3)], match="base")
+    assert_refused("Clip", "clip_param { min: 0 }", [(2, 3)], match="min and max")
+    assert_refused("Clip", "clip_param { min: 3 max: 1 }", [(2, 3)], match="larger than max")
+    assert_refused("Dropout", "dropout_param { dropout_ratio: 1 }", [(2, 3)], match="dropout_ratio")
+    assert_refused("PReLU", "", [(5,)], match="2 axes")
+    assert_refused("ReLU", "", [(2, 3), (2, 3)], match="bottom")
+    assert_refused("ReLU6", "relu_param { negative_slope: 0.1 }", [(2, 3)], match="negative slope")

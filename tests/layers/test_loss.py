@@ -1,0 +1,225 @@
+"""Loss and metric layers (landmarknet/layers/loss.py) against independent references.
+
+References: ``reference.numpy_caffe``, small numpy references written here from the C++
+(MultinomialLogisticLoss, HingeLoss, the Caffe backward passes) and hand-derived literals.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from landmarknet.errors import LayerError
+from landmarknet.layers import converter_for
+from layers.checker import (assert_close, assert_refused, layer_spec, run_layer, seeded,
+                            with_kinks)
+from reference import numpy_caffe as R
+
+F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+@pytest.mark.parametrize("type_", ["InfogainLoss"])
+def test_unimplemented_losses_are_unknown_types(type_: str) -> None:
+    spec = layer_spec(type_, "", [(2, 3), (2,)])
+    with pytest.raises(LayerError, match="unknown layer type"):
+        converter_for(spec)
+
+
+def test_loss_layers_default_loss_weight() -> None:
+    cases = [("EuclideanLoss", [(2, 3), (2, 3)], 1.0),
+             ("SoftmaxWithLoss", [(2, 3), (2,)], 1.0),
+             ("SigmoidCrossEntropyLoss", [(2, 3), (2, 3)], 1.0),
+             ("HingeLoss", [(2, 3), (2,)], 1.0),
+             ("MultinomialLogisticLoss", [(2, 3), (2,)], 1.0),
+             ("Accuracy", [(2, 3), (2,)], 0.0),
+             ("ReLU", [(2, 3)], 0.0)]
+    for type_, shapes, weight in cases:
+        spec = layer_spec(type_, "", shapes)
+        assert converter_for(spec)(spec).default_loss_weight == weight, type_
+
+
+def test_euclidean_loss_value_and_gradient() -> None:
+    rng = seeded(16)
+    a = rng.normal(size=(4, 3, 2)).astype(np.float32)
+    b = rng.normal(size=(4, 6)).astype(np.float32)  # same count per sample, other shape
+    (loss,), _, (at, bt) = run_layer("EuclideanLoss", "", [a, b], grad=True)
+    assert loss.shape == ()
+    assert_close(loss, R.euclidean_loss(a.reshape(4, 6), b))
+    loss.backward()
+    assert_close(at.grad, (a.reshape(4, 6) - b).reshape(a.shape) / 4)
+    assert_close(bt.grad, -(a.reshape(4, 6) - b) / 4)
+    assert_refused("EuclideanLoss", "", [(4, 6), (4, 5)], match="same count")
+
+
+def _norm_text(mode: str | None, normalize: bool | None, ignore: int | None) -> str:
+    parts = []
+    if mode is not None:
+        parts.append(f"normalization: {mode}")
+    if normalize is not None:
+        parts.append(f"normalize: {str(normalize).lower()}")
+    if ignore is not None:
+        parts.append(f"ignore_label: {ignore}")
+    return f"loss_param {{ {' '.join(parts)} }}" if parts else ""
+
+
+NORMALIZATIONS = [(None, None), ("FULL", None), ("VALID", None), ("BATCH_SIZE", None),
+                  ("NONE", None), (None, True), (None, False), ("FULL", False)]
+
+
+@pytest.mark.parametrize("mode,normalize", NORMALIZATIONS)
+@pytest.mark.parametrize("ignore", [None, 2])
+def test_softmax_with_loss_normalizations(mode, normalize, ignore) -> None:
+    rng = seeded(17)
+    x = rng.normal(0, 3, (3, 4, 2, 5)).astype(np.float32)
+    label = rng.integers(0, 4, (3, 1, 2, 5)).astype(np.float32)
+    text = _norm_text(mode, normalize, ignore)
+    (loss, prob), _, (xt, _lt) = run_layer("SoftmaxWithLoss", text, [x, label], n_tops=2, grad=True)
+    ref = R.softmax_with_loss(x, label, ignore_label=ignore, normalization=mode,
+                              normalize=normalize)
+    assert_close(loss, ref)
+    assert_close(prob, R.softmax(x, axis=1))
+    loss.backward()
+    # softmax_loss_layer.cpp Backward: (prob - onehot) for counted positions, 0 for ignored,
+    # divided by the same normaliser.
+    p = R.softmax(x, axis=1).astype(np.float64)
+    lab = label[:, 0].astype(np.int64)
+    keep = np.ones_like(lab, bool) if ignore is None else lab != ignore
+    onehot = np.moveaxis(np.eye(4)[lab], -1, 1)
+    expected = (p - onehot) * keep[:, None]
+    total = -np.log(np.maximum(np.take_along_axis(p, lab[:, None], 1)[:, 0], F32_TINY))[keep]
+    normalizer = total.sum() / float(ref) if float(ref) else 1.0
+    assert_close(xt.grad, expected / normalizer, rtol=1e-4, atol=1e-6)
+
+
+def test_softmax_with_loss_normalizer_by_hand() -> None:
+    # Two positions, one ignored: VALID divides by 1, FULL by 2, BATCH_SIZE by N = 1.
+    x = np.zeros((1, 2, 2), np.float32)  # p = 0.5 everywhere
+    label = np.array([[0, 5]], np.float32)
+    for mode, norm in [("VALID", 1), ("FULL", 2), ("BATCH_SIZE", 1), ("NONE", 1)]:
+        (loss,), _, _ = run_layer("SoftmaxWithLoss", _norm_text(mode, None, 5), [x, label])
+        assert_close(loss, np.float32(math.log(2) / norm))
+    # every position ignored: the normaliser is max(1, 0) and the loss 0
+    (loss,), _, _ = run_layer("SoftmaxWithLoss", _norm_text(None, None, 5),
+                              [x, np.full((1, 2), 5.0)])
+    assert_close(loss, np.float32(0))
+
+
+def test_softmax_with_loss_axis_and_underflow() -> None:
+    rng = seeded(18)
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    label = rng.integers(0, 4, (2, 3)).astype(np.float32)
+    (loss,), _, _ = run_layer("SoftmaxWithLoss", "softmax_param { axis: 2 }", [x, label])
+    assert_close(loss, R.softmax_with_loss(x, label, axis=2))
+    # p[label] underflows: the value is clamped at FLT_MIN, the gradient stays (p - onehot).
+    x = np.array([[0.0, 200.0]], np.float32)
+    (loss,), _, (xt, _) = run_layer("SoftmaxWithLoss", "", [x, np.array([0.0], np.float32)],
+                                    grad=True)
+    assert_close(loss, np.float32(-math.log(F32_TINY)))
+    loss.backward()
+    assert_close(xt.grad, [[-1.0, 1.0]])
+
+
+def test_softmax_with_loss_bad_label_count() -> None:
+    assert_refused("SoftmaxWithLoss", "", [(2, 3, 4), (2, 3)], match="one label per prediction")
+    assert_refused("SoftmaxWithLoss", "", [(2, 3), (2,)], n_tops=3, match="1 to 2 tops")
+
+
+@pytest.mark.parametrize("mode,normalize", NORMALIZATIONS)
+@pytest.mark.parametrize("ignore", [None, -1])
+def test_sigmoid_cross_entropy_loss(mode, normalize, ignore) -> None:
+    rng = seeded(19)
+    x = with_kinks(rng, (3, 2, 4))
+    x[0, 0, :2] = [40.0, -40.0]
+    t = rng.integers(0, 2, x.shape).astype(np.float32)
+    if ignore is not None:
+        t.reshape(-1)[::5] = ignore
+    text = _norm_text(mode, normalize, ignore)
+    (loss,), _, (xt, _) = run_layer("SigmoidCrossEntropyLoss", text, [x, t], grad=True)
+    ref = R.sigmoid_cross_entropy_loss(x, t, ignore_label=ignore, normalization=mode,
+                                       normalize=normalize)
+    assert_close(loss, ref)
+    loss.backward()
+    # sigmoid_cross_entropy_loss_layer.cpp Backward: (sigmoid(x) - t), 0 where ignored, / norm.
+    keep = np.ones(x.shape, bool) if ignore is None else t != ignore
+    default = "BATCH_SIZE"
+    chosen = mode or ({True: "VALID", False: "BATCH_SIZE"}[normalize] if normalize is not None
+                      else default)
+    norm = {"FULL": x.size, "VALID": keep.sum(), "BATCH_SIZE": 3, "NONE": 1}[chosen]
+    expected = (1 / (1 + np.exp(-x.astype(np.float64))) - t) * keep / max(norm, 1)
+    assert_close(xt.grad, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_sigmoid_cross_entropy_default_is_batch_size() -> None:
+    x = np.zeros((2, 3), np.float32)  # each element log(2)
+    t = np.zeros((2, 3), np.float32)
+    (loss,), _, _ = run_layer("SigmoidCrossEntropyLoss", "", [x, t])
+    assert_close(loss, np.float32(6 * math.log(2) / 2))
+    assert_refused("SigmoidCrossEntropyLoss", "", [(2, 3), (2, 4)], match="same count")
+
+
+def test_multinomial_logistic_loss() -> None:
+    rng = seeded(20)
+    p = rng.uniform(0, 1, (4, 5, 1, 1)).astype(np.float32)
+    p[1, 2] = 0.0  # clamped at kLOG_THRESHOLD = 1e-20
+    label = np.array([0, 2, 4, 1], np.float32)
+    (loss,), _, (pt, _) = run_layer("MultinomialLogisticLoss", "", [p, label], grad=True)
+    chosen = p.reshape(4, 5)[np.arange(4), label.astype(int)].astype(np.float64)
+    # multinomial_logistic_loss_layer.cpp: -sum log(max(p, 1e-20)) / num; gradient
+    # -1 / max(p, 1e-20) / num at the label, 0 elsewhere.
+    assert_close(loss, -np.log(np.maximum(chosen, 1e-20)).sum() / 4)
+    loss.backward()
+    expected = np.zeros((4, 5))
+    expected[np.arange(4), label.astype(int)] = -1 / np.maximum(chosen, 1e-20) / 4
+    assert_close(pt.grad.reshape(4, 5), expected, rtol=1e-5)
+    assert_refused("MultinomialLogisticLoss", "", [(4, 5), (3,)], match="one label per sample")
+
+
+@pytest.mark.parametrize("norm", ["L1", "L2"])
+def test_hinge_loss(norm: str) -> None:
+    rng = seeded(21)
+    x = rng.normal(0, 1.5, (4, 5)).astype(np.float32)
+    label = np.array([0, 3, 4, 1], np.float32)
+    text = "" if norm == "L1" else "hinge_loss_param { norm: L2 }"
+    (loss,), _, (xt, _) = run_layer("HingeLoss", text, [x, label], grad=True)
+    # hinge_loss_layer.cpp: diff = x with the label entry negated; max(0, 1 + diff);
+    # L1: sum / num, L2: sum of squares / num. Backward: sign (L1) or 2*margin (L2), times
+    # the sign flip at the label, / num.
+    sign = np.ones((4, 5))
+    sign[np.arange(4), label.astype(int)] = -1
+    margin = np.maximum(0, 1 + sign * x)
+    assert_close(loss, (margin.sum() if norm == "L1" else (margin ** 2).sum()) / 4)
+    loss.backward()
+    g = np.sign(margin) if norm == "L1" else 2 * margin
+    assert_close(xt.grad, g * sign / 4)
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+@pytest.mark.parametrize("ignore", [None, 1])
+def test_accuracy(top_k: int, ignore) -> None:
+    rng = seeded(22)
+    x = rng.integers(0, 3, (4, 5, 3)).astype(np.float32)  # ties included
+    label = rng.integers(0, 5, (4, 3)).astype(np.float32)
+    text = f"accuracy_param {{ top_k: {top_k}" + (f" ignore_label: {ignore}" if ignore is not None
+                                                 else "") + " }"
+    (acc, per_class), _, _ = run_layer("Accuracy", text, [x, label], n_tops=2)
+    ref_acc, ref_pc = R.accuracy(x, label, top_k=top_k, ignore_label=ignore, per_class=True)
+    assert_close(acc, ref_acc)
+    assert_close(per_class, ref_pc)
+    assert per_class.shape == (5,)
+
+
+def test_accuracy_literals() -> None:
+    # Ties count against: true class 0 scores 1, class 1 also 1 -> not top-1, but top-2.
+    x = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0]], np.float32)
+    label = np.array([0, 1], np.float32)
+    (acc,), _, _ = run_layer("Accuracy", "", [x, label])
+    assert_close(acc, np.float32(0.5))
+    (acc,), _, _ = run_layer("Accuracy", "accuracy_param { top_k: 2 }", [x, label])
+    assert_close(acc, np.float32(1.0))
+    (acc,), _, _ = run_layer("Accuracy", "accuracy_param { ignore_label: 1 }", [x, label])
+    assert_close(acc, np.float32(0.0))
+    (acc,), _, _ = run_layer("Accuracy", "accuracy_param { ignore_label: 7 }",
+                             [x, np.full(2, 7, np.float32)])
+    assert_close(acc, np.float32(0.0))  # nothing counted -> 0
+    assert_refused("Accuracy", "accuracy_param { top_k: 4 }", [(2, 3), (2,)], match="top_k")
