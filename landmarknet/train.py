@@ -211,22 +211,59 @@ def _read_state(path: Path) -> dict:
     return st
 
 
+def _run_shapes(shapes: dict[str, tuple], batch: int, scale_hw: float) -> dict[str, tuple]:
+    """The train net's input shapes at the run's batch size, 4-D inputs' H and W scaled by
+    ``scale_hw`` (--input-size over the prototxt's; the targets follow the data)."""
+    out = {}
+    for name, shp in shapes.items():
+        shp = (batch,) + tuple(shp[1:])
+        if len(shp) == 4 and scale_hw != 1:
+            shp = shp[:2] + (int(round(shp[2] * scale_hw)), int(round(shp[3] * scale_hw)))
+        out[name] = shp
+    return out
+
+
 # ------------------------------------------------------------------------------ the trainer
 
 class Trainer:
     """A training run; ``run()`` trains to max_iter (or raises TrainingDiverged)."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from landmarknet.build import build_net
-        from landmarknet.caffe.prototxt import read_net, read_solver
-
         self.cfg = cfg
         _check_device(cfg.device)
         # A broken state file is reported before the data set is read (which takes a while).
         self._resume_state = _read_state(Path(cfg.resume)) if cfg.resume else None
+        plan = self._read_solver()
+        self._join_processes()
+        self._build_net(plan)
+        self._load_initial_weights(plan)
+        self._find_losses()
+        self._read_data()
+        self._make_solver()
+        self._start_ema()
+        self.start_iter = 0
+        if cfg.resume:
+            self._load_state(Path(cfg.resume))
+        self._wrap_model()
+        self.pred_blob = self._prediction_blob()
+        self.csv_fields = (["iter", "lr", "loss"] + [self._col(t) for t, _ in self.loss_tops]
+                           + ["val_loss"] + [f"val_{self._col(t)}" for t, _ in self.loss_tops]
+                           + ["val_nme_io", "val_nme_ip", "val_auc08", "val_fr08", "val_fr10",
+                              "it_per_s", "elapsed_s", "bad_samples"])
+        self.history: list[dict] = []
+        self.last_snapshot: Optional[Path] = None
+        self.last_val: Optional[dict] = None
+
+    # -- setup steps (in the order __init__ runs them) ---------------------------------------
+    def _read_solver(self):
+        """Read the solver file and settle the run's schedule and output paths (the config
+        overrides the solver); returns the solver's training plan."""
+        from landmarknet.caffe.prototxt import read_solver
+        from landmarknet.solver import training_plan
+
+        cfg = self.cfg
         self.solver_path = Path(cfg.solver)
         self.param = read_solver(self.solver_path)
-        from landmarknet.solver import CaffeSolver, training_plan
         plan = training_plan(self.param, self.solver_path)
         self.max_iter = int(cfg.max_iter if cfg.max_iter is not None
                             else _plan_get(plan, "max_iter", self.param.max_iter))
@@ -246,8 +283,12 @@ class Trainer:
         _make_folder(self.prefix.parent)
         self.log_path = Path(f"{self.prefix}_log.csv")
         self.curves_path = Path(f"{self.prefix}_curves.png")
+        return plan
 
-        # -- distributed
+    def _join_processes(self) -> None:
+        """Rank, world size and this process's device; under torchrun (WORLD_SIZE > 1) the
+        process group is joined and each process takes the GPU of its local rank."""
+        cfg = self.cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -261,57 +302,67 @@ class Trainer:
                 torch.cuda.set_device(self.local_rank)
         self.device = torch.device(device)
         self.is_main = self.rank == 0
-        cuda = self.device.type == "cuda"
-        if (cfg.amp or cfg.channels_last) and not cuda:
+        if (cfg.amp or cfg.channels_last) and self.device.type != "cuda":
             warnings.warn("--amp / channels_last act on CUDA only; ignored on " + str(self.device))
 
-        # -- net
+    def _build_net(self, plan) -> None:
+        """Build the solver's train net (TRAIN phase) at the run's batch size and input size;
+        the prototxt's input shapes are read from its graph, so the net is built once."""
+        from landmarknet.build import build_from_graph, net_graph
+        from landmarknet.caffe.prototxt import read_net
+
+        cfg = self.cfg
         train_net = _plan_get(plan, "train_net")
         if train_net is None or not isinstance(train_net, (str, os.PathLike)):
             raise TrainingError(f"{self.solver_path}: give the train net as a file (net: or "
                                 "train_net:); inline net_param is not supported here")
         self.net_path = _resolve(str(train_net), self.solver_path)
-        parsed = read_net(self.net_path)
-        self.parsed = parsed
+        self.parsed = read_net(self.net_path)
         torch.manual_seed(self.seed)
-        probe = build_net(parsed, phase="train", seed=self.seed)
-        shapes = {i.name: tuple(i.shape) for i in probe.caffe_graph.inputs}
-        del probe
+        graph = net_graph(self.parsed, phase="train")
+        if not graph.nodes or any(i.shape is None or min(i.shape, default=1) <= 0
+                                  for i in graph.inputs):
+            # an empty net or an input of unknown shape: the build's own checks say which
+            # (they run before any layer is built, so this costs nothing)
+            build_from_graph(graph)
+        shapes = {i.name: tuple(i.shape) for i in graph.inputs}
         self.input_names = list(shapes)
         if "data" not in shapes:
             raise TrainingError(f"{self.net_path}: the train net has no 'data' input "
                                 f"(inputs: {self.input_names})")
-        n, c, h, w = shapes["data"]
-        self.batch = int(cfg.batch_size or n)
-        size = int(cfg.input_size or h)
-        scale_hw = size / h
-        new_shapes = {}
-        for name, shp in shapes.items():
-            shp = (self.batch,) + tuple(shp[1:])
-            if len(shp) == 4 and scale_hw != 1:
-                shp = shp[:2] + (int(round(shp[2] * scale_hw)), int(round(shp[3] * scale_hw)))
-            new_shapes[name] = shp
-        self.shapes = new_shapes
-        self.size = size
+        _, c, h, _ = shapes["data"]
+        self.batch = int(cfg.batch_size or shapes["data"][0])
+        self.size = int(cfg.input_size or h)
+        self.shapes = _run_shapes(shapes, self.batch, self.size / h)
         self.channels = "GRAY" if c == 1 else "BGR"
-        self.net = build_net(parsed, phase="train", input_shapes=new_shapes, seed=self.seed,
-                             device=self.device)
+        self.net = build_from_graph(graph, input_shapes=self.shapes, seed=self.seed,
+                                    device=self.device)
+
+    def _load_initial_weights(self, plan) -> None:
+        """Load --weights, else the solver's ``weights`` files, printing each load's report."""
+        from landmarknet.params import load_weights
+
+        cfg = self.cfg
         init = [cfg.weights] if cfg.weights else list(_plan_get(plan, "weights", []) or [])
         for wfile in init:
-            from landmarknet.params import load_weights
             report = load_weights(self.net, wfile)
             if self.is_main:
                 print(report.render())
+
+    def _find_losses(self) -> None:
+        """The (blob, loss weight) of every loss top of the train net; a net without is refused."""
         self.loss_tops = [(self.net.caffe_graph.blob_of[t], wgt)
                           for info in self.net.layers.values()
                           for t, wgt in zip(info.node.tops, info.loss_weights) if wgt]
         if not self.loss_tops:
             raise TrainingError(f"{self.net_path}: the train net has no loss")
 
-        # -- data
+    def _read_data(self) -> None:
+        """Read the train (and val) samples, check them against the net's target inputs and
+        set up the training data pipeline."""
+        cfg = self.cfg
         train_dir, val_dir, part_train, part_val = self._data_dirs()
-        k_expect = self._points_from_targets()
-        samples, rep = read_samples(train_dir, part_train, k_expect)
+        samples, rep = read_samples(train_dir, part_train, self._points_from_targets())
         if cfg.train_limit:
             samples = samples[: cfg.train_limit]
         self.scheme = get_scheme(len(samples[0].points))
@@ -319,14 +370,26 @@ class Trainer:
         self.heatmap_stride = None
         self._check_targets()
         crop_scale = cfg.crop_scale or default_crop_scale(self.scheme.n_points)
-        self.policy = CropPolicy(size, crop_scale)
+        self.policy = CropPolicy(self.size, crop_scale)
         tr = SampleTransform(self.scheme, self.policy, cfg.augment, self.channels)
         self.train_set = LandmarkDataset(samples, tr, seed=self.seed, train=True)
+        self._choose_pipeline(samples, tr)
+        self.val_set = None
+        if val_dir is not None:
+            self._read_val_set(val_dir, part_val)
+        self.n_bad = 0
+        self.bad_examples: list[str] = []
+
+    def _choose_pipeline(self, samples: list, tr: SampleTransform) -> None:
+        """Where training crops are made (cfg.pipeline; 'auto' decided here), and the device
+        pipeline's patch cache when it is the device."""
+        cfg = self.cfg
         if cfg.pipeline not in ("auto", "cpu", "device"):
             raise TrainingError(f"pipeline must be auto, cpu or device, got {cfg.pipeline!r}")
         # auto: measured on an H200 host (docs/performance.md), 14 loader processes keep up
         # with the GPU and leave it all to training; with fewer, decoding and warping on the
         # CPU become the bottleneck and the GPU does them faster.
+        cuda = self.device.type == "cuda"
         self.pipeline = cfg.pipeline if cfg.pipeline != "auto" else \
             ("device" if cuda and cfg.workers < 8 else "cpu")
         self.patch_cache = None
@@ -334,56 +397,58 @@ class Trainer:
             from landmarknet.data.device_pipeline import PatchCache
             self.patch_cache = PatchCache(samples, tr, self.device,
                                           threads=max(2, cfg.workers))
-        self.val_set = None
-        if val_dir is not None:
-            vs, vrep = read_samples(val_dir, part_val, self.scheme.n_points)
-            if cfg.val_limit:
-                vs = vs[: cfg.val_limit]
-            self.data_report["val"] = vrep.summary()
-            self.val_set = LandmarkDataset(vs, SampleTransform(self.scheme, self.policy, None,
-                                                               self.channels), train=False)
-        self.n_bad = 0
-        self.bad_examples: list[str] = []
 
-        # -- solver, model wrappers
+    def _read_val_set(self, val_dir: Path, part_val) -> None:
+        """The validation set: the train scheme's points, crops without augmentation."""
+        vs, vrep = read_samples(val_dir, part_val, self.scheme.n_points)
+        if self.cfg.val_limit:
+            vs = vs[: self.cfg.val_limit]
+        self.data_report["val"] = vrep.summary()
+        self.val_set = LandmarkDataset(vs, SampleTransform(self.scheme, self.policy, None,
+                                                           self.channels), train=False)
+
+    def _make_solver(self) -> None:
+        """The Caffe solver over the net's blobs, with --freeze's layers given lr_mult and
+        decay_mult 0."""
+        from landmarknet.solver import CaffeSolver
+
         self.solver = CaffeSolver(self.param, self.net)
-        if cfg.freeze:
-            from landmarknet.params import WeightsError, layer_selector
-            try:
-                frozen = layer_selector(cfg.freeze, self.net)
-            except WeightsError as exc:
-                raise TrainingError(f"--freeze: {exc}") from None
-            for b in self.solver.blobs:
-                if frozen(b.layer):
-                    b.lr_mult = b.decay_mult = 0.0
-            self.frozen = sorted({b.layer for b in self.solver.blobs if frozen(b.layer)})
-            if self.is_main:
-                print(f"frozen (lr_mult 0): {len(self.frozen)} layers, {self.frozen[0]} .. "
-                      f"{self.frozen[-1]}" if self.frozen else "frozen: no learnable layer")
+        if not self.cfg.freeze:
+            return
+        from landmarknet.params import WeightsError, layer_selector
+        try:
+            frozen = layer_selector(self.cfg.freeze, self.net)
+        except WeightsError as exc:
+            raise TrainingError(f"--freeze: {exc}") from None
+        for b in self.solver.blobs:
+            if frozen(b.layer):
+                b.lr_mult = b.decay_mult = 0.0
+        self.frozen = sorted({b.layer for b in self.solver.blobs if frozen(b.layer)})
+        if self.is_main:
+            print(f"frozen (lr_mult 0): {len(self.frozen)} layers, {self.frozen[0]} .. "
+                  f"{self.frozen[-1]}" if self.frozen else "frozen: no learnable layer")
+
+    def _start_ema(self) -> None:
+        """The moving average of the weights (--ema), started at the initial weights."""
         self.ema: Optional[dict[str, torch.Tensor]] = None
-        if cfg.ema is not None:
-            if not 0.0 < cfg.ema < 1.0:
-                raise TrainingError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {cfg.ema}")
-            self.ema = {k: v.detach().clone() for k, v in self._averaged_tensors().items()}
-        self.start_iter = 0
-        if cfg.resume:
-            self._load_state(Path(cfg.resume))
-        if cuda and cfg.channels_last:
+        if self.cfg.ema is None:
+            return
+        if not 0.0 < self.cfg.ema < 1.0:
+            raise TrainingError(f"--ema must be a decay in (0, 1), e.g. 0.999; got {self.cfg.ema}")
+        self.ema = {k: v.detach().clone() for k, v in self._averaged_tensors().items()}
+
+    def _wrap_model(self) -> None:
+        """``self.model``: the net as the loop calls it (channels_last, DDP, torch.compile as
+        asked); ``self.net`` stays the plain module that holds the weights."""
+        cuda = self.device.type == "cuda"
+        if cuda and self.cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.model = self.net
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.model = DDP(self.net, device_ids=[self.device.index] if cuda else None)
-        if cfg.compile:
+        if self.cfg.compile:
             self.model = torch.compile(self.model)
-        self.pred_blob = self._prediction_blob()
-        self.csv_fields = (["iter", "lr", "loss"] + [self._col(t) for t, _ in self.loss_tops]
-                           + ["val_loss"] + [f"val_{self._col(t)}" for t, _ in self.loss_tops]
-                           + ["val_nme_io", "val_nme_ip", "val_auc08", "val_fr08", "val_fr10",
-                              "it_per_s", "elapsed_s", "bad_samples"])
-        self.history: list[dict] = []
-        self.last_snapshot: Optional[Path] = None
-        self.last_val: Optional[dict] = None
 
     @staticmethod
     def _col(top: str) -> str:
