@@ -31,59 +31,18 @@ import numpy as np
 from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.blobs import (LayerBlobs, PathLike, _as_f32, _atomic,
                                      _refuse_duplicate_names, _regular_file)
+from landmarknet.caffe.prototxt import V1_TYPE_NAMES
 from landmarknet.caffe.upgrade_v0 import V0_TYPES
 from landmarknet.errors import WeightsError
 
 
 # --------------------------------------------------------------------------------------------
 # Legacy layer types (V1 enum, V0 strings) -> V2 type strings, as src/caffe/util/upgrade_proto.cpp
-
-_V1_TO_V2 = {
-    "NONE": "",
-    "ABSVAL": "AbsVal",
-    "ACCURACY": "Accuracy",
-    "ARGMAX": "ArgMax",
-    "BNLL": "BNLL",
-    "CONCAT": "Concat",
-    "CONTRASTIVE_LOSS": "ContrastiveLoss",
-    "CONVOLUTION": "Convolution",
-    "DECONVOLUTION": "Deconvolution",
-    "DATA": "Data",
-    "DROPOUT": "Dropout",
-    "DUMMY_DATA": "DummyData",
-    "EUCLIDEAN_LOSS": "EuclideanLoss",
-    "ELTWISE": "Eltwise",
-    "EXP": "Exp",
-    "FLATTEN": "Flatten",
-    "HDF5_DATA": "HDF5Data",
-    "HDF5_OUTPUT": "HDF5Output",
-    "HINGE_LOSS": "HingeLoss",
-    "IM2COL": "Im2col",
-    "IMAGE_DATA": "ImageData",
-    "INFOGAIN_LOSS": "InfogainLoss",
-    "INNER_PRODUCT": "InnerProduct",
-    "LRN": "LRN",
-    "MEMORY_DATA": "MemoryData",
-    "MULTINOMIAL_LOGISTIC_LOSS": "MultinomialLogisticLoss",
-    "MVN": "MVN",
-    "POOLING": "Pooling",
-    "POWER": "Power",
-    "RELU": "ReLU",
-    "SIGMOID": "Sigmoid",
-    "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss",
-    "SILENCE": "Silence",
-    "SOFTMAX": "Softmax",
-    "SOFTMAX_LOSS": "SoftmaxWithLoss",
-    "SPLIT": "Split",
-    "SLICE": "Slice",
-    "TANH": "TanH",
-    "WINDOW_DATA": "WindowData",
-    "THRESHOLD": "Threshold",
-}
+# (the V1 names: prototxt.V1_TYPE_NAMES, shared with the text reader)
 
 #: V1LayerParameter.LayerType number -> V2 type string (UpgradeV1LayerType).
 V1_LAYER_TYPES: dict[int, str] = {
-    caffe_pb2.V1LayerParameter.LayerType.Value(k): v for k, v in _V1_TO_V2.items()
+    caffe_pb2.V1LayerParameter.LayerType.Value(k): v for k, v in V1_TYPE_NAMES.items()
 }
 
 
@@ -270,7 +229,7 @@ def _scan_layer(buf, start: int, end: int, v1: bool, layer: _RawLayer) -> None:
             layer.name = v0_name
         if v0_type is not None:
             v1_name = V0_TYPES.get(v0_type)  # UpgradeV0LayerType
-            layer.type = _V1_TO_V2[v1_name] if v1_name else v0_type
+            layer.type = V1_TYPE_NAMES[v1_name] if v1_name else v0_type
         layer.blob_spans = v0_blobs + layer.blob_spans
         if v1_fields:
             raise _Bad(f"a legacy `layers` entry holds both a nested V0 layer and V1 "
