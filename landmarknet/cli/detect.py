@@ -24,7 +24,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    from landmarknet.detect.inputs import InputItem
+    from landmarknet.detect.outputs import OutputNames, VideoOutput
+    from landmarknet.detect.pipeline import ImageResult
+    from landmarknet.detect.tracker import VideoTracker
 
 from landmarknet.jsontext import json_text
 
@@ -135,12 +141,14 @@ class _Row:
 
 @dataclass
 class _Run:
+    """One command's state: its options, the pipeline, where results go, what to print."""
+
     args: argparse.Namespace
     landmarker: object
     model: object
     out_dir: Path
     rows: list[_Row] = field(default_factory=list)
-    used_names: set[str] = field(default_factory=set)
+    names: "OutputNames" = field(default_factory=lambda: _output_names())
     n_errors: int = 0
 
     def say(self, text: str) -> None:
@@ -153,32 +161,28 @@ class _Run:
             sys.stdout.write(json_text(obj) + "\n")
             sys.stdout.flush()
 
-    def out_name(self, path: Path) -> str:
-        """A file stem in OUT_DIR for this input, unique within the run."""
-        stem = path.stem or path.name or "input"
-        name, i = stem, 1
-        while name in self.used_names:
-            name = f"{stem}-{i}"
-            i += 1
-        self.used_names.add(name)
-        return name
+    def heatmaps_wanted(self) -> bool:
+        """--show-heatmaps with a model that has heatmaps to show."""
+        return (self.args.show_heatmaps and self.model is not None
+                and self.model.decodes_heatmaps)
+
+
+def _output_names() -> "OutputNames":
+    """Unique stems for this run's files (imported here: OpenCV loads with it)."""
+    from landmarknet.detect.outputs import OutputNames
+    return OutputNames()
+
+
+def _warn(message: str) -> None:
+    """A warning on stderr, prefixed with the command's name."""
+    print(f"detect: {message}", file=sys.stderr, flush=True)
 
 
 def resolve_model(value: Optional[str], device: str = "cpu"):
-    """The LandmarkModel to use and a note for the user, or None and the reason there is none."""
-    from landmarknet.models import default_bundle, load_bundle
-
-    if value is not None and value.lower() == "none":
-        return None, "no landmark model (--model none)"
-    if value is None:
-        value = DEFAULT_MODEL
-    if value is None:
-        chosen, why = default_bundle()
-        if chosen is None:
-            return None, why
-        value = str(chosen)
-    model = load_bundle(value, device=device)
-    return model, f"landmark model: {model.name} ({model.spec.folder})"
+    """The LandmarkModel to use and a note for the user, or None and the reason there is none
+    (``landmarknet.detect.model_choice.resolve_model`` with this module's DEFAULT_MODEL)."""
+    from landmarknet.detect.model_choice import resolve_model as choose
+    return choose(value, device, DEFAULT_MODEL)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -191,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from landmarknet.cli.common import UsageError
     from landmarknet.detect import get_detector, resolve_device
+    from landmarknet.detect.inputs import expand_inputs
     from landmarknet.detect.pipeline import Landmarker
 
     if args.batch < 1:
@@ -232,54 +237,16 @@ def _run(args: argparse.Namespace) -> int:
               else f"model {model.name} decodes by regression, so no heatmaps"),
               file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    items = _expand(args.inputs)
-    if args.camera is not None:
-        items.append(_Item(Path(args.camera), "camera"))
-    _process(r, items)
+    _process(r, expand_inputs(args.inputs, args.camera))
     _print_table(r)
     r.say(f"{len(r.rows)} input(s) in {time.perf_counter() - t0:.1f} s; results in {out_dir}/"
           + (f"; {r.n_errors} could not be read" if r.n_errors else ""))
     return 1 if r.n_errors else 0
 
 
-# -- inputs ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Item:
-    path: Path
-    kind: str  # image | video | camera | error
-    error: Optional[str] = None
-
-
-def _expand(inputs: list[str]) -> list[_Item]:
-    """Inputs -> items, folders opened (their images and videos, sorted)."""
-    from landmarknet.detect.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES, folder_entries, is_video
-
-    items = []
-    for text in inputs:
-        path = Path(text)
-        if path.is_dir():
-            try:
-                entries = folder_entries(path)
-            except OSError as exc:
-                items.append(_Item(path, "error",
-                                   f"{path}: cannot list the folder ({exc.strerror})"))
-                continue
-            if not entries:
-                items.append(_Item(path, "error", f"{path}: folder has no images or videos "
-                                   f"(looked for {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})"))
-            items += [_Item(e, "video" if is_video(e) else "image") for e in entries]
-        elif not path.exists():
-            items.append(_Item(path, "error", f"{path}: no such file or folder"))
-        else:
-            items.append(_Item(path, "video" if is_video(path) else "image"))
-    return items
-
-
-def _process(r: _Run, items: list[_Item]) -> None:
+def _process(r: _Run, items: list["InputItem"]) -> None:
     """Images go through the batched pipeline in runs; each video on its own."""
-    run_of_images: list[_Item] = []
+    run_of_images: list["InputItem"] = []
     for item in items:
         if item.kind == "image":
             run_of_images.append(item)
@@ -294,98 +261,92 @@ def _process(r: _Run, items: list[_Item]) -> None:
 
 
 def _error(r: _Run, path: Path, message: str, name: Optional[str] = None) -> None:
+    """An input that could not be read: its JSON, its message and its table row."""
+    from landmarknet.detect.outputs import result_json
+
     r.n_errors += 1
-    obj = {"input": str(path), "faces": [], "error": message}
-    name = name or r.out_name(path)
-    _write_json(r, name, obj)
+    obj = result_json(path, error=message)
+    _write_json(r, name or r.names.name_for(path), obj)
     r.emit(obj)
-    print(f"detect: {message}", file=sys.stderr, flush=True)
+    _warn(message)
     r.rows.append(_Row(str(path), "-", "-", "-", 0.0, "error: " + message.split(": ", 1)[-1]))
 
 
-def _write_json(r: _Run, name: str, obj) -> None:
-    """NAME.json: the object on one line; a video's list with one frame per line."""
-    text = (json_text(obj) if isinstance(obj, dict)
-            else "[\n" + ",\n".join(json_text(o) for o in obj) + "\n]")
+def _write_json(r: _Run, name: str, obj: "dict | list[dict]") -> None:
+    """NAME.json, or a message when it cannot be written."""
+    from landmarknet.detect.outputs import write_json
+
+    path = r.out_dir / f"{name}.json"
     try:
-        (r.out_dir / f"{name}.json").write_text(text + "\n", encoding="utf-8")
+        write_json(path, obj)
     except OSError as exc:
-        print(f"detect: cannot write {r.out_dir / (name + '.json')}: {exc.strerror}",
-              file=sys.stderr, flush=True)
+        _warn(f"cannot write {path}: {exc.strerror}")
 
 
 # -- images ------------------------------------------------------------------------------------
 
 
-def _images(r: _Run, items: list[_Item]) -> None:
-    from landmarknet.detect import ImageError
-    from landmarknet.detect.images import read_image
+def _images(r: _Run, items: list["InputItem"]) -> None:
+    """A run of image items through the pipeline: JSON, pictures and a table row each."""
+    from landmarknet.detect.outputs import result_json
+    from landmarknet.detect.runs import detect_images
 
     if not items:
         return
-    notes: dict[int, list[str]] = {}
-    names: dict[int, str] = {}
-    errors: dict[int, str] = {}
-
-    def stream():
-        for i, item in enumerate(items):
-            names[i] = r.out_name(item.path)
-            try:
-                loaded = read_image(item.path, r.args.max_pixels)
-            except ImageError as exc:
-                errors[i] = str(exc)
-                yield i, None  # keeps the error in its place in the output order
-                continue
-            notes[i] = loaded.notes
-            yield i, loaded.image
-
-    for i, image, res in r.landmarker.process(stream()):
-        item = items[i]
-        if image is None:
-            _error(r, item.path, errors[i], names[i])
+    for done in detect_images(r.landmarker, [item.path for item in items], r.args.max_pixels):
+        name = r.names.name_for(done.path)
+        if done.image is None:
+            _error(r, done.path, done.error, name)
             continue
-        obj = {"input": str(item.path), "faces": [f.to_json() for f in res.faces], "error": None}
-        _write_json(r, names[i], obj)
+        res = done.result
+        obj = result_json(done.path, res.faces)
+        _write_json(r, name, obj)
         r.emit(obj)
-        _write_pictures(r, names[i], item.path, image, res)
-        note = "; ".join(notes[i])
-        if not res.faces:
-            note = "no face found" + (f"; {note}" if note else "")
-        r.rows.append(_Row(str(item.path), str(len(res.faces)),
-                           f"{max(f.score for f in res.faces):.3g}" if res.faces else "-",
-                           str(len(res.faces[0].landmarks)) if res.faces and
-                           res.faces[0].landmarks is not None else "0",
-                           res.detect_seconds + res.landmark_seconds, note))
+        _write_pictures(r, name, done.path, done.image, res)
+        r.rows.append(_image_row(done.path, res, "; ".join(done.notes)))
 
 
-def _write_pictures(r: _Run, name: str, path: Path, image, res) -> None:
-    from landmarknet.detect.draw import heatmap_figure, overlay, write_image
+def _image_row(path: Path, res: "ImageResult", note: str) -> _Row:
+    """An image's line of the table: faces, best score, points per face, time."""
+    if not res.faces:
+        note = "no face found" + (f"; {note}" if note else "")
+    return _Row(str(path), str(len(res.faces)),
+                f"{max(f.score for f in res.faces):.3g}" if res.faces else "-",
+                str(len(res.faces[0].landmarks)) if res.faces and
+                res.faces[0].landmarks is not None else "0",
+                res.detect_seconds + res.landmark_seconds, note)
 
+
+def _write_pictures(r: _Run, name: str, path: Path, image, res: "ImageResult") -> None:
+    """The overlay and heatmap figure of an image, or a message when they cannot be written."""
+    from landmarknet.detect.outputs import write_pictures
+
+    title = f"{path.name}: {r.model.name} heatmaps" if r.heatmaps_wanted() else None
     try:
-        if not r.args.no_overlay:
-            write_image(r.out_dir / f"{name}_overlay.png", overlay(image, res.faces,
-                                                                   r.args.indices))
-        if r.args.show_heatmaps and r.model is not None and r.model.decodes_heatmaps:
-            heatmap_figure(r.out_dir / f"{name}_heatmaps.png", res.faces,
-                           f"{path.name}: {r.model.name} heatmaps")
+        write_pictures(r.out_dir, name, image, res.faces, draw_overlay=not r.args.no_overlay,
+                       indices=r.args.indices, heatmaps_title=title)
     except OSError as exc:
-        print(f"detect: {path}: cannot write pictures ({exc})", file=sys.stderr, flush=True)
+        _warn(f"{path}: cannot write pictures ({exc})")
 
 
 # -- video -------------------------------------------------------------------------------------
 
 
-def _video(r: _Run, item: _Item) -> None:
+def _video(r: _Run, item: "InputItem") -> None:
     """A video file or a live source: frames through the tracker, one JSON object per frame."""
-    import cv2
-
     from landmarknet.detect import ImageError
+    from landmarknet.detect.outputs import VideoOutput
+    from landmarknet.detect.runs import process_video
     from landmarknet.detect.tracker import VideoTracker
+    from landmarknet.detect.video import open_frames
 
     live = item.kind == "camera"
-    name = r.out_name(Path("camera") if live else item.path)
+    name = r.names.name_for(Path("camera") if live else item.path)
+    limit = r.args.max_frames if r.args.max_frames > 0 else None
     try:
-        frames, fps = _open_frames(r, item)
+        frames, fps = open_frames(item.source if live else item.path, live, max_frames=limit,
+                                  frame_timeout=r.args.frame_timeout,
+                                  max_pixels=r.args.max_pixels)
     except ImageError as exc:
         _error(r, item.path, str(exc), name)
         return
@@ -393,124 +354,39 @@ def _video(r: _Run, item: _Item) -> None:
                            min_confidence=r.args.min_confidence, smooth=not r.args.no_smooth,
                            align=r.landmarker.align)
     tracker.landmarker.keep_heatmaps = r.landmarker.keep_heatmaps
-    out = _VideoOut(r, item, name, fps)
-    stopped, interrupted = None, False
-    try:
-        for i, frame, res in tracker.process(frames):
-            out.add(i, frame, res)
-    except cv2.error as exc:
-        stopped = f"decoding stopped at frame {len(out.frames_json)} ({exc})"
-    except ImageError as exc:  # a live source that stopped giving frames
-        stopped = str(exc)
-    except KeyboardInterrupt:  # a camera's normal end; a file's results so far are kept too
-        stopped, interrupted = f"interrupted after {len(out.frames_json)} frames", True
-    finally:
-        frames.close()
-        out.close()
-    if stopped:
-        print(f"detect: {item.path}: {stopped}", file=sys.stderr, flush=True)
+    out = VideoOutput(r.out_dir, name, item.path, fps, draw_overlay=not r.args.no_overlay,
+                      indices=r.args.indices,
+                      heatmaps_model=r.model.name if r.heatmaps_wanted() else None,
+                      on_frame=r.emit, warn=_warn)
+    end = process_video(tracker, frames, out)
+    if end.stopped:
+        _warn(f"{item.path}: {end.stopped}")
     if not out.frames_json:
-        where = f"({stopped or 'the source ended'})" if live else "from this video"
+        where = f"({end.stopped or 'the source ended'})" if live else "from this video"
         _error(r, item.path, f"{item.path}: no frame could be decoded {where}", name)
     else:
         _write_json(r, name, out.frames_json)
-        n, st = len(out.frames_json), tracker.stats
-        r.rows.append(_Row(str(item.path), f"{out.n_faces / n:.2g}/frame", "-", "", out.seconds,
-                           f"{'camera' if live else 'video'}: {n} frames"
-                           + (f" at {fps:.3g} fps" if fps else "")
-                           + f", detector on {len(st.detected)}"
-                           + ("" if tracker.smoother is None else ", smoothed")))
-    if interrupted and not live:
+        r.rows.append(_video_row(item.path, live, fps, out, tracker))
+    if end.interrupted and not live:
         raise KeyboardInterrupt  # Ctrl-C during a video file stops the whole run
 
 
-def _open_frames(r: _Run, item: _Item):
-    """A generator of ``(index, t seconds, frame)`` for a video file or a live source, and the
-    source's frame rate (0 when a live source does not say)."""
-    from landmarknet.detect.images import open_video, video_frames
-    from landmarknet.detect.video import camera_source, live_frames, open_live
-
-    limit = r.args.max_frames if r.args.max_frames > 0 else None
-    if item.kind == "camera":
-        cap, info = open_live(camera_source(str(r.args.camera)))
-        live = live_frames(cap, r.args.frame_timeout, limit)
-
-        def numbered_live():
-            try:
-                for i, (t, frame) in enumerate(live):
-                    yield i, t, frame
-            finally:
-                live.close()
-        return numbered_live(), info.fps
-    cap, info = open_video(item.path, r.args.max_pixels)
-
-    def numbered():
-        try:
-            for i, frame in enumerate(video_frames(cap)):
-                if limit is not None and i >= limit:
-                    return
-                yield i, i / info.fps, frame
-        finally:
-            cap.release()
-    return numbered(), info.fps
-
-
-class _VideoOut:
-    """Where a video's results go: JSON objects, the annotated video, the heatmap figure."""
-
-    def __init__(self, r: _Run, item: _Item, name: str, fps: float) -> None:
-        self.r, self.item, self.name, self.fps = r, item, name, fps or 30.0
-        self.writer = None
-        self.frames_json: list[dict] = []
-        self.n_faces = 0
-        self.seconds = 0.0
-        self.heatmaps_done = False
-
-    def add(self, i: int, frame, res) -> None:
-        """One frame's result."""
-        from landmarknet.detect.draw import heatmap_figure, overlay
-
-        r = self.r
-        obj = {"input": str(self.item.path), "frame": i,
-               "faces": [f.to_json() for f in res.faces], "error": None}
-        self.frames_json.append(obj)
-        r.emit(obj)
-        self.n_faces += len(res.faces)
-        self.seconds += res.detect_seconds + res.landmark_seconds
-        if not r.args.no_overlay:
-            if self.writer is None:
-                self.writer = _open_writer(r, self.name, frame.shape[1], frame.shape[0],
-                                           self.fps) or False
-            if self.writer:
-                self.writer.write(overlay(frame, res.faces, r.args.indices))
-        if (r.args.show_heatmaps and not self.heatmaps_done and r.model is not None
-                and r.model.decodes_heatmaps and any(f.heatmaps is not None for f in res.faces)):
-            self.heatmaps_done = heatmap_figure(
-                r.out_dir / f"{self.name}_heatmaps.png", res.faces,
-                f"{self.item.path.name} frame {i}: {r.model.name}")
-
-    def close(self) -> None:
-        """Finish the annotated video."""
-        if self.writer:
-            self.writer.release()
-
-
-def _open_writer(r: _Run, name: str, width: int, height: int, fps: float):
-    import cv2
-
-    path = r.out_dir / f"{name}_annotated.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        print(f"detect: cannot write {path} (no mp4v encoder?); JSON only",
-              file=sys.stderr, flush=True)
-        return None
-    return writer
+def _video_row(path: Path, live: bool, fps: float, out: "VideoOutput",
+               tracker: "VideoTracker") -> _Row:
+    """A video's line of the table: faces per frame, time, frames, detector runs."""
+    n, st = len(out.frames_json), tracker.stats
+    return _Row(str(path), f"{out.n_faces / n:.2g}/frame", "-", "", out.seconds,
+                f"{'camera' if live else 'video'}: {n} frames"
+                + (f" at {fps:.3g} fps" if fps else "")
+                + f", detector on {len(st.detected)}"
+                + ("" if tracker.smoother is None else ", smoothed"))
 
 
 # -- table -------------------------------------------------------------------------------------
 
 
 def _print_table(r: _Run) -> None:
+    """The summary table, one line per input."""
     if not r.rows:
         return
     w = min(48, max(len("input"), *(len(x.input) for x in r.rows)))

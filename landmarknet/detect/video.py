@@ -1,4 +1,5 @@
-"""Live sources for ``detect --camera``: a camera index or any OpenCV capture string.
+"""Frames for ``detect``: video files and live sources (a camera index or any OpenCV capture
+string), numbered and timed for the tracker (:func:`open_frames`).
 
 A camera or network stream can open and then give no frame for ever (a camera in use, a stalled
 stream), and ``VideoCapture.read`` then blocks. :func:`live_frames` reads in a helper thread and
@@ -7,16 +8,19 @@ the end of the stream, after ``max_frames``, or on Ctrl-C in the main thread.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Iterator, Optional, Union
 
 import cv2
 import numpy as np
 
 from landmarknet.detect import ImageError
-from landmarknet.detect.images import VideoInfo, normalise_image
+from landmarknet.detect.images import (DEFAULT_MAX_PIXELS, VideoInfo, normalise_image,
+                                       open_video, video_frames)
 
 #: Seconds ``detect --camera`` waits for a frame before it gives up on the source.
 DEFAULT_FRAME_TIMEOUT = 10.0
@@ -92,6 +96,44 @@ def live_frames(cap: cv2.VideoCapture, timeout: float = DEFAULT_FRAME_TIMEOUT,
     finally:
         stop.set()
         thread.join(timeout=1.0)  # a read that never returns: the daemon thread ends with us
+
+
+#: What :func:`open_frames` gives: ``(index, t seconds, BGR frame)`` in order.
+Frames = Iterator[tuple[int, float, np.ndarray]]
+
+
+def open_frames(source: Union[str, os.PathLike], live: bool = False, *,
+                max_frames: Optional[int] = None,
+                frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+                max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> tuple[Frames, float]:
+    """The frames of a video file (``live=False``) or of a live source (a camera index or a
+    capture string) as a closable generator, and the source's frame rate (0 when a live
+    source does not say). ImageError when the source cannot be opened."""
+    if live:
+        cap, info = open_live(camera_source(str(source)))
+        return _numbered_live(live_frames(cap, frame_timeout, max_frames)), info.fps
+    cap, info = open_video(Path(source), max_pixels)
+    return _numbered_file(cap, info.fps, max_frames), info.fps
+
+
+def _numbered_live(live: Iterator[tuple[float, np.ndarray]]) -> Frames:
+    """A live source's frames, numbered; closing this stops the source's reader."""
+    try:
+        for i, (t, frame) in enumerate(live):
+            yield i, t, frame
+    finally:
+        live.close()
+
+
+def _numbered_file(cap: cv2.VideoCapture, fps: float, max_frames: Optional[int]) -> Frames:
+    """A video file's frames, numbered and timed at ``fps``, at most ``max_frames``."""
+    try:
+        for i, frame in enumerate(video_frames(cap)):
+            if max_frames is not None and i >= max_frames:
+                return
+            yield i, i / fps, frame
+    finally:
+        cap.release()
 
 
 def moving_face_frames(picture: np.ndarray, n: int, size: tuple[int, int] = (640, 480),

@@ -29,6 +29,12 @@ DOC = ROOT / "docs" / "bad_inputs.md"
 FUZZ_HEADING = "## Fuzzing"
 
 
+def _portable(text: str, tmp: str) -> str:
+    """The message without this machine's paths: the case's temporary folder dropped, the
+    checkout written as <repo> (a fresh clone elsewhere must generate the same page)."""
+    return text.replace(tmp + "/", "").replace(str(ROOT), "<repo>").strip()
+
+
 def run_case(case) -> tuple[int | None, str]:
     """Run one case in a scratch folder; return exit status and stderr (paths shortened)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,11 +42,11 @@ def run_case(case) -> tuple[int | None, str]:
         if case.isolated:
             out = run_cli(argv, tmp, timeout=30)
             text = out.problem() or out.error_line or out.stderr
-            return out.status, text.replace(tmp + "/", "").strip()
+            return out.status, _portable(text, tmp)
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             status = cli_main(argv)
-        return status, err.getvalue().replace(tmp + "/", "").strip()
+        return status, _portable(err.getvalue(), tmp)
 
 
 def case_rows() -> list[str]:
