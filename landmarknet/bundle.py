@@ -55,7 +55,7 @@ def save_bundle(folder, net, deploy_prototxt, scheme: int, input_size: int, deco
     if check:
         from landmarknet.infer import LandmarkModel
         # Not checked against a MANIFEST: a bundle being rewritten is listed with its old sums.
-        LandmarkModel.load(folder, verify=False)
+        LandmarkModel.load(folder, verify=False, fast=False)  # a load check: no fast form
     return folder
 
 

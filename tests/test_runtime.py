@@ -135,3 +135,11 @@ def test_busy_cores_sees_a_spinning_process():
         assert not machine_is_quiet()
     finally:
         spinner.kill()
+
+
+@pytest.mark.parametrize("argv, runs", [(["bench", "m"], True), (["detect", "x"], True),
+                                        (["models"], False), (["detect", "--help"], False),
+                                        (["--version"], False), ([], False)])
+def test_only_commands_that_run_nets_sample_the_load(argv, runs):
+    from landmarknet.cli.main import _runs_nets
+    assert _runs_nets(argv) is runs

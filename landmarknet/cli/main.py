@@ -62,9 +62,22 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+#: Commands that never run a net: no OpenMP policy to choose, no 50 ms spent choosing it.
+_NO_NETS = frozenset({"models"})
+
+
+def _runs_nets(argv: list[str]) -> bool:
+    """Whether this command line will run a net (not help, version or a listing)."""
+    if any(a in ("-h", "--help", "--version") for a in argv):
+        return False
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command is not None and command not in _NO_NETS
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn landmarknet's errors into one clear line (exit 2)."""
-    choose_openmp_waiting()  # before torch is imported by a subcommand
+    if _runs_nets(sys.argv[1:] if argv is None else argv):
+        choose_openmp_waiting()  # before torch is imported by a subcommand (50 ms of sampling)
     parser = make_parser()
     args = parser.parse_args(argv)
     warnings.showwarning = _show_warning
