@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,19 @@ def test_heatmap_sizes_are_stride_4():
             assert net.blob_shapes[f"stage{t}_maps"] == (1, cfg.points + 1, h, h), name
     assert NETWORKS["heatmap4_68"].config.input_size // 4 == 28
     assert NETWORKS["heatmap4_68_160"].config.input_size // 4 == 40
+
+
+@pytest.mark.parametrize("kernels", ["7x7", "separable"])
+def test_stage_convs_sets_the_refinement_stage_depth(kernels):
+    from dataclasses import replace
+    from landmarknet.nets.heatmap import BASE, heatmap_net
+    cfg = replace(BASE, name="probe", stage_kernels=kernels, stage_convs=3)
+    names = [layer.name for layer in heatmap_net(cfg, deploy=True).net.layer]
+    stage2 = [n for n in names if re.fullmatch(r"stage2_conv\d+", n)]
+    # three stage convolutions, then the head's 1x1 layer (the maps layer is stage2_maps)
+    assert stage2 == [f"stage2_conv{i}" for i in range(1, 5)], stage2
+    with pytest.raises(ValueError):
+        replace(BASE, name="probe", stage_convs=0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ class HeatmapConfig:
     #: stage_kernel x stage_kernel + pointwise 1x1: ~k*k/C of a plain convolution's MACs).
     stage_kernels: str = "7x7"
     stage_kernel: int = 7  # kernel of the "separable" stage convolutions (stages 2..)
-    stage_convs: int = 5  # convolutions per refinement stage (stages 2..)
+    #: Convolutions per refinement stage (stages 2..) for "7x7" and "separable"; "dilated"
+    #: stages have one per entry of DILATIONS.
+    stage_convs: int = 5
     #: Channel multiplier of the mobile trunk's units (MOBILE_BLOCKS), rounded to multiples of 8.
     width: float = 1.0
     residual: bool = False  # residual units inside the stages
@@ -96,9 +98,9 @@ class HeatmapConfig:
             raise ValueError("input_size must be a multiple of 16 (stride 4, hourglass x4)")
         if self.trunk not in ("vgg", "hourglass", "mobile") \
                 or self.head not in ("base", "strong") \
-                or self.stage_kernels not in ("7x7", "dilated", "separable") or self.init not in ("gaussian",
-                                                                                     "msra") \
-                or self.loss not in ("euclidean", "awing"):
+                or self.stage_kernels not in ("7x7", "dilated", "separable") \
+                or self.init not in ("gaussian", "msra") \
+                or self.loss not in ("euclidean", "awing") or self.stage_convs < 1:
             raise ValueError(f"bad heatmap config {self}")
 
 
@@ -236,7 +238,8 @@ def _stage(ns: NetSpec, t: int, features: str, prev: str | None, cfg: HeatmapCon
     else:
         x = ns.concat(f"{p}_concat", [features, prev])
         n = cfg.stage_channels
-        ks = [(7, 1)] * 5 if cfg.stage_kernels == "7x7" else [(3, d) for d in DILATIONS]
+        ks = [(7, 1)] * cfg.stage_convs if cfg.stage_kernels == "7x7" \
+            else [(3, d) for d in DILATIONS]
     if cfg.residual:
         x = _residual_body(ns, cfg, p, x, n, ks)
     else:
