@@ -46,13 +46,21 @@ for model in heatmap4_68_bn light3w_68; do
         --json "$OUT/detect_${model}.json" 2>&1 | tee "$OUT/detect_${model}.txt"
 done
 
+# The landmark nets alone on the GPU (docs/results.md's light table has "-" for these).
+LANDMARKNET="python3 -c 'import sys; from landmarknet.cli.main import main; sys.exit(main())'"
+if [[ "$DEVICE" == cuda* ]]; then
+    for model in light3w_68 light3w_77 light3w_5; do
+        eval "$LANDMARKNET" bench "$model" --device cuda --batch 1,256 --backends fast \
+            2>&1 | tee "$OUT/gpu_${model}.txt"
+    done
+fi
+
 # The CPU table on this host's (Intel) cores, two of them as on a laptop, with the OpenMP
 # policy of landmarknet.runtime (the earlier Intel figures were taken with the passive one).
 # OpenCV 5 has no Caffe importer, so OpenCV DNN is skipped here unless a 4.x is importable.
 if [[ "${CPU_TABLE:-1}" == 1 ]]; then
     for model in light3w_68 light3w_77 light3w_5 squeeze77 heatmap4_68_bn; do
-        taskset -c 0,1 python3 -c "import sys; from landmarknet.cli.main import main; sys.exit(main())" \
-            bench "$model" --batch 1 --threads 2 --backends fast,onnxruntime,opencv --repeats 30 \
+        eval taskset -c 0,1 "$LANDMARKNET" bench "$model" --batch 1 --threads 2 --backends fast,onnxruntime,opencv --repeats 30 \
             2>&1 | tee "$OUT/cpu_${model}.txt"
     done
 fi
