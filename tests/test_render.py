@@ -323,3 +323,11 @@ def test_analysis_in_the_drawing_matches_analyze(small_net):
     assert len(heads) + folded == len(small_net.layers)
     outs = [n.title for n in d.diagram.nodes if n.kind == "output"]
     assert outs == ["prob"]
+
+
+def test_every_registered_family_has_a_colour_and_a_legend_label():
+    from landmarknet.layers.registry import registered_types
+    from landmarknet.render.model import FAMILY_COLORS, FAMILY_LABELS
+    families = {reg.family for reg in registered_types().values()}
+    assert families - set(FAMILY_COLORS) == set()
+    assert families - set(FAMILY_LABELS) == set()

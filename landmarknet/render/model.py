@@ -37,6 +37,7 @@ FAMILY_COLORS: dict[str, tuple[str, str]] = {
     "shape": ("#d9e1e8", "#5f7385"),
     "loss": ("#f8c6da", "#b0426f"),
     "detection": ("#bfe6e3", "#2f8a84"),
+    "roi": ("#fde0c5", "#c06a1b"),
     "landmark": ("#fff0a8", "#a08a12"),
     "custom": ("#e4e4e4", "#777777"),
     "output": ("#ffffff", "#555555"),
@@ -45,7 +46,7 @@ FAMILY_COLORS: dict[str, tuple[str, str]] = {
 FAMILY_LABELS = {
     "data": "input / data", "conv": "convolution / fc", "pool": "pooling", "norm": "normalisation",
     "activation": "activation", "shape": "shape / merge", "loss": "loss", "detection": "detection",
-    "landmark": "landmark", "custom": "other", "output": "output",
+    "roi": "region pooling", "landmark": "landmark", "custom": "other", "output": "output",
 }
 
 # Approximate Helvetica advance widths (em) for the box-size estimate.

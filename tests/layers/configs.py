@@ -19,7 +19,8 @@ class LayerConfig:
 
     text: str
     #: input name -> "label:K" (integers 0..K-1), "unit" (uniform in (0.05, 0.95)),
-    #: "positive" (uniform in (0.5, 1.5)), "prob" (rows summing to one); others: randn.
+    #: "positive" (uniform in (0.5, 1.5)), "prob" (rows summing to one), "rois:N:S" (regions
+    #: [batch index < N, x1, y1, x2, y2], corners in (-S/4, 5S/4) pixels); others: randn.
     feeds: dict[str, str] = field(default_factory=dict)
     layer: str = "x"  # the name of the layer under test
 
@@ -164,6 +165,13 @@ CONFIGS: dict[str, LayerConfig] = {
           'share_location: true background_label_id: 0 code_type: CENTER_SIZE '
           'keep_top_k: 5 confidence_threshold: 0.01 nms_param { nms_threshold: 0.45 } } }\n',
         feeds={"conf": "unit"}),
+    # the R-CNN family's region pooling: a feature map and regions [batch, x1, y1, x2, y2]
+    "ROIPooling": one("ROIPooling", {"data": (2, 3, 6, 8), "rois": (4, 5)},
+                      "roi_pooling_param { pooled_h: 2 pooled_w: 3 spatial_scale: 0.5 }",
+                      feeds={"rois": "rois:2:16"}),
+    "PSROIPooling": one("PSROIPooling", {"data": (2, 18, 6, 8), "rois": (4, 5)},
+                        "psroi_pooling_param { spatial_scale: 0.5 output_dim: 2 "
+                        "group_size: 3 }", feeds={"rois": "rois:2:16"}),
     # the project's landmark layers (Python layers)
     "Python": python("RegionPool", {"data": (2, 4, 5, 5), "logits": (2, 3, 5, 5)}),
     "Python:RegionPool": python("RegionPool", {"data": (2, 4, 5, 5), "logits": (2, 3, 5, 5)}),
@@ -193,6 +201,12 @@ def feed(kind: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tenso
         return 0.05 + 0.9 * torch.rand(shape, generator=gen)
     if kind == "positive":
         return 0.5 + torch.rand(shape, generator=gen)
+    if kind.startswith("rois:"):
+        batch, size = (int(v) for v in kind.split(":")[1:])
+        index = torch.randint(0, batch, (shape[0], 1), generator=gen).float()
+        corners = (torch.rand((shape[0], 2, 2), generator=gen) * 1.5 - 0.25) * size
+        lo, hi = corners.min(dim=1).values, corners.max(dim=1).values  # (x1, y1), (x2, y2)
+        return torch.cat([index, lo, hi], dim=1).reshape(shape)
     if kind == "prob":
         return torch.softmax(torch.randn(shape, generator=gen), dim=-1)
     return torch.randn(shape, generator=gen)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from landmarknet.layers.registry import registered_types
 
-#: the families of the activation, shape, loss and detection files
+#: the families of the activation, shape, loss, detection and roi files
 FAMILIES = {
     "activation": {"ReLU", "ReLU6", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power",
                    "Exp", "Log", "Clip", "Swish", "Threshold", "Dropout"},
@@ -14,6 +14,7 @@ FAMILIES = {
     "loss": {"EuclideanLoss", "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "Accuracy",
              "HingeLoss", "MultinomialLogisticLoss"},
     "detection": {"PriorBox", "DetectionOutput"},
+    "roi": {"ROIPooling", "PSROIPooling"},
 }
 
 
@@ -25,7 +26,7 @@ def test_registry_families_origins_and_summaries() -> None:
             assert regs[t].family == family, t
             assert regs[t].summary and "\n" not in regs[t].summary, t
     for t in ("ReLU6", "Permute", "ShuffleChannel", "Upsample", "Interp", "Axpy", "PriorBox",
-              "DetectionOutput"):
+              "DetectionOutput", "ROIPooling", "PSROIPooling"):
         assert regs[t].origin != "BVLC Caffe", t
     assert regs["PriorBox"].origin == regs["DetectionOutput"].origin == "SSD (weiliu89/caffe)"
     assert regs["Softmax"].origin == "BVLC Caffe"
