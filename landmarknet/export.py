@@ -229,13 +229,40 @@ def input_shapes(net: CaffeNet) -> dict[str, tuple[int, ...]]:
 
 def random_inputs(net: CaffeNet, seed: int = 0, batch: int | None = None
                   ) -> dict[str, np.ndarray]:
-    """Seeded standard-normal float32 inputs of the net's input shapes (batch optional)."""
+    """Seeded float32 inputs of the net's input shapes (batch optional): standard normal,
+    except where a layer reading the input says what its values mean (``OnnxRule.example_input``:
+    regions for ROIPooling, for instance)."""
     rng = np.random.default_rng(seed)
+    readers = _example_readers(net)
     out = {}
     for name, shape in input_shapes(net).items():
         if batch is not None:
             shape = (batch, *shape[1:])
-        out[name] = rng.standard_normal(shape).astype(np.float32)
+        values = None
+        for rule, info, index in readers.get(name, ()):
+            images = batch if batch is not None else int(info.bottom_shapes[0][0])
+            values = rule.example_input(info.node.param, index, shape, info.bottom_shapes,
+                                        images, rng)
+            if values is not None:
+                break
+        if values is None:
+            values = rng.standard_normal(shape)
+        out[name] = np.asarray(values, dtype=np.float32)
+    return out
+
+
+def _example_readers(net: CaffeNet) -> dict[str, list]:
+    """Input blob -> (rule, layer info, bottom index) of each layer reading it whose export
+    rule gives example values."""
+    inputs = set(input_shapes(net))
+    out: dict[str, list] = {}
+    for info in net.layers.values():
+        rule = _onnx_rule(info.node)
+        if rule.example_input is None:
+            continue
+        for index, bottom in enumerate(info.node.bottoms):
+            if bottom in inputs:  # the input itself (an in-place layer before would rename it)
+                out.setdefault(bottom, []).append((rule, info, index))
     return out
 
 

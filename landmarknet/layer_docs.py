@@ -50,7 +50,9 @@ in one file. All are optional keywords of `@register`:
   class into the generated file, which suits modules written in plain torch. Without one,
   say why in `emit_reason`.
 * `onnx=OnnxRule(...)`: ONNX export facts: `not_exportable="why"`, `saturating=True` (the
-  export check then also compares its input), `moves_values=True`.
+  export check then also compares its input), `moves_values=True`, `example_input=fn` (the
+  values the export check feeds a net input that is one of its bottoms, when noise is not
+  valid there: regions for ROIPooling).
 * `view=True`: its tops are views of its bottom (no activation memory).
 * `random=rule`: its random test weights (`--random-weights SEED`) when He-scaled weights
   and small biases are not plausible for it (`landmarknet/layers/random_weights.py`).

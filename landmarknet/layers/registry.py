@@ -25,6 +25,8 @@ from landmarknet.layers.costs import PER_OUTPUT, CostRule  # noqa: F401  (CostRu
 from landmarknet.layers.random_weights import RandomRule
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from landmarknet.graph import Graph, Node
     from landmarknet.layers.emitting import EmitCall, EmitContext
 
@@ -109,6 +111,12 @@ class OnnxRule:
     refuses: Callable[[caffe_pb2.LayerParameter], str | None] | None = None
     #: param -> True when ONNX Runtime before the opset-19 fix computes this layer wrongly.
     wrong_before_opset19: Callable[[caffe_pb2.LayerParameter], bool] | None = None
+    #: Values the export check feeds a net input that is this type's bottom ``index`` instead
+    #: of standard-normal noise, for bottoms with a meaning (regions: a batch index and corners
+    #: inside the image). Called as ``(param, index, shape, bottom_shapes, images, rng)`` with
+    #: the input's shape, the layer's bottom shapes, the number of images in the batch and a
+    #: numpy Generator; returns a float32 array of ``shape``, or None for noise.
+    example_input: Callable[..., "np.ndarray | None"] | None = None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,8 @@ class LayerConfig:
     text: str
     #: input name -> "label:K" (integers 0..K-1), "unit" (uniform in (0.05, 0.95)),
     #: "positive" (uniform in (0.5, 1.5)), "prob" (rows summing to one), "rois:N:S" (regions
-    #: [batch index < N, x1, y1, x2, y2], corners in (-S/4, 5S/4) pixels); others: randn.
+    #: [batch index < N, x1, y1, x2, y2], corners in (-S/4, 5S/4) pixels), "im_info:H:W:S"
+    #: (the row [H, W, S]); others: randn.
     feeds: dict[str, str] = field(default_factory=dict)
     layer: str = "x"  # the name of the layer under test
 
@@ -172,6 +173,15 @@ CONFIGS: dict[str, LayerConfig] = {
     "PSROIPooling": one("PSROIPooling", {"data": (2, 18, 6, 8), "rois": (4, 5)},
                         "psroi_pooling_param { spatial_scale: 0.5 output_dim: 2 "
                         "group_size: 3 }", feeds={"rois": "rois:2:16"}),
+    # Faster R-CNN's region proposals: RPN scores (1, 2A, H, W) as probabilities, deltas
+    # (1, 4A, H, W), im_info [height, width, scale] of a 64 x 80 image
+    "Proposal": one("Proposal", {"cls": (1, 18, 4, 5), "bbox": (1, 36, 4, 5), "im_info": (1, 3)},
+                    "proposal_param { feat_stride: 16 post_nms_topn: 20 }", tops=2,
+                    feeds={"cls": "unit", "im_info": "im_info:64:80:1"}),
+    "Python:rpn.proposal_layer.ProposalLayer": one(
+        "Python", {"cls": (1, 18, 4, 5), "bbox": (1, 36, 4, 5), "im_info": (1, 3)},
+        'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" '
+        'param_str: "\'feat_stride\': 16" }', feeds={"cls": "unit", "im_info": "im_info:64:80:1"}),
     # the project's landmark layers (Python layers)
     "Python": python("RegionPool", {"data": (2, 4, 5, 5), "logits": (2, 3, 5, 5)}),
     "Python:RegionPool": python("RegionPool", {"data": (2, 4, 5, 5), "logits": (2, 3, 5, 5)}),
@@ -207,6 +217,8 @@ def feed(kind: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tenso
         corners = (torch.rand((shape[0], 2, 2), generator=gen) * 1.5 - 0.25) * size
         lo, hi = corners.min(dim=1).values, corners.max(dim=1).values  # (x1, y1), (x2, y2)
         return torch.cat([index, lo, hi], dim=1).reshape(shape)
+    if kind.startswith("im_info:"):  # one row [height, width, scale]
+        return torch.tensor([float(v) for v in kind.split(":")[1:]]).reshape(shape)
     if kind == "prob":
         return torch.softmax(torch.randn(shape, generator=gen), dim=-1)
     return torch.randn(shape, generator=gen)

@@ -14,7 +14,7 @@ FAMILIES = {
     "loss": {"EuclideanLoss", "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "Accuracy",
              "HingeLoss", "MultinomialLogisticLoss"},
     "detection": {"PriorBox", "DetectionOutput"},
-    "roi": {"ROIPooling", "PSROIPooling"},
+    "roi": {"ROIPooling", "PSROIPooling", "Proposal", "Python:rpn.proposal_layer.ProposalLayer"},
 }
 
 
@@ -26,7 +26,8 @@ def test_registry_families_origins_and_summaries() -> None:
             assert regs[t].family == family, t
             assert regs[t].summary and "\n" not in regs[t].summary, t
     for t in ("ReLU6", "Permute", "ShuffleChannel", "Upsample", "Interp", "Axpy", "PriorBox",
-              "DetectionOutput", "ROIPooling", "PSROIPooling"):
+              "DetectionOutput", "ROIPooling", "PSROIPooling", "Proposal",
+              "Python:rpn.proposal_layer.ProposalLayer"):
         assert regs[t].origin != "BVLC Caffe", t
     assert regs["PriorBox"].origin == regs["DetectionOutput"].origin == "SSD (weiliu89/caffe)"
     assert regs["Softmax"].origin == "BVLC Caffe"

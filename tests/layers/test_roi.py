@@ -310,8 +310,8 @@ def test_rfcn_like_net_matches_opencv(tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# ONNX: the traced torch code runs in ONNX Runtime (landmarknet export refuses the types only
-# because its check feeds random values, which are not regions)
+# ONNX: landmarknet export feeds valid regions to its check (OnnxRule.example_input), and the
+# traced graph bakes nothing of the traced regions in
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,out", [(FAST_RCNN, "fc"), (RFCN, "score")], ids=["roi", "psroi"])
@@ -342,3 +342,24 @@ def test_traced_net_gives_its_numbers_in_onnx_runtime(text, out, tmp_path) -> No
     with torch.no_grad():
         want = Tops()(data, torch.from_numpy(rois)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("text", [FAST_RCNN, RFCN], ids=["roi", "psroi"])
+def test_landmarknet_export_checks_the_net_on_valid_regions(text, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    from landmarknet.export import export_onnx, random_inputs
+    from landmarknet.params import randomize
+    net = build_net(parse_net(text, path="net.prototxt"))
+    randomize(net, 0)
+    for batch in (None, 3):
+        rois = random_inputs(net, seed=3, batch=batch)["rois"]
+        images = 2 if batch is None else 3
+        assert rois.shape == (8 if batch is None else 3, 5)
+        assert set(np.unique(rois[:, 0])) <= set(range(images))
+        # inside the 32 x 24 image the 16 x 12 map (scale 0.5) comes from, corners in order
+        assert (rois[:, 1:] >= 0).all() and (rois[:, [1, 3]] <= 31).all()
+        assert (rois[:, [2, 4]] <= 23).all()
+        assert (rois[:, 3] >= rois[:, 1]).all() and (rois[:, 4] >= rois[:, 2]).all()
+    rep = export_onnx(net, tmp_path / "net.onnx", dynamic_batch=True)
+    assert rep.ok and rep.checks and rep.extra_checks, rep.render()
+    assert all(c.max_abs_ref > 1e-3 for c in rep.checks)  # not a comparison of zeros
