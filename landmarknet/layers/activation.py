@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,8 +38,11 @@ def relu_detail(p: caffe_pb2.LayerParameter) -> str:
 
 
 def dropout_detail(p: caffe_pb2.LayerParameter) -> str:
-    """'ratio 0.5'."""
-    return f"ratio {p.dropout_param.dropout_ratio:g}"
+    """'ratio 0.5' ('ratio 0.5, test ×0.5' with scale_train: false)."""
+    ratio = p.dropout_param.dropout_ratio
+    if p.dropout_param.scale_train:
+        return f"ratio {ratio:g}"
+    return f"ratio {ratio:g}, test ×{1 - ratio:g}"
 
 
 def _expr(template: str):
@@ -156,10 +160,15 @@ def emit_threshold(ctx: EmitContext, call: EmitCall) -> list[str]:
 
 
 def emit_dropout(ctx: EmitContext, call: EmitCall) -> list[str]:
-    """F.dropout that follows the module's training flag."""
+    """F.dropout that follows the module's training flag (without scale_train: a kept value is
+    not scaled in training, every value is scaled by 1 - ratio at test)."""
     if call.sub.ratio == 0.0:
         return [f"{call.one} = {call.x}"]
-    return [f"{call.one} = F.dropout({call.x}, {num(call.sub.ratio)}, self.training)"]
+    if call.sub.scale_train:
+        return [f"{call.one} = F.dropout({call.x}, {num(call.sub.ratio)}, self.training)"]
+    keep = num(1.0 - call.sub.ratio)
+    return [f"{call.one} = ({call.x} * torch.empty_like({call.x}).bernoulli_({keep}) "
+            f"if self.training else {call.x} * {num(_test_scale(call.sub.ratio))})"]
 
 _FAMILY = "activation"
 
@@ -540,20 +549,37 @@ def threshold(spec: LayerSpec) -> Built:
     return Built(Threshold(spec.param.threshold_param.threshold))
 
 
-class Dropout(nn.Module):
-    """Inverted dropout: in training keep with p = 1 - ratio and scale by 1/(1-ratio)."""
+def _test_scale(ratio: float) -> float:
+    """The fork's test factor 1 / scale_ with its float32 scale_ = 1 / (1 - ratio): rounded as
+    Caffe rounds it (it can differ from float32(1 - ratio) in the last bit)."""
+    scale = float(np.float32(1.0 / (1.0 - ratio)))
+    return float(np.float32(1.0 / scale))
 
-    def __init__(self, ratio: float) -> None:
+
+class Dropout(nn.Module):
+    """Inverted dropout: in training keep with p = 1 - ratio and scale by 1/(1-ratio); the
+    identity at test. ``scale_train=False`` (py-faster-rcnn's fork): kept values are not scaled
+    in training, and at test every value is multiplied by 1 - ratio."""
+
+    def __init__(self, ratio: float, scale_train: bool = True) -> None:
         super().__init__()
         self.ratio = float(ratio)
+        self.scale_train = bool(scale_train)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.ratio == 0.0:
-            return x  # Caffe's TEST phase: the identity
-        return F.dropout(x, self.ratio, training=True)
+        if self.ratio == 0.0:
+            return x
+        if self.scale_train:
+            # Caffe's TEST phase: the identity
+            return F.dropout(x, self.ratio, training=True) if self.training else x
+        keep = torch.tensor(_test_scale(self.ratio), dtype=torch.float32).to(x.dtype)
+        if self.training:  # kept values as they are
+            return x * torch.empty_like(x).bernoulli_(1.0 - self.ratio)
+        return x * keep
 
     def extra_repr(self) -> str:
-        return f"dropout_ratio={self.ratio}"
+        extra = "" if self.scale_train else ", scale_train=False"
+        return f"dropout_ratio={self.ratio}{extra}"
 
 
 @register("Dropout", family=_FAMILY, cost=DROPOUT_COST, detail=dropout_detail,
@@ -564,4 +590,4 @@ def dropout(spec: LayerSpec) -> Built:
     ratio = spec.param.dropout_param.dropout_ratio
     if not 0.0 <= ratio < 1.0:
         raise spec.error(f"dropout_ratio must be in [0, 1), got {ratio}")
-    return Built(Dropout(ratio))
+    return Built(Dropout(ratio, spec.param.dropout_param.scale_train))

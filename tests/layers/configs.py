@@ -239,6 +239,8 @@ VARIANTS: dict[str, tuple[str, LayerConfig]] = {
     "ReLU6/brocolli": ("ReLU6", one("ReLU6", X, "relu6_param { negative_slope: 0.1 "
                                                 "threshold: 0.75 }")),
     "ReLU6/threshold": ("ReLU6", one("ReLU6", X, "relu6_param { threshold: 0.75 }")),
+    "Dropout/no-scale-train": ("Dropout", one("Dropout", X, "dropout_param { dropout_ratio: 0.3 "
+                                                            "scale_train: false }")),
     "Upsample/SegNet": ("Upsample", custom(
         _inputs({"data": (2, 3, 6, 8)})
         + 'layer { name: "pool" type: "Pooling" bottom: "data" top: "pool" top: "mask" '

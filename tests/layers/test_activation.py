@@ -117,6 +117,23 @@ def test_dropout_scales_kept_values_in_training_and_is_identity_in_eval() -> Non
     assert_close(mod(torch.tensor(x)), x)
 
 
+@pytest.mark.parametrize("ratio", [0.5, 0.3, 0.7, 0.1])
+def test_dropout_without_scale_train_scales_at_test_as_the_fork(ratio) -> None:
+    # py-faster-rcnn's caffe-fast-rcnn: kept values unscaled in training, the test output
+    # times 1 / scale_ in float32 (for 0.3 one ulp off float32(0.7), OpenCV's factor)
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 5)).astype(np.float32)
+    text = f"dropout_param {{ dropout_ratio: {ratio} scale_train: false }}"
+    (_,), mod, _ = run_layer("Dropout", text, [x])
+    want = R.dropout(x, dropout_ratio=np.float32(ratio), scale_train=False)
+    np.testing.assert_array_equal(to_numpy(mod.eval()(torch.from_numpy(x))), want)
+    assert not np.array_equal(want, x)
+    mod.train()
+    torch.manual_seed(0)
+    ones = to_numpy(mod(torch.ones(4, 50, 50)))
+    assert set(np.unique(ones)) == {0.0, 1.0}
+    assert abs((ones == 0).mean() - ratio) < 0.03
+
+
 def test_activation_bad_parameters() -> None:
     assert_refused("Exp", "exp_param { base: -2 }", [(2, 3)], match="base")
     assert_refused("Log", "log_param { base: 0 }", [(2, 3)], match="base")
@@ -126,3 +143,42 @@ def test_activation_bad_parameters() -> None:
     assert_refused("PReLU", "", [(5,)], match="2 axes")
     assert_refused("ReLU", "", [(2, 3), (2, 3)], match="bottom")
     assert_refused("ReLU6", "relu_param { negative_slope: 0.1 }", [(2, 3)], match="negative slope")
+
+
+def test_dropout_without_scale_train_against_opencv(tmp_path) -> None:
+    # OpenCV reads the field too and multiplies by float32(1 - ratio): the same factor as the
+    # fork's 1 / scale_ at 0.5, one ulp apart at 0.3
+    cv = pytest.importorskip("opencv_ref")
+    from landmarknet.build import build_net
+    from landmarknet.caffe.prototxt import parse_net
+    from landmarknet.params import randomize, save_weights
+    text = """name: "fc_dropout"
+input: "data"
+input_shape { dim: 2 dim: 4 dim: 3 dim: 3 }
+layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+  inner_product_param { num_output: 5 } }
+layer { name: "drop_half" type: "Dropout" bottom: "fc" top: "half"
+  dropout_param { dropout_ratio: 0.5 scale_train: false } }
+layer { name: "drop_third" type: "Dropout" bottom: "fc" top: "third"
+  dropout_param { dropout_ratio: 0.3 scale_train: false } }
+"""
+    (tmp_path / "net.prototxt").write_text(text)
+    net = build_net(parse_net(text, path="net.prototxt")).eval()
+    randomize(net, 0)
+    save_weights(net, tmp_path / "net.caffemodel", net.net_param)
+    x = np.random.default_rng(5).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    try:
+        theirs = cv.run_opencv(tmp_path / "net.prototxt", tmp_path / "net.caffemodel",
+                               {"data": x}, ["fc", "drop_half", "drop_third"])
+    except cv.OpenCVUnavailable as exc:
+        pytest.skip(str(exc))
+    names = ["fc", "drop_half", "drop_third"]
+    with torch.no_grad():
+        ours = {k: to_numpy(v) for k, v in net.run_layers({"data": torch.from_numpy(x)},
+                                                          names).items()}
+    for name in names:  # the fc sums 36 products in another order: a few ulps of its largest
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(theirs["drop_half"], theirs["fc"] * np.float32(0.5))
+    np.testing.assert_array_equal(theirs["drop_third"], theirs["fc"] * np.float32(0.7))
+    np.testing.assert_array_equal(ours["drop_third"], R.dropout(ours["fc"], dropout_ratio=0.3,
+                                                                 scale_train=False))

@@ -836,9 +836,19 @@ def threshold(x, *, threshold=0.0) -> np.ndarray:
     return _out((_f64(x) > threshold).astype(np.float64))
 
 
-def dropout(x, *, dropout_ratio=0.5) -> np.ndarray:
-    """Dropout in TEST phase (dropout_layer.cpp): the identity (Caffe scales at train time)."""
-    return _out(x).copy()
+def dropout(x, *, dropout_ratio=0.5, scale_train=True) -> np.ndarray:
+    """Dropout in TEST phase (dropout_layer.cpp): the identity (Caffe scales at train time).
+
+    py-faster-rcnn's fork with scale_train false: the copy is scaled by 1. / scale_, where
+    threshold_ and scale_ = 1. / (1. - threshold_) are Dtype (float32) members and the double
+    quotient is handed to caffe_scal as a Dtype.
+    """
+    out = _out(x).copy()
+    if scale_train:
+        return out
+    threshold = np.float32(dropout_ratio)
+    scale = np.float32(1.0 / (1.0 - np.float64(threshold)))
+    return out * np.float32(1.0 / np.float64(scale))
 
 
 # ----------------------------------------------------------------------------------------------
