@@ -274,3 +274,26 @@ def test_no_probe_for_nets_without_saturating_outputs(tmp_path):
     randomize(net, 0)
     rep = _export_and_check(net, tmp_path)
     assert rep.probes == {}
+
+
+# BatchNorm with use_global_stats: false normalises with the batch's own statistics at TEST too
+# (OpenCV's layer_batch_norm_local_stats net)
+LOCAL_STATS_BN = """name: "bn_local_stats"
+input: "data" input_shape { dim: 2 dim: 3 dim: 5 dim: 4 }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 } }
+layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "bn"
+        batch_norm_param { use_global_stats: false } }
+"""
+
+
+def test_batch_norm_with_batch_statistics_exports_the_batch_statistics(tmp_path):
+    net = build_net(parse_net(LOCAL_STATS_BN, path="bn.prototxt"))
+    randomize(net, 0)  # running statistics far from the batch's: using them would show
+    rep = _export_and_check(net, tmp_path, dynamic_batch=True)
+    assert rep.extra_checks
+    feeds = random_inputs(net, seed=4)
+    out = ort_outputs(rep.path, feeds)["bn"]
+    # each channel normalised over (N, H, W): mean 0, biased variance 1 (eps 1e-5)
+    assert np.allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
+    assert np.allclose(out.var(axis=(0, 2, 3)), 1, atol=1e-3)

@@ -251,6 +251,13 @@ class CaffeBatchNorm(nn.Module):
             factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
             mean = self.mean.to(x.dtype) * factor
             var = self.variance.to(x.dtype) * factor
+        elif torch.onnx.is_in_onnx_export() or torch.jit.is_tracing():
+            # Exported, the fused kernel below becomes an inference BatchNormalization that
+            # reads running statistics; as reductions the graph computes this batch's, which is
+            # what the layer does. (An ONNX model keeps no state: nothing is accumulated.)
+            dims = [0] + list(range(2, x.dim()))
+            mean = x.mean(dim=dims)
+            var = ((x - mean.view(view)) ** 2).mean(dim=dims)
         elif x.numel() // max(x.shape[1], 1) > 1:
             # Batch statistics through PyTorch's fused kernel (normalises with the biased
             # variance, as Caffe does): one pass forward and backward instead of the half dozen
