@@ -29,7 +29,7 @@ Shape = tuple[int, ...]
 #: Layer types that read data from outside the net: in the graph they are inputs.
 DATA_LAYER_TYPES = frozenset({"Input", "Data", "ImageData", "HDF5Data", "MemoryData",
                               "WindowData", "AnnotatedData", "VideoData", "ImageLabelmapData",
-                              "DenseImageData"})
+                              "DenseImageData", "ImageSegData"})
 
 #: Caffe's LossLayer subclasses (BVLC and the SSD fork). Their AutoTopBlobs() is true: a layer
 #: written without a top gets an anonymous one (net.cpp, Net::Init), which carries the loss

@@ -1,9 +1,9 @@
 """Shapes of a data layer's tops as far as the prototxt tells them, without torch.
 
-Data layers (Input, MemoryData, ImageData, Data, HDF5Data, DenseImageData ...) become graph
-inputs in :mod:`landmarknet.graph`. Their shapes come from the layer's parameters where Caffe's own
-reshape logic can tell them without reading the data; otherwise they are unknown (None) and must
-be given (``--input-shape``). This sits beside graph.py, below the build, so that turning a
+Data layers (Input, MemoryData, ImageData, Data, HDF5Data, DenseImageData, ImageSegData ...)
+become graph inputs in :mod:`landmarknet.graph`. Their shapes come from the layer's parameters
+where Caffe's own reshape logic can tell them without reading the data; otherwise they are
+unknown (None) and must be given (``--input-shape``). This sits beside graph.py, below the build, so that turning a
 NetParameter into a Graph needs protobuf only (no torch).
 """
 from __future__ import annotations
@@ -47,7 +47,38 @@ def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> li
         return _hdf5_shapes(layer, net_path)
     if t == "DenseImageData":
         return _dense_image_shapes(layer, crop)
+    if t == "ImageSegData":
+        return _image_seg_shapes(layer, crop)
     return [None] * n_tops
+
+
+def _image_seg_shapes(layer: caffe_pb2.LayerParameter, crop: int) -> list[Shape | None]:
+    """DeepLab v2's ImageSegData: image, one-channel label map of the same size, and data_dim.
+
+    image_seg_data_layer.cpp (deeplab-public-ver2) sizes image and label from
+    transform_param.crop_size, else from the first listed image (resized to new_height x
+    new_width when both are set; unknown here otherwise). Channels: 3 when is_color, else 1.
+    data_dim holds each image's height and width, at most the crop's: (N, 1, 1, 2). The fork has
+    3 tops and AutoTopBlobs, so a prototxt may name fewer (data[, label[, data_dim]]).
+    """
+    if len(layer.top) > 3:
+        raise LayerError(f"ImageSegData has at most 3 tops (data, label, data_dim), got "
+                         f"{len(layer.top)}", layer=layer.name, type=layer.type)
+    p = layer.image_data_param
+    if (p.new_height == 0) != (p.new_width == 0):
+        raise LayerError("image_data_param.new_height and new_width must be set together "
+                         "(DeepLab's ImageSegData refuses one without the other)",
+                         layer=layer.name, type=layer.type)
+    if layer.transform_param.HasField("mean_file"):
+        raise LayerError("transform_param.mean_file: DeepLab's ImageSegData refuses a mean "
+                         "file (give mean_value)", layer=layer.name, type=layer.type)
+    h, w = (crop, crop) if crop else (p.new_height, p.new_width)
+    n, c = p.batch_size, (3 if p.is_color else 1)
+    known = bool(h and w and n)
+    image = (n, c, h, w) if known else None
+    label = (n, 1, h, w) if known else None
+    dims = (n, 1, 1, 2) if n else None
+    return [image, label, dims][:len(layer.top)]
 
 
 def _dense_image_shapes(layer: caffe_pb2.LayerParameter, crop: int) -> list[Shape | None]:

@@ -28,6 +28,7 @@ from landmarknet.layers.bn import INV_STD, VARIANCE, set_bn_statistic
 from landmarknet.params import randomize, save_weights
 from opencv_ref import OpenCVUnavailable, run_opencv
 from reference import fork_ref as R
+from reference import numpy_caffe as N
 from reference.compare import rel_err
 from reference.real_caffe import caffe_forward
 
@@ -443,3 +444,90 @@ def test_dense_image_data_without_sizes_asks_for_input_shape() -> None:
     assert [i.name for i in net.caffe_graph.inputs] == ["data", "label"]
     with pytest.raises(LandmarknetError, match="set together"):
         _net(DENSE % "crop_height: 5")
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepLab v2: ImageSegData (net inputs) and MatWrite (a sink that writes nothing here)
+# ----------------------------------------------------------------------------------------------
+
+SEG = """
+layer { name: "data" type: "ImageSegData" %s
+  include { phase: TEST }
+  transform_param { mirror: false %s mean_value: 104 mean_value: 117 mean_value: 123 }
+  image_data_param { source: "/nonexistent/val.txt" root_folder: "/nonexistent/" %s } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "score"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 dilation: 1 } }
+layer { name: "up" type: "Interp" bottom: "score" top: "score_up" interp_param { zoom_factor: 2 } }
+layer { name: "save_score" type: "MatWrite" bottom: "score_up" include { phase: TEST }
+  mat_write_param { prefix: "/nonexistent/out/" source: "/nonexistent/ids.txt" strip: 0 period: 1 } }
+layer { name: "quiet" type: "Silence" bottom: "label" bottom: "data_dim" include { phase: TEST } }
+"""
+SEG_TOPS = 'top: "data" top: "label" top: "data_dim"'
+
+
+@pytest.mark.parametrize("transform, param, image", [
+    ("crop_size: 9", "batch_size: 2 label_type: NONE", (2, 3, 9, 9)),
+    ("crop_size: 9", "batch_size: 1 new_height: 20 new_width: 30 label_type: PIXEL", (1, 3, 9, 9)),
+    ("", "batch_size: 3 new_height: 6 new_width: 8 is_color: false ignore_label: 255", (3, 1, 6, 8)),
+])
+def test_image_seg_data_is_three_inputs(transform, param, image) -> None:
+    # image_seg_data_layer.cpp: image and a one-channel label map of crop_size (else the image
+    # read at new_height x new_width), data_dim (N, 1, 1, 2) with each image's height and width
+    with pytest.warns(UserWarning, match="save_score"):
+        net = _net(SEG % (SEG_TOPS, transform, param))
+    n, _, h, w = image
+    assert {i.name: i.shape for i in net.caffe_graph.inputs} == {
+        "data": image, "label": (n, 1, h, w), "data_dim": (n, 1, 1, 2)}
+
+
+def test_image_seg_data_and_mat_write_forward_against_numpy() -> None:
+    with pytest.warns(UserWarning) as record:
+        net = _net(SEG % (SEG_TOPS, "crop_size: 9", "batch_size: 2 label_type: NONE"))
+    text = " ".join(str(w.message) for w in record)
+    # the warning names the layer and says that no .mat file is written
+    assert "'save_score'" in text and ".mat" in text and "/nonexistent/out/" in text
+    assert "MatWrite" in text
+    randomize(net, 3)
+    net.eval()
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    inputs = {"data": x, "label": np.full((2, 1, 9, 9), 255, np.float32),
+              "data_dim": np.full((2, 1, 1, 2), 9, np.float32)}
+    # score_up is consumed by the sink, as in Caffe: no net output, asked for by name
+    assert "score_up" not in net.caffe_graph.outputs()
+    out = _run(net, inputs, ["score_up"])
+    w = net.conv.weight.detach().numpy()
+    b = net.conv.bias.detach().numpy()
+    want = N.interp(N.convolution(x, w, b, pad=1), zoom_factor=2)
+    assert out["score_up"].shape == (2, 4, 17, 17)
+    assert rel_err(out["score_up"], want) <= REL_TOL
+
+
+def test_image_seg_data_fewer_tops_and_refusals() -> None:
+    # the fork's AutoTopBlobs: a prototxt may name only the image (and the label)
+    text = SEG.replace('bottom: "label" bottom: "data_dim"', 'bottom: "label"')
+    with pytest.warns(UserWarning, match="save_score"):
+        net = _net(text % ('top: "data" top: "label"', "crop_size: 5", "batch_size: 1"))
+    assert [i.name for i in net.caffe_graph.inputs] == ["data", "label"]
+    with pytest.raises(LandmarknetError, match="--input-shape data="):
+        _net(SEG % (SEG_TOPS, "", "batch_size: 1"))
+    with pytest.raises(LandmarknetError, match="set together"):
+        _net(SEG % (SEG_TOPS, "", "new_height: 5"))
+    with pytest.raises(LandmarknetError, match="at most 3 tops"):
+        _net(SEG % (SEG_TOPS + ' top: "weights"', "crop_size: 5", ""))
+    with pytest.raises(LandmarknetError, match="mean_file"):
+        _net(SEG.replace("mean_value: 104 mean_value: 117 mean_value: 123", "")
+             % (SEG_TOPS, 'crop_size: 5 mean_file: "m.binaryproto"', ""))
+
+
+@pytest.mark.parametrize("param, match", [
+    ('mat_write_param { source: "ids.txt" }', "prefix is required"),
+    ('mat_write_param { prefix: "out/" period: 0 }', "period must be positive"),
+    ('mat_write_param { prefix: "out/" source: "ids.txt" strip: -1 }', "strip cannot be negative"),
+    ('top: "t" mat_write_param { prefix: "out/" }', "has no tops"),
+])
+def test_mat_write_refuses_what_the_fork_refuses(param, match) -> None:
+    text = _input("data", (1, 2, 3, 3)) + (
+        f'layer {{ name: "save" type: "MatWrite" bottom: "data" {param} }}\n')
+    with pytest.raises(LandmarknetError, match=match):
+        _net(text)

@@ -7,7 +7,9 @@ slope at exactly 0, BNLL gives 0.5).
 """
 from __future__ import annotations
 
+import ast
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -169,6 +171,18 @@ def emit_dropout(ctx: EmitContext, call: EmitCall) -> list[str]:
     keep = num(1.0 - call.sub.ratio)
     return [f"{call.one} = ({call.x} * torch.empty_like({call.x}).bernoulli_({keep}) "
             f"if self.training else {call.x} * {num(_test_scale(call.sub.ratio))})"]
+
+def emit_spatial_dropout(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """One keep/drop draw per (sample, channel) in training, times 1/(1-p) in both modes."""
+    keep, scale = num(1.0 - call.sub.p), num(call.sub.scale)
+    return [f"{call.one} = ({call.x} * {call.x}.new_empty({call.x}.shape[:2] + (1, 1))"
+            f".bernoulli_({keep}) * {scale} if self.training else {call.x} * {scale})"]
+
+
+def spatial_dropout_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'SpatialDropoutLayer': the Python layer's class."""
+    return p.python_param.layer
+
 
 _FAMILY = "activation"
 
@@ -591,3 +605,95 @@ def dropout(spec: LayerSpec) -> Built:
     if not 0.0 <= ratio < 1.0:
         raise spec.error(f"dropout_ratio must be in [0, 1), got {ratio}")
     return Built(Dropout(ratio, spec.param.dropout_param.scale_train))
+
+
+# ---------------------------------------------------------------------------------------------
+# ENet's SpatialDropoutLayer (a Caffe Python layer, TimoSaemann/caffe-enet python/
+# spatial_dropout.py). Its param_str is a Python dict literal, e.g. {'phase': 'TEST', 'p': '0.01'};
+# the layer reads its phase from there, not from the net. TRAIN: per sample, each channel is
+# kept with probability 1 - p (one draw for the whole H x W map) and kept maps are multiplied by
+# 1/(1-p). Anything else (TEST): every value is multiplied by 1/(1-p) -- it scales up at test as
+# well, so ENet's deploy nets are not the identity there. numpy multiplies the float32 blob by
+# the Python float, i.e. by float32(1/(1-p)).
+
+_ENET_ORIGIN = "ENet (TimoSaemann/ENet; caffe-enet python/spatial_dropout.py)"
+_SPATIAL_KEYS = ("phase", "p")
+
+
+def parse_spatial_dropout_param_str(spec: LayerSpec) -> tuple[str, float]:
+    """(phase, p) from the layer's param_str. The source eval()s it; here it is read with
+    ast.literal_eval, which accepts literals only, so nothing in a prototxt runs as code."""
+    text = spec.param.python_param.param_str.strip()
+    try:
+        params = ast.literal_eval(text) if text else None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise spec.error(f"python_param.param_str {text[:80]!r} is not a Python dict literal "
+                         "like {'phase': 'TEST', 'p': '0.01'}") from None
+    if not isinstance(params, dict):
+        raise spec.error(f"python_param.param_str must be a dict like {{'phase': 'TEST', 'p': "
+                         f"'0.01'}}, got {text[:80]!r}")
+    missing = [k for k in _SPATIAL_KEYS if k not in params]
+    unknown = sorted(repr(k) for k in params if k not in _SPATIAL_KEYS)
+    if missing or unknown:
+        raise spec.error("python_param.param_str of spatial_dropout.SpatialDropoutLayer needs "
+                         "exactly the keys 'phase' and 'p'"
+                         + (f"; missing {', '.join(missing)}" if missing else "")
+                         + (f"; unknown {', '.join(unknown)}" if unknown else ""))
+    phase, raw = params["phase"], params["p"]
+    if phase not in ("TRAIN", "TEST"):
+        # the source drops channels only for exactly 'TRAIN' and scales for anything else
+        raise spec.error(f"python_param.param_str: 'phase' must be 'TRAIN' or 'TEST', got "
+                         f"{phase!r}")
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise spec.error(f"python_param.param_str: 'p' must be a number or a string of one, "
+                         f"got {raw!r}")
+    try:
+        p = float(raw)
+    except ValueError:
+        raise spec.error(f"python_param.param_str: 'p' is {raw!r}, not a number") from None
+    if not (math.isfinite(p) and 0.0 < p < 1.0):
+        raise spec.error(f"python_param.param_str: 'p' must lie strictly between 0 and 1 (the "
+                         f"layer refuses others), got {raw!r}")
+    return phase, p
+
+
+class SpatialDropout(nn.Module):
+    """Channel-wise dropout: in train(), each (sample, channel) map is kept with 1 - p and kept
+    maps are scaled by 1/(1-p); in eval(), every value is scaled by 1/(1-p) (as the layer's
+    TEST phase does; not the identity)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+        # the float32 factor that numpy applies to the float32 blob
+        self.scale = float(np.float32(1.0 / (1.0 - self.p)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x * self.scale
+        keep = x.new_empty(x.shape[:2] + (1,) * (x.dim() - 2)).bernoulli_(1.0 - self.p)
+        return x * keep * self.scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+@register("Python:spatial_dropout.SpatialDropoutLayer", family=_FAMILY, origin=_ENET_ORIGIN,
+          detail=spatial_dropout_detail, emit=emit_spatial_dropout,
+          onnx=OnnxRule(moves_values=True))
+def spatial_dropout(spec: LayerSpec) -> Built:
+    """ENet's channel-wise dropout; times 1/(1-p) in eval() too (its TEST phase)."""
+    _neuron(spec)
+    phase, p = parse_spatial_dropout_param_str(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    if len(shape) != 4:
+        raise spec.error(f"needs a (N, C, H, W) bottom (the layer indexes [n, c, :, :]), got "
+                         f"{list(shape)}", shape=True)
+    if phase.lower() != spec.phase:
+        warnings.warn(f"layer '{spec.name}': param_str says phase {phase}, the net is built "
+                      f"for {spec.phase.upper()}. The Python layer follows its param_str "
+                      "(TRAIN drops channels at random, TEST scales by 1/(1-p)); landmarknet "
+                      "follows the module's train()/eval() mode like every dropout layer",
+                      stacklevel=2)
+    return Built(SpatialDropout(p))
+

@@ -7,6 +7,8 @@ that the graph is built without it); otherwise they must be given (--input-shape
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -153,3 +155,54 @@ def python_layer(spec: LayerSpec) -> Built:
         f"Python layer {pp.module}.{pp.layer} is not registered. landmarknet never imports "
         f"modules named in a prototxt; register a converter under '{keys[1]}' with "
         "`@landmarknet.layers.register(...)` to support it")
+
+
+# ---------------------------------------------------------------------------------------------
+# MatWrite (DeepLab v2, deeplab-public-ver2 mat_write_layer.cpp): a sink without tops that
+# writes each bottom to <prefix><name>_blob_<i>.mat every `period` forward passes (<name> from
+# the `source` list with `strip` characters cut off its end, else iter_<k>). landmarknet does
+# not write files while running a net: it accepts the layer and says so, as it does for
+# DetectionOutput's save_output_param.
+
+_DEEPLAB_ORIGIN = "DeepLab v2 (deeplab-public-ver2)"
+
+
+class MatWrite(nn.Module):
+    """Consumes its bottoms (as Caffe's MatWrite does) and writes nothing."""
+
+    def forward(self, *xs: torch.Tensor) -> tuple:
+        return ()
+
+
+def emit_mat_write(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """Nothing: a comment that the bottoms would have been written as .mat files."""
+    return [f"# MatWrite: {', '.join(call.ins)} not written (.mat files are not produced)"]
+
+
+def mat_write_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'no .mat files': the sink writes nothing here."""
+    return "no .mat files"
+
+
+@register("MatWrite", family="data", origin=_DEEPLAB_ORIGIN, cost=FREE, detail=mat_write_detail,
+          emit=emit_mat_write, onnx=OnnxRule(moves_values=True), view=True)
+def mat_write(spec: LayerSpec) -> Built:
+    """DeepLab's .mat writer: a sink that consumes its bottoms; no files are written."""
+    spec.expect_bottoms(1, 1 << 30)
+    if spec.n_tops != 0:
+        raise spec.error(f"has no tops, got {spec.n_tops}")
+    mp = spec.param.mat_write_param
+    if not mp.prefix:
+        raise spec.error("mat_write_param.prefix is required (DeepLab's caffe.proto marks it "
+                         "required)")
+    if mp.period <= 0:
+        raise spec.error(f"mat_write_param.period must be positive, got {mp.period}")
+    if mp.HasField("source") and mp.strip < 0:
+        raise spec.error(f"mat_write_param.strip cannot be negative, got {mp.strip}")
+    bottoms = ", ".join(f"'{b}'" for b in spec.param.bottom)
+    warnings.warn(f"layer '{spec.name}' (MatWrite): accepted as a sink that writes nothing; "
+                  f"DeepLab's Caffe would write {bottoms} as .mat files under "
+                  f"{mp.prefix!r}, landmarknet does not. As in Caffe the blob is consumed and "
+                  "so no net output: ask for it by name (forward --blobs)", stacklevel=2)
+    return Built(MatWrite())
+

@@ -148,6 +148,12 @@ CONFIGS: dict[str, LayerConfig] = {
     "SoftmaxWithLoss": one("SoftmaxWithLoss", {"data": (4, 5), "label": (4,)},
                            feeds={"label": "label:5"}),
     # data
+    "MatWrite": custom(_inputs(X) + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
+                       'layer { name: "x" type: "MatWrite" bottom: "data" '
+                       'mat_write_param { prefix: "/nonexistent/fc8/" } }\n'),
+    "Python:spatial_dropout.SpatialDropoutLayer": one(
+        "Python", X, 'python_param { module: "spatial_dropout" layer: "SpatialDropoutLayer" '
+        'param_str: "{\'phase\': \'TEST\', \'p\': \'0.1\'}" }'),
     "DummyData": custom('layer { name: "x" type: "DummyData" top: "x" top: "x1" '
                         'dummy_data_param { shape { dim: 2 dim: 3 } '
                         'data_filler { type: "gaussian" std: 0.5 } '

@@ -182,3 +182,73 @@ layer { name: "drop_third" type: "Dropout" bottom: "fc" top: "third"
     np.testing.assert_array_equal(theirs["drop_third"], theirs["fc"] * np.float32(0.7))
     np.testing.assert_array_equal(ours["drop_third"], R.dropout(ours["fc"], dropout_ratio=0.3,
                                                                  scale_train=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# ENet's Python SpatialDropoutLayer (param_str a Python dict literal, as in ENet's prototxts)
+# ----------------------------------------------------------------------------------------------
+
+def _spatial(phase: str = "TEST", p: str = "'0.1'") -> str:
+    param_str = f"{{'phase': '{phase}', 'p': {p}}}".replace("'", "\\'")
+    return ('python_param { module: "spatial_dropout" layer: "SpatialDropoutLayer" '
+            f'param_str: "{param_str}" }}')
+
+
+@pytest.mark.parametrize("literal, p", [("'0.01'", "0.01"), ("'0.1'", "0.1"), ("0.3", 0.3),
+                                        ("'0.5'", "0.5")])
+def test_spatial_dropout_scales_by_one_over_one_minus_p_in_eval(literal, p) -> None:
+    # its TEST branch multiplies by 1/(1-p): not the identity, unlike Caffe's Dropout
+    x = with_kinks(np.random.default_rng(5), (2, 4, 5, 6))
+    (_,), mod, _ = run_layer("Python", _spatial("TEST", literal), [x])
+    y = to_numpy(mod.eval()(torch.from_numpy(x)))
+    want = R.spatial_dropout_enet(x, p=p, phase="TEST")
+    np.testing.assert_array_equal(y, want)
+    assert not np.array_equal(want, x)
+
+
+def test_spatial_dropout_drops_whole_channels_in_training() -> None:
+    x = np.random.default_rng(6).uniform(0.5, 2.0, (8, 64, 3, 4)).astype(np.float32)
+    with pytest.warns(UserWarning, match="phase TRAIN"):
+        (_,), mod, _ = run_layer("Python", _spatial("TRAIN", "'0.25'"), [x])
+    mod.train()
+    torch.manual_seed(0)
+    y = to_numpy(mod(torch.from_numpy(x)))
+    kept = (y != 0).reshape(8, 64, -1)
+    # one draw per (sample, channel): a map is dropped or kept as a whole
+    assert (kept.all(axis=2) | ~kept.any(axis=2)).all()
+    keep = kept.all(axis=2)
+    np.testing.assert_array_equal(y, R.spatial_dropout_enet(x, p=0.25, phase="TRAIN", keep=keep))
+    assert abs((~keep).mean() - 0.25) < 0.06
+    assert (keep != keep[:1]).any(), "every sample drew the same channels"
+    mod.eval()
+    np.testing.assert_array_equal(to_numpy(mod(torch.from_numpy(x))),
+                                  R.spatial_dropout_enet(x, p=0.25, phase="TEST"))
+
+
+def test_spatial_dropout_phase_mismatch_warns_and_matching_phase_does_not(recwarn) -> None:
+    run_layer("Python", _spatial("TEST"), [np.ones((1, 2, 3, 3), np.float32)])
+    assert not [w for w in recwarn if "phase" in str(w.message)]
+
+
+@pytest.mark.parametrize("param_str, match", [
+    ("{'phase': 'TEST'}", "missing p"),
+    ("{'phase': 'TEST', 'p': '0.1', 'seed': 3}", "unknown 'seed'"),
+    ("{'phase': 'test', 'p': '0.1'}", "'TRAIN' or 'TEST'"),
+    ("{'phase': 'TEST', 'p': '0'}", "strictly between 0 and 1"),
+    ("{'phase': 'TEST', 'p': 1}", "strictly between 0 and 1"),
+    ("{'phase': 'TEST', 'p': 'nan'}", "strictly between 0 and 1"),
+    ("{'phase': 'TEST', 'p': 'ten'}", "not a number"),
+    ("{'phase': 'TEST', 'p': True}", "must be a number"),
+    ("__import__('os').getcwd()", "not a Python dict literal"),
+    ("['TEST', 0.1]", "must be a dict"),
+    ("", "must be a dict"),
+])
+def test_spatial_dropout_param_str_is_read_as_literals_only(param_str, match) -> None:
+    text = ('python_param { module: "spatial_dropout" layer: "SpatialDropoutLayer" '
+            f'param_str: "{param_str}" }}'.replace("'", "\\'"))
+    text = text.replace("\\'spatial_dropout\\'", "'spatial_dropout'")
+    assert_refused("Python", text, [(1, 2, 3, 3)], match=match)
+
+
+def test_spatial_dropout_needs_nchw() -> None:
+    assert_refused("Python", _spatial(), [(2, 3)], match="(N, C, H, W)")

@@ -7,7 +7,8 @@ from landmarknet.layers.registry import registered_types
 #: the families of the activation, shape, loss, detection and roi files
 FAMILIES = {
     "activation": {"ReLU", "ReLU6", "PReLU", "ELU", "Sigmoid", "TanH", "AbsVal", "BNLL", "Power",
-                   "Exp", "Log", "Clip", "Swish", "Threshold", "Dropout"},
+                   "Exp", "Log", "Clip", "Swish", "Threshold", "Dropout",
+                   "Python:spatial_dropout.SpatialDropoutLayer"},
     "shape": {"Eltwise", "Concat", "Slice", "Split", "Flatten", "Reshape", "Crop", "Softmax",
               "Reduction", "ArgMax", "Silence", "Tile", "Parameter", "Permute",
               "ShuffleChannel", "Upsample", "Interp", "Axpy"},
@@ -27,7 +28,8 @@ def test_registry_families_origins_and_summaries() -> None:
             assert regs[t].summary and "\n" not in regs[t].summary, t
     for t in ("ReLU6", "Permute", "ShuffleChannel", "Upsample", "Interp", "Axpy", "PriorBox",
               "DetectionOutput", "ROIPooling", "PSROIPooling", "Proposal",
-              "Python:rpn.proposal_layer.ProposalLayer"):
+              "Python:rpn.proposal_layer.ProposalLayer",
+              "Python:spatial_dropout.SpatialDropoutLayer", "MatWrite"):
         assert regs[t].origin != "BVLC Caffe", t
     assert regs["PriorBox"].origin == regs["DetectionOutput"].origin == "SSD (weiliu89/caffe)"
     assert regs["Softmax"].origin == "BVLC Caffe"

@@ -31,7 +31,7 @@ __all__ = [
     "tile", "permute", "shuffle_channel", "reduction", "argmax", "softmax",
     # activations
     "relu", "prelu", "elu", "sigmoid", "tanh", "absval", "bnll", "power", "exp", "log", "clip",
-    "swish", "threshold", "dropout",
+    "swish", "threshold", "dropout", "spatial_dropout_enet",
     # losses and metrics
     "euclidean_loss", "softmax_with_loss", "sigmoid_cross_entropy_loss", "accuracy",
     # detection / resizing
@@ -849,6 +849,26 @@ def dropout(x, *, dropout_ratio=0.5, scale_train=True) -> np.ndarray:
     threshold = np.float32(dropout_ratio)
     scale = np.float32(1.0 / (1.0 - np.float64(threshold)))
     return out * np.float32(1.0 / np.float64(scale))
+
+
+def spatial_dropout_enet(x, *, p, phase="TEST", keep=None) -> np.ndarray:
+    """ENet's Python SpatialDropoutLayer (caffe-enet python/spatial_dropout.py) on a float32
+    (N, C, H, W) blob, as its numpy code computes it.
+
+    p is float(param['p']) and the factor is the Python float 1. / (1. - p); numpy multiplies
+    the float32 blob by it in float32. Any phase but 'TRAIN' scales every value. 'TRAIN' draws,
+    per sample, one binomial(1, 1 - p) per channel (``keep``, shape (N, C) of 0/1, stands for
+    those draws) and writes x[n, c] * keep[n, c] * factor.
+    """
+    x = np.asarray(x, np.float32)
+    factor = 1.0 / (1.0 - float(p))
+    if phase != "TRAIN":
+        return x * factor
+    out = np.empty_like(x)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            out[n, c] = x[n, c] * int(keep[n, c]) * factor
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
