@@ -610,6 +610,33 @@ def libstdcxx_sort(items: list, less) -> None:
         _insertion_sort(items, 0, n, less)
 
 
+def libstdcxx_partial_sort(items: list, middle: int, less) -> None:
+    """``std::partial_sort(begin, begin + middle, end, less)`` as GCC's libstdc++ runs it: a
+    heap of the first ``middle`` items, each later item smaller than its top replaces the top,
+    then the heap is sorted. Which of several equal items ends in front depends on this."""
+    n = len(items)
+    if middle < 1:
+        return
+    if middle >= 2:
+        parent = (middle - 2) // 2
+        while True:
+            _adjust_heap(items, 0, parent, middle, items[parent], less)
+            if parent == 0:
+                break
+            parent -= 1
+    for i in range(middle, n):
+        if less(items[i], items[0]):
+            value = items[i]
+            items[i] = items[0]
+            _adjust_heap(items, 0, 0, middle, value, less)
+    last = middle
+    while last > 1:
+        last -= 1
+        value = items[last]
+        items[last] = items[0]
+        _adjust_heap(items, 0, 0, last, value, less)
+
+
 def _score_greater(a: tuple, b: tuple) -> bool:
     return a[0] > b[0]
 
@@ -720,9 +747,10 @@ def jaccard(box: np.ndarray, size: np.float32, others: np.ndarray,
 
 
 def nms_fast(boxes: np.ndarray, sizes: np.ndarray, scores: np.ndarray, score_threshold: float,
-             nms_threshold: float, eta: float, top_k: int) -> list[int]:
+             nms_threshold: float, eta: float, top_k: int, overlap=jaccard) -> list[int]:
     """ApplyNMSFast: scores > threshold, stable sort descending, top_k, greedy suppression with
-    ``overlap <= threshold`` to keep and the adaptive (eta) threshold."""
+    ``overlap <= threshold`` to keep and the adaptive (eta) threshold. ``overlap`` is
+    :func:`jaccard` or, for OpenCV's pixel boxes, :func:`pixel_jaccard`."""
     cand = np.nonzero(scores > _F32(score_threshold))[0]
     # GetMaxScoreIndex uses std::stable_sort: equal scores keep the prior order.
     order = cand[np.argsort(-scores[cand].astype(np.float64), kind="stable")]
@@ -735,12 +763,63 @@ def nms_fast(boxes: np.ndarray, sizes: np.ndarray, scores: np.ndarray, score_thr
         keep = True
         if kept:
             k = np.asarray(kept)
-            keep = bool(np.all(jaccard(boxes[idx], sizes[idx], boxes[k], sizes[k]) <= threshold))
+            keep = bool(np.all(overlap(boxes[idx], sizes[idx], boxes[k], sizes[k]) <= threshold))
         if keep:
             kept.append(int(idx))
             if eta < 1 and threshold > 0.5:
                 threshold = _F32(threshold * eta32)
     return kept
+
+
+# OpenCV's `normalized_bbox: false` (Faster R-CNN / R-FCN nets written for OpenCV DNN): boxes are
+# in pixels and a box from x0 to x1 covers x1 - x0 + 1 pixels, so widths, areas and overlaps
+# count the end pixel. Only OpenCV (detection_output_layer.cpp) defines the field; these follow
+# its CPU path.
+
+def decode_pixel_boxes(prior: np.ndarray, var: np.ndarray, loc: np.ndarray, code_type: int,
+                       variance_in_target: bool) -> np.ndarray:
+    """OpenCV's DecodeBBox with normalized_bbox false: CENTER_SIZE widens the prior by one
+    pixel and centres it at ``x0 + w * .5``; the decoded corners are ``cx -/+ w * .5`` (no -1).
+    CORNER is the same as Caffe's."""
+    if code_type != _CENTER_SIZE:
+        return decode_boxes(prior, var, loc, code_type, variance_in_target)
+    f64, one = np.float64, _F32(1)
+    px0, py0, px1, py1 = (prior[..., i] for i in range(4))
+    offsets = [loc[..., i] if variance_in_target else (var[..., i] * loc[..., i]).astype(_F32)
+               for i in range(4)]
+    pw, ph = (px1 - px0) + one, (py1 - py0) + one
+    # `x0 + w * .5` runs in double and is stored as float: w * .5 is exact, so it is the
+    # correctly rounded float sum.
+    pcx, pcy = (px0 + pw * _F32(0.5)).astype(_F32), (py0 + ph * _F32(0.5)).astype(_F32)
+    cx = (offsets[0] * pw + pcx).astype(_F32)
+    cy = (offsets[1] * ph + pcy).astype(_F32)
+    w = _expf(offsets[2]) * pw
+    h = _expf(offsets[3]) * ph
+    hw, hh = w.astype(f64) * 0.5, h.astype(f64) * 0.5
+    out = (cx - hw, cy - hh, cx + hw, cy + hh)
+    return np.stack(out, axis=-1).astype(_F32)
+
+
+def pixel_box_sizes(boxes: np.ndarray) -> np.ndarray:
+    """OpenCV's BBoxSize for pixel boxes: (w + 1) * (h + 1), 0 for an inverted box."""
+    one = _F32(1)
+    w = (boxes[..., 2] - boxes[..., 0]) + one
+    h = (boxes[..., 3] - boxes[..., 1]) + one
+    bad = (boxes[..., 2] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 1])
+    return np.where(bad, _F32(0), w * h).astype(_F32)
+
+
+def pixel_jaccard(box: np.ndarray, size: np.float32, others: np.ndarray,
+                  other_sizes: np.ndarray) -> np.ndarray:
+    """OpenCV's JaccardOverlap<false>: the intersection counts its end pixels, so boxes that
+    share only an edge (intersection width 0) still overlap by one pixel column."""
+    inter_box = np.stack([np.maximum(box[0], others[:, 0]), np.maximum(box[1], others[:, 1]),
+                          np.minimum(box[2], others[:, 2]), np.minimum(box[3], others[:, 3])],
+                         axis=-1)
+    inter = pixel_box_sizes(inter_box)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        iou = inter / ((size + other_sizes) - inter)
+    return np.where(inter > 0, iou, _F32(0)).astype(_F32)
 
 
 def objectness_filtered(conf: np.ndarray, arm_conf: np.ndarray, objectness: float) -> np.ndarray:
@@ -758,12 +837,17 @@ class DetectionOutput(nn.Module):
 
     With ``refine`` (RefineDet, 4 or 5 bottoms) the ARM confidences filter easy negatives by
     ``objectness_score`` and, with a fifth bottom, the ARM offsets first move the priors.
+
+    With ``pixel`` (OpenCV's ``normalized_bbox: false``) the priors are pixel boxes, e.g. the
+    ROIs of a Proposal layer, decoded and compared as OpenCV does (see
+    :func:`decode_pixel_boxes`); ``clip`` clamps to the image given as fourth bottom.
     """
 
     def __init__(self, num_classes: int, share_location: bool, background_label_id: int,
                  code_type: int, variance_encoded_in_target: bool, keep_top_k: int,
                  confidence_threshold: float, nms_threshold: float, eta: float,
-                 top_k: int, clip: bool = False, objectness_score: float | None = None) -> None:
+                 top_k: int, clip: bool = False, objectness_score: float | None = None,
+                 pixel: bool = False) -> None:
         super().__init__()
         self.num_classes, self.share_location = num_classes, share_location
         self.background_label_id, self.code_type = background_label_id, code_type
@@ -771,6 +855,22 @@ class DetectionOutput(nn.Module):
         self.keep_top_k, self.confidence_threshold = keep_top_k, confidence_threshold
         self.nms_threshold, self.eta, self.top_k = nms_threshold, eta, top_k
         self.clip, self.objectness_score = clip, objectness_score
+        self.pixel = pixel
+
+    def _decode_pixel(self, prior: np.ndarray, var: np.ndarray, loc: np.ndarray,
+                      image_hw: tuple[int, int] | None) -> np.ndarray:
+        boxes = decode_pixel_boxes(prior, var, loc, self.code_type,
+                                   self.variance_encoded_in_target)
+        if self.clip:
+            if image_hw is None:
+                raise LayerError("DetectionOutput: clip with normalized_bbox: false clamps to "
+                                 "the image, which must be the fourth bottom",
+                                 type="DetectionOutput")
+            # OpenCV clamps to [0, width - 1] x [0, height - 1] of the fourth bottom (N, C, H, W).
+            lo = np.zeros(4, dtype=_F32)
+            hi = np.asarray([image_hw[1] - 1, image_hw[0] - 1] * 2, dtype=_F32)
+            boxes = np.minimum(np.maximum(boxes, lo), hi).astype(_F32)
+        return boxes
 
     def _decode(self, prior: np.ndarray, var: np.ndarray, loc: np.ndarray) -> np.ndarray:
         if self.code_type in (_CENTER_SIZE, _CORNER_SIZE):
@@ -792,15 +892,24 @@ class DetectionOutput(nn.Module):
         labels = [c for c in sorted(picked) for _ in picked[c]]
         idxs = [i for c in sorted(picked) for i in picked[c]]
         scores = np.asarray([conf[i, c] for c, i in zip(labels, idxs)], dtype=_F32)
+        if self.pixel and self.keep_top_k * 8 <= len(scores):
+            # OpenCV switches to std::partial_sort when the pairs are at least 8 * keep_top_k.
+            items = [(float(v), j) for j, v in enumerate(scores)]
+            libstdcxx_partial_sort(items, self.keep_top_k, _score_greater)
+            order = [j for _, j in items]
+        else:
+            order = caffe_score_order(scores)
         chosen: dict[int, list[int]] = {}
-        for j in caffe_score_order(scores)[:self.keep_top_k]:
+        for j in order[:self.keep_top_k]:
             chosen.setdefault(labels[j], []).append(idxs[j])
         return chosen
 
     def detect(self, loc: np.ndarray, conf: np.ndarray, prior: np.ndarray,
                arm_conf: np.ndarray | None = None,
-               arm_loc: np.ndarray | None = None) -> np.ndarray:
-        """The (rows, 7) float32 detections for numpy inputs laid out as Caffe's blobs."""
+               arm_loc: np.ndarray | None = None,
+               image_hw: tuple[int, int] | None = None) -> np.ndarray:
+        """The (rows, 7) float32 detections for numpy inputs laid out as Caffe's blobs
+        (``image_hw``: the image's height and width, for ``clip`` on pixel boxes)."""
         n = loc.shape[0]
         num_priors = prior.shape[2] // 4
         n_loc = 1 if self.share_location else self.num_classes
@@ -808,7 +917,11 @@ class DetectionOutput(nn.Module):
         conf = conf.reshape(n, num_priors, self.num_classes).astype(_F32)
         flat_prior = prior.reshape(-1).astype(_F32)
         boxes_p = flat_prior[:num_priors * 4].reshape(num_priors, 4)
-        var_p = flat_prior[num_priors * 4:num_priors * 8].reshape(num_priors, 4)
+        if self.pixel and self.variance_encoded_in_target:
+            # OpenCV's prior blob then has one channel, the boxes; the variances are unused.
+            var_p = np.ones((num_priors, 4), dtype=_F32)
+        else:
+            var_p = flat_prior[num_priors * 4:num_priors * 8].reshape(num_priors, 4)
         if arm_conf is not None:
             arm_conf = arm_conf.reshape(n, num_priors, 2).astype(_F32)
             conf = objectness_filtered(conf, arm_conf, self.objectness_score)
@@ -819,9 +932,18 @@ class DetectionOutput(nn.Module):
             moved = decode_boxes(boxes_p[None], var_p[None], arm_loc, self.code_type,
                                  self.variance_encoded_in_target)  # (n, P, 4)
             decoded = self._decode(moved[:, :, None, :], var_p[None, :, None, :], loc)
+        elif self.pixel:
+            decoded = self._decode_pixel(boxes_p[None, :, None, :], var_p[None, :, None, :],
+                                         loc, image_hw)
         else:
             decoded = self._decode(boxes_p[None, :, None, :], var_p[None, :, None, :], loc)
-        sizes = box_sizes(decoded)  # (n, P, n_loc)
+        sizes = (pixel_box_sizes if self.pixel else box_sizes)(decoded)  # (n, P, n_loc)
+        overlap = pixel_jaccard if self.pixel else jaccard
+        # OpenCV's NMS stops once it has kept keep_top_k boxes when only one class is scored;
+        # a truncation of the greedy picks, which can change which tied box survives the cut.
+        n_target = self.num_classes - (0 <= self.background_label_id < self.num_classes)
+        limit = self.keep_top_k if self.pixel and n_target == 1 and self.keep_top_k > -1 \
+            else None
         rows: list[list[float]] = []
         for i in range(n):
             picked: dict[int, list[int]] = {}
@@ -831,7 +953,7 @@ class DetectionOutput(nn.Module):
                 lc = 0 if self.share_location else c
                 picked[c] = nms_fast(decoded[i, :, lc], sizes[i, :, lc], conf[i, :, c],
                                      self.confidence_threshold, self.nms_threshold, self.eta,
-                                     self.top_k)
+                                     self.top_k, overlap)[:limit]
             if -1 < self.keep_top_k < sum(len(v) for v in picked.values()):
                 picked = self._keep_top_k(picked, conf[i])
             for c in sorted(picked):  # a std::map: labels ascending
@@ -851,8 +973,14 @@ class DetectionOutput(nn.Module):
             raise LayerError(_NO_EXPORT, type="DetectionOutput")
         if loc.device.type == "meta":
             return torch.empty((1, 1, 1, 7), device=loc.device, dtype=loc.dtype)
-        arrays = [t.detach().cpu().float().numpy() for t in (loc, conf, prior, *refine)]
-        rows = self.detect(*arrays)
+        if self.pixel:
+            # The optional fourth bottom is the image: only its size is read (for clip).
+            image_hw = tuple(refine[0].shape[2:4]) if refine else None
+            arrays = [t.detach().cpu().float().numpy() for t in (loc, conf, prior)]
+            rows = self.detect(*arrays, image_hw=image_hw)
+        else:
+            arrays = [t.detach().cpu().float().numpy() for t in (loc, conf, prior, *refine)]
+            rows = self.detect(*arrays)
         return torch.from_numpy(rows).reshape(1, 1, -1, 7).to(device=loc.device, dtype=loc.dtype)
 
     def extra_repr(self) -> str:
@@ -861,6 +989,8 @@ class DetectionOutput(nn.Module):
                 f"keep_top_k={self.keep_top_k}, confidence_threshold="
                 f"{self.confidence_threshold}, nms_threshold={self.nms_threshold}, "
                 f"top_k={self.top_k}, eta={self.eta}, clip={self.clip}")
+        if self.pixel:
+            text += ", normalized_bbox=False"
         if self.objectness_score is not None:
             text += f", objectness_score={self.objectness_score}"
         return text
@@ -972,8 +1102,7 @@ def detection_output(spec: LayerSpec) -> Built:
     conf_thr = float(dp.confidence_threshold) if has_field(dp, "confidence_threshold") \
         else -_FLT_MAX
     if has_field(dp, "normalized_bbox") and not dp.normalized_bbox:
-        raise spec.error("normalized_bbox: false (OpenCV's pixel-coordinate boxes) is not "
-                         "supported; SSD's boxes are normalised")
+        return _pixel_detection_output(spec, dp, num_classes, share, code_type, top_k, conf_thr)
     _warn_ignored(spec, dp)
     prior = tuple(spec.bottom_shapes[2])
     if len(prior) < 3 or prior[2] % 4:
@@ -1002,3 +1131,54 @@ class _DropImage(nn.Module):
     def forward(self, loc: torch.Tensor, conf: torch.Tensor, prior: torch.Tensor,
                 image: torch.Tensor) -> torch.Tensor:
         return self.inner(loc, conf, prior)
+
+
+def _pixel_detection_output(spec: LayerSpec, dp, num_classes: int, share: bool, code_type: int,
+                            top_k: int, conf_thr: float) -> Built:
+    """OpenCV's ``normalized_bbox: false``: pixel boxes, priors (1, 1 or 2, 4P) such as the
+    ROIs of a Proposal layer reshaped by the prototxt, optional image as fourth bottom."""
+    nms = dp.nms_param
+    if code_type == _CORNER_SIZE:
+        # OpenCV reads every code_type other than CENTER_SIZE as CORNER.
+        raise spec.error("code_type: CORNER_SIZE with normalized_bbox: false is not supported "
+                         "(OpenCV, which defines normalized_bbox, decodes it as CORNER); use "
+                         "CORNER or CENTER_SIZE")
+    if nms.eta != 1:
+        raise spec.error(f"eta {nms.eta} with normalized_bbox: false: OpenCV ignores eta (its "
+                         "NMS threshold never adapts); remove the field")
+    if not nms.nms_threshold > 0:
+        raise spec.error(f"nms_threshold must be > 0 with normalized_bbox: false (OpenCV "
+                         f"asserts it), got {nms.nms_threshold}")
+    if has_field(dp, "objectness_score"):
+        raise spec.error("objectness_score (RefineDet) cannot be combined with "
+                         "normalized_bbox: false")
+    if len(spec.bottom_shapes) > 4:
+        raise spec.error(f"normalized_bbox: false takes 3 bottoms (locations, confidences, "
+                         f"priors) and optionally the image, got {len(spec.bottom_shapes)}")
+    if not has_field(dp, "confidence_threshold"):
+        conf_thr = 0.0  # OpenCV's default: a score must be > 0 (Caffe's is -FLT_MAX)
+    if top_k == 0:
+        top_k = -1  # OpenCV's NMS applies top_k only when it is > 0
+    encoded = bool(dp.variance_encoded_in_target)
+    prior = tuple(spec.bottom_shapes[2])
+    channels = 1 if encoded else 2
+    if len(prior) < 3 or prior[0] != 1 or prior[1] != channels or prior[2] % 4 \
+            or math.prod(prior[3:]) != 1:
+        what = "boxes only, as variance_encoded_in_target is true" if encoded else \
+            "boxes and variances, as variance_encoded_in_target is false"
+        raise spec.error(f"bottom 2 (priors, with normalized_bbox: false e.g. a Proposal "
+                         f"layer's ROIs without the batch column) must be (1, {channels}, 4*P) "
+                         f"({what}), got {prior}", shape=True)
+    num_priors = prior[2] // 4
+    _check_heads(spec, num_priors, num_classes, 1 if share else num_classes)
+    if len(spec.bottom_shapes) == 4 and len(spec.bottom_shapes[3]) != 4:
+        raise spec.error(f"bottom 3 (the image, whose height and width bound clip) must be "
+                         f"(N, C, H, W), got {tuple(spec.bottom_shapes[3])}", shape=True)
+    if dp.clip and len(spec.bottom_shapes) < 4:
+        raise spec.error("clip: true with normalized_bbox: false clamps boxes to the image, "
+                         "which must be the fourth bottom (OpenCV asserts it)")
+    _warn_ignored(spec, dp)
+    module = DetectionOutput(num_classes, share, int(dp.background_label_id), code_type,
+                             encoded, int(dp.keep_top_k), conf_thr, float(nms.nms_threshold),
+                             1.0, top_k, clip=bool(dp.clip), pixel=True)
+    return Built(module, top_shapes=[(1, 1, 1, 7)])
