@@ -172,6 +172,17 @@ CONFIGS: dict[str, LayerConfig] = {
           'share_location: true background_label_id: 0 code_type: CENTER_SIZE '
           'keep_top_k: 5 confidence_threshold: 0.01 nms_param { nms_threshold: 0.45 } } }\n',
         feeds={"conf": "unit"}),
+    # eric612/MobileNet-YOLO's heads: raw YOLO maps (1, num_box * (5 + classes), H, W)
+    "YoloDetectionOutput": one(
+        "YoloDetectionOutput", {"h1": (1, 14, 3, 3), "h2": (1, 14, 5, 5)},
+        "yolo_detection_output_param { num_classes: 2 num_box: 2 confidence_threshold: 0.2 "
+        "nms_threshold: 0.45 biases: 1.08 biases: 1.19 biases: 3.42 biases: 4.41 }"),
+    "Yolov3DetectionOutput": one(
+        "Yolov3DetectionOutput", {"h1": (1, 14, 2, 3), "h2": (1, 14, 4, 6)},
+        "yolov3_detection_output_param { num_classes: 2 num_box: 2 confidence_threshold: 0.3 "
+        "nms_threshold: 0.45 biases: 10 biases: 14 biases: 23 biases: 27 biases: 37 "
+        "biases: 58 biases: 81 biases: 82 mask: 2 mask: 3 mask: 0 mask: 1 anchors_scale: 32 "
+        "anchors_scale: 16 mask_group_num: 2 }"),
     # the R-CNN family's region pooling: a feature map and regions [batch, x1, y1, x2, y2]
     "ROIPooling": one("ROIPooling", {"data": (2, 3, 6, 8), "rois": (4, 5)},
                       "roi_pooling_param { pooled_h: 2 pooled_w: 3 spatial_scale: 0.5 }",

@@ -14,7 +14,7 @@ FAMILIES = {
               "ShuffleChannel", "Upsample", "Interp", "Axpy"},
     "loss": {"EuclideanLoss", "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "Accuracy",
              "HingeLoss", "MultinomialLogisticLoss"},
-    "detection": {"PriorBox", "DetectionOutput"},
+    "detection": {"PriorBox", "DetectionOutput", "YoloDetectionOutput", "Yolov3DetectionOutput"},
     "roi": {"ROIPooling", "PSROIPooling", "Proposal", "Python:rpn.proposal_layer.ProposalLayer"},
 }
 
@@ -32,6 +32,8 @@ def test_registry_families_origins_and_summaries() -> None:
               "Python:spatial_dropout.SpatialDropoutLayer", "MatWrite"):
         assert regs[t].origin != "BVLC Caffe", t
     assert regs["PriorBox"].origin == regs["DetectionOutput"].origin == "SSD (weiliu89/caffe)"
+    assert regs["YoloDetectionOutput"].origin == regs["Yolov3DetectionOutput"].origin \
+        == "MobileNet-YOLO (eric612/MobileNet-YOLO)"
     assert regs["Softmax"].origin == "BVLC Caffe"
 
 

@@ -351,6 +351,9 @@ def test_fork_fields_that_are_not_implemented_are_refused() -> None:
                    match="SegNet")
     assert_refused("PriorBox", "prior_box_param { min_size: 30 offset_h: 0.5 }",
                    [(1, 8, 5, 6), (1, 3, 80, 100)], match="OpenCV extension")
+    # OpenCV's pixel boxes are supported (tests/test_detection_pixel_boxes.py), but not with
+    # CORNER_SIZE, which OpenCV decodes as CORNER without a word
     assert_refused("DetectionOutput",
-                   "detection_output_param { num_classes: 3 normalized_bbox: false }",
-                   [(2, 40), (2, 30), (1, 2, 40)], match="normalized_bbox")
+                   "detection_output_param { num_classes: 3 normalized_bbox: false "
+                   "code_type: CORNER_SIZE }",
+                   [(2, 40), (2, 30), (1, 1, 40)], match="CORNER_SIZE")
