@@ -297,3 +297,42 @@ def test_batch_norm_with_batch_statistics_exports_the_batch_statistics(tmp_path)
     # each channel normalised over (N, H, W): mean 0, biased variance 1 (eps 1e-5)
     assert np.allclose(out.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     assert np.allclose(out.var(axis=(0, 2, 3)), 1, atol=1e-3)
+
+
+# Two large inner products that nearly cancel: float32 itself is wrong in the third digit here
+CANCELLING = """name: "cancelling"
+input: "data" input_shape { dim: 2 dim: 64 }
+layer { name: "a" type: "InnerProduct" bottom: "data" top: "a"
+        inner_product_param { num_output: 4 bias_term: false } }
+layer { name: "b" type: "InnerProduct" bottom: "data" top: "b"
+        inner_product_param { num_output: 4 bias_term: false } }
+layer { name: "diff" type: "Eltwise" bottom: "a" bottom: "b" top: "diff"
+        eltwise_param { operation: SUM coeff: 1 coeff: -1 } }
+"""
+
+
+def test_a_difference_within_float32s_own_error_passes_and_a_larger_one_fails():
+    from landmarknet.export import DEFAULT_TOL, judge_by_float64, our_outputs
+    net = build_net(parse_net(CANCELLING, path="c.prototxt"))
+    rng = np.random.default_rng(0)
+    w = rng.uniform(500, 1000, (4, 64)).astype(np.float32)
+    with torch.no_grad():
+        dict(net.named_parameters())["a.weight"].copy_(torch.from_numpy(w))
+        dict(net.named_parameters())["b.weight"].copy_(torch.from_numpy(w + np.float32(1e-2)))
+    feeds = {"data": rng.uniform(0.5, 1.5, (2, 64)).astype(np.float32)}
+    ours = our_outputs(net, feeds, ["diff"])["diff"]
+    exact = (feeds["data"].astype(np.float64) @ (w.astype(np.float64) - (w + np.float32(1e-2))
+                                                  .astype(np.float64)).T)
+    spread = float(np.abs(ours - exact).max())
+    assert spread / np.abs(exact).max() > 1e-4  # float32 really is off by more than the tolerance
+    for shift, passes in ((spread, True), (50 * spread, False)):
+        got = {"diff": exact + shift}  # a candidate that far from the float64 answer
+        checks = compare({"diff": ours}, got, ["diff"])
+        assert checks[0].rel > DEFAULT_TOL
+        judge_by_float64(net, feeds, [], got, checks, DEFAULT_TOL)
+        assert checks[0].ours_vs_f64 == pytest.approx(spread, rel=1e-6)
+        assert checks[0].passes(DEFAULT_TOL) is passes
+        assert ("float32 conditioning" in checks[0].line(DEFAULT_TOL)) is passes
+    # the float64 run leaves the net as it was
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    np.testing.assert_array_equal(our_outputs(net, feeds, ["diff"])["diff"], ours)
