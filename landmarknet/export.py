@@ -341,19 +341,19 @@ def our_outputs(net: CaffeNet, feeds: Mapping[str, np.ndarray],
 
 
 def judge_by_float64(net: CaffeNet, feeds: Mapping[str, np.ndarray], probes: Sequence[str],
-                     got: Mapping[str, np.ndarray], checks: Sequence[OutputCheck],
-                     tol: float) -> None:
-    """For checks over the tolerance, run a float64 copy of the net on the same inputs and
-    record how far the candidate's and our float32 values each are from it (OutputCheck's
-    ``within_float32`` then decides). Nothing is recorded when the copy cannot run in float64
-    (a layer computing in float32 on purpose, or no memory for the copy): the FAIL stands."""
+                     ours: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray],
+                     checks: Sequence[OutputCheck], tol: float) -> None:
+    """For checks over the tolerance, run the net once more in float64 on the same inputs and
+    record how far the candidate's and our float32 values (``ours``, the check's reference)
+    each are from it (OutputCheck's ``within_float32`` then decides). Nothing is recorded when
+    the net cannot run in float64 (a layer computing in float32 on purpose, or no memory): the
+    FAIL stands."""
     failed = [c for c in checks if c.rel > tol]
     if not failed:
         return
     names = [c.name for c in failed]
     dtypes = {k: t.dtype for k, t in [*net.named_parameters(), *net.named_buffers()]}
     try:
-        ours = our_outputs(net, feeds, names, probes)
         net.double()  # in place and back (float32 -> float64 -> float32 is exact)
         exact = our_outputs(net, {k: np.asarray(v, np.float64) for k, v in feeds.items()},
                             names, probes)
@@ -520,7 +520,7 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
     got.update({p: got.pop(q) for p, q in zip(probes, probe_names)})
     report.checks = compare(ref, got, names)
     report.probe_checks = compare(ref, got, probes) if probes else []
-    judge_by_float64(net, feeds, probes, got, report.checks + report.probe_checks, tol)
+    judge_by_float64(net, feeds, probes, ref, got, report.checks + report.probe_checks, tol)
     if dynamic_batch:
         b0 = next(iter(feeds.values())).shape[0]
         b1 = b0 + 1
@@ -539,7 +539,7 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
             got2.update({p: got2.pop(q) for p, q in zip(probes, probe_names)})
             report.extra_batch = b1
             report.extra_checks = compare(ref2, got2, names + probes)
-            judge_by_float64(net, feeds2, probes, got2, report.extra_checks, tol)
+            judge_by_float64(net, feeds2, probes, ref2, got2, report.extra_checks, tol)
     report.check_seconds = time.perf_counter() - t0
     if probes:
         drop_outputs(path, probe_names)

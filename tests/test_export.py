@@ -329,7 +329,7 @@ def test_a_difference_within_float32s_own_error_passes_and_a_larger_one_fails():
         got = {"diff": exact + shift}  # a candidate that far from the float64 answer
         checks = compare({"diff": ours}, got, ["diff"])
         assert checks[0].rel > DEFAULT_TOL
-        judge_by_float64(net, feeds, [], got, checks, DEFAULT_TOL)
+        judge_by_float64(net, feeds, [], {"diff": ours}, got, checks, DEFAULT_TOL)
         assert checks[0].ours_vs_f64 == pytest.approx(spread, rel=1e-6)
         assert checks[0].passes(DEFAULT_TOL) is passes
         assert ("float32 conditioning" in checks[0].line(DEFAULT_TOL)) is passes

@@ -24,7 +24,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -253,6 +253,43 @@ def _unpacked_run(u8: np.ndarray, pos: int, end: int, key: int, width: int) -> i
     return n
 
 
+class _Repeated(NamedTuple):
+    """A blob's repeated real field: its one-byte key when unpacked, its width and names."""
+
+    key: int
+    width: int
+    dtype: str
+    field: str  # BlobProto's name of it
+    value: str  # "float" or "double", for messages
+
+
+_FLOATS = _Repeated(0x2D, 4, "<f4", "data", "float")  # data = 5, fixed32
+_DOUBLES = _Repeated(0x41, 8, "<f8", "double_data", "double")  # double_data = 8, fixed64
+
+
+def _packed_values(buf, t: int, pos: int, end: int, kind: _Repeated) -> tuple[np.ndarray, int]:
+    """A packed run (a view into the file) and the position after it."""
+    s, pos = _length(buf, pos, end, f"the blob's {kind.field}")
+    if (pos - s) % kind.width:
+        raise _Bad(f"packed {kind.value} data has {pos - s} bytes, not a multiple of "
+                   f"{kind.width}", t)
+    return np.frombuffer(buf, kind.dtype, (pos - s) // kind.width, s), pos
+
+
+def _unpacked_values(buf, u8: np.ndarray, t: int, pos: int, end: int,
+                     kind: _Repeated) -> tuple[np.ndarray, int]:
+    """Unpacked elements from tag position ``t``: with the canonical one-byte key, the whole
+    run of them at once (copied); otherwise the one element."""
+    if pos + kind.width > end:
+        raise _Bad(f"a {kind.value} runs past the end of the blob", t, truncated=True)
+    if buf[t] == kind.key and pos - t == 1:
+        n = _unpacked_run(u8, t, end, kind.key, kind.width)  # >= 1
+        rec = kind.width + 1
+        recs = u8[t: t + rec * n].reshape(n, rec)[:, 1:]
+        return np.ascontiguousarray(recs).view(kind.dtype).reshape(n), t + rec * n
+    return np.frombuffer(buf, kind.dtype, 1, pos).copy(), pos + kind.width
+
+
 def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> np.ndarray:
     """Decode one BlobProto into a float32 array of its shape that owns its memory."""
     legacy = [None, None, None, None]
@@ -268,37 +305,17 @@ def _scan_blob(buf, u8: np.ndarray, start: int, end: int) -> np.ndarray:
             v &= 0xFFFFFFFF  # int32 fields keep the low 32 bits, as protobuf does
             legacy[fnum - 1] = v - (1 << 32) if v >= 1 << 31 else v
         elif fnum == 5 and wt == _LEN:
-            s, pos = _length(buf, pos, end, "the blob's data")
-            if (pos - s) % 4:
-                raise _Bad(f"packed float data has {pos - s} bytes, not a multiple of 4", t)
-            floats.append(np.frombuffer(buf, "<f4", (pos - s) // 4, s))
+            values, pos = _packed_values(buf, t, pos, end, _FLOATS)
+            floats.append(values)
         elif fnum == 5 and wt == _FIXED32:
-            if pos + 4 > end:
-                raise _Bad("a float runs past the end of the blob", t, truncated=True)
-            if buf[t] == 0x2D and pos - t == 1:  # canonical one-byte key: take the whole run
-                n = _unpacked_run(u8, t, end, 0x2D, 4)  # >= 1
-                recs = u8[t: t + 5 * n].reshape(n, 5)[:, 1:]
-                floats.append(np.ascontiguousarray(recs).view("<f4").reshape(n))
-                pos = t + 5 * n
-            else:
-                floats.append(np.frombuffer(buf, "<f4", 1, pos).copy())
-                pos += 4
+            values, pos = _unpacked_values(buf, u8, t, pos, end, _FLOATS)
+            floats.append(values)
         elif fnum == 8 and wt == _LEN:
-            s, pos = _length(buf, pos, end, "the blob's double_data")
-            if (pos - s) % 8:
-                raise _Bad(f"packed double data has {pos - s} bytes, not a multiple of 8", t)
-            doubles.append(np.frombuffer(buf, "<f8", (pos - s) // 8, s))
+            values, pos = _packed_values(buf, t, pos, end, _DOUBLES)
+            doubles.append(values)
         elif fnum == 8 and wt == _FIXED64:
-            if pos + 8 > end:
-                raise _Bad("a double runs past the end of the blob", t, truncated=True)
-            if buf[t] == 0x41 and pos - t == 1:
-                n = _unpacked_run(u8, t, end, 0x41, 8)  # >= 1
-                recs = u8[t: t + 9 * n].reshape(n, 9)[:, 1:]
-                doubles.append(np.ascontiguousarray(recs).view("<f8").reshape(n))
-                pos = t + 9 * n
-            else:
-                doubles.append(np.frombuffer(buf, "<f8", 1, pos).copy())
-                pos += 8
+            values, pos = _unpacked_values(buf, u8, t, pos, end, _DOUBLES)
+            doubles.append(values)
         elif fnum == 7 and wt == _LEN:
             s, pos = _length(buf, pos, end, "the blob's shape")
             p = s

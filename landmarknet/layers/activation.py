@@ -170,7 +170,7 @@ def emit_dropout(ctx: EmitContext, call: EmitCall) -> list[str]:
         return [f"{call.one} = F.dropout({call.x}, {num(call.sub.ratio)}, self.training)"]
     keep = num(1.0 - call.sub.ratio)
     return [f"{call.one} = ({call.x} * torch.empty_like({call.x}).bernoulli_({keep}) "
-            f"if self.training else {call.x} * {num(_test_scale(call.sub.ratio))})"]
+            f"if self.training else {call.x} * {num(call.sub.test_scale)})"]
 
 def emit_spatial_dropout(ctx: EmitContext, call: EmitCall) -> list[str]:
     """One keep/drop draw per (sample, channel) in training, times 1/(1-p) in both modes."""
@@ -579,6 +579,8 @@ class Dropout(nn.Module):
         super().__init__()
         self.ratio = float(ratio)
         self.scale_train = bool(scale_train)
+        # a float32 value, so that x * test_scale is the fork's float32 product
+        self.test_scale = _test_scale(self.ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ratio == 0.0:
@@ -586,10 +588,9 @@ class Dropout(nn.Module):
         if self.scale_train:
             # Caffe's TEST phase: the identity
             return F.dropout(x, self.ratio, training=True) if self.training else x
-        keep = torch.tensor(_test_scale(self.ratio), dtype=torch.float32).to(x.dtype)
         if self.training:  # kept values as they are
             return x * torch.empty_like(x).bernoulli_(1.0 - self.ratio)
-        return x * keep
+        return x * self.test_scale
 
     def extra_repr(self) -> str:
         extra = "" if self.scale_train else ", scale_train=False"
