@@ -6,6 +6,7 @@ The front door (see README, "Python")::
     net = lm.load_caffe("deploy.prototxt", weights="net.caffemodel")  # torch.fx GraphModule
     faces = lm.load_model("heatmap4_68_bn").predict("face.jpg")       # boxes + 68 points
     lm.convert("net.caffemodel", "net.h5")                            # weights between formats
+    blob = lm.blob_from_image(img, scale=1.0, size=(300, 300), mean=(104, 177, 123))  # as cv2.dnn
 
 Importing the package is cheap: the names below load their module (and torch) on first use.
 """
@@ -18,6 +19,8 @@ _LAZY = {
     "convert": "landmarknet.api",
     "LandmarkPredictor": "landmarknet.api",
     "Face": "landmarknet.api",
+    "blob_from_image": "landmarknet.preprocess",
+    "blob_from_images": "landmarknet.preprocess",
     "build_net": "landmarknet.build",
     "CaffeNet": "landmarknet.build",
     "LandmarknetError": "landmarknet.errors",

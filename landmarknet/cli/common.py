@@ -100,17 +100,25 @@ def fit_from_args(args: argparse.Namespace):
                      allow_nonfinite=getattr(args, "allow_nonfinite", False))
 
 
+def graph_from_args(args: argparse.Namespace):
+    """The filtered graph of the net that the common arguments describe (no torch module yet:
+    for commands that look at the inputs before choosing their shapes). Kept on ``args`` so
+    that build_from_args builds from it instead of parsing the file again."""
+    from landmarknet.build import net_graph
+    from landmarknet.models import resolve_prototxt
+    args.prototxt = resolve_prototxt(args.prototxt)
+    args.graph = net_graph(args.prototxt, phase=args.phase, level=args.level, stages=args.stage,
+                           input_shapes=dict(args.input_shape), strict=not args.lenient)
+    return args.graph
+
+
 def build_from_args(args: argparse.Namespace, extra_shapes: dict | None = None):
     """Build the net that the common arguments describe."""
-    from landmarknet.build import build_net
-    from landmarknet.models import resolve_prototxt
-    shapes = dict(args.input_shape)
-    shapes.update(extra_shapes or {})
-    args.prototxt = resolve_prototxt(args.prototxt)
-    return build_net(args.prototxt, phase=args.phase, level=args.level, stages=args.stage,
-                     input_shapes=shapes, strict=not args.lenient,
-                     seed=getattr(args, "seed", 0) or 0,
-                     max_memory=getattr(args, "max_memory", None))
+    from landmarknet.build import build_from_graph
+    graph = getattr(args, "graph", None) or graph_from_args(args)
+    return build_from_graph(graph, input_shapes=extra_shapes,
+                            seed=getattr(args, "seed", 0) or 0,
+                            max_memory=getattr(args, "max_memory", None))
 
 
 def load_npy_inputs(items: list[str]) -> dict[str, np.ndarray]:

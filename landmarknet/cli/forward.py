@@ -1,4 +1,10 @@
-"""``landmarknet forward``: run a net in the TEST phase on .npy inputs, save the blobs."""
+"""``landmarknet forward``: run a net in the TEST phase on pictures or .npy inputs, save the blobs.
+
+Pictures become input blobs as ``cv2.dnn.blobFromImage`` makes them (``--size``, ``--mean``,
+``--scale``, ``--swap-rb``, ``--crop``: the same numbers, see landmarknet/preprocess.py), so a
+net that ran under OpenCV's Caffe importer runs here with the pre-processing it had; a
+detector's rows (SSD's DetectionOutput, the YOLO heads) are printed in the picture's pixels.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from landmarknet.cli.common import (UsageError, add_fit_arguments, add_net_arguments,
-                                    build_from_args, fit_from_args, load_npy_inputs, memory_budget)
+                                    build_from_args, fit_from_args, graph_from_args,
+                                    load_npy_inputs, memory_budget)
+from landmarknet.cli.pictures import image_inputs, print_detections
 
 EXAMPLE = """\
-example:
+examples:
   landmarknet forward zoo/det1.prototxt --weights det1.caffemodel \\
       --input data=face.npy --output out.npz --blobs conv1,prob1
+  # OpenCV's face detector, pre-processed as blobFromImage(img, 1.0, (300, 300), (104, 177, 123))
+  landmarknet forward deploy.prototxt --weights res10_300x300_ssd_iter_140000.caffemodel \\
+      --image photo.jpg --size 300,300 --mean 104,177,123
 """
 
 
@@ -28,12 +39,49 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="seeded random weights instead of --weights (for testing)")
     p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                    help="an input blob from a .npy file (repeatable); its shape is the input's")
+    pictures = p.add_argument_group(
+        "pictures as inputs (cv2.dnn.blobFromImage's steps: resize, subtract --mean, "
+        "multiply by --scale, swap channels)")
+    pictures.add_argument("--image", action="append", default=[], metavar="[NAME=]FILE",
+                          help="a picture for input NAME (default: the net's first input); "
+                          "repeat for a batch or for other inputs")
+    pictures.add_argument("--size", type=_pair, metavar="W,H",
+                          help="resize to width,height (default: the input's declared size, "
+                          "else the picture's own)")
+    pictures.add_argument("--mean", type=_numbers, default=[0.0], metavar="M[,M,M]",
+                          help="subtracted per channel, in the blob's channel order (after "
+                          "--swap-rb); one number: every channel (OpenCV's Python binding "
+                          "would subtract it from the first channel only)")
+    pictures.add_argument("--scale", type=float, default=1.0,
+                          help="multiplies the pixels after the mean (default 1)")
+    pictures.add_argument("--swap-rb", action="store_true",
+                          help="BGR pictures -> RGB blobs")
+    pictures.add_argument("--crop", action="store_true",
+                          help="keep the aspect ratio: scale so the picture covers --size, "
+                          "then cut the centre")
     p.add_argument("--output", type=Path, default=Path("forward.npz"),
                    help="where to save the blobs (default forward.npz)")
     p.add_argument("--blobs", help="comma-separated blob names to save (default: the outputs, "
                    "i.e. every top no layer consumes)")
     add_fit_arguments(p)
     p.set_defaults(func=run)
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+
+
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTH,HEIGHT, got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"expected two positive numbers, got {text!r}")
+    return w, h
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +98,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.weights is None and args.random_weights is None:
         raise UsageError("give --weights FILE (or --random-weights SEED to test a net)")
     inputs = load_npy_inputs(args.input)
+    geometries: dict = {}
+    if args.image:
+        graph = graph_from_args(args)
+        pictures, geometries = image_inputs(args, graph)
+        clash = sorted(set(pictures) & set(inputs))
+        if clash:
+            raise UsageError(f"input {clash[0]!r} is given both by --image and by --input")
+        inputs.update(pictures)
     net = build_from_args(args, {k: v.shape for k, v in inputs.items()})
     if args.weights is not None:
         report = load_weights(net, args.weights, fit=fit_from_args(args))
@@ -63,6 +119,9 @@ def _run(args: argparse.Namespace) -> int:
     arrays = {k: v.detach().cpu().numpy() for k, v in out.items()}
     np.savez(args.output, **arrays)
     for k, v in arrays.items():
-        print(f"{k:<30} {'x'.join(map(str, v.shape)):<18} min {v.min():+.5g}  max {v.max():+.5g}")
+        extent = f"min {v.min():+.5g}  max {v.max():+.5g}" if v.size else "empty"
+        print(f"{k:<30} {'x'.join(map(str, v.shape)):<18} {extent}")
+    if geometries:
+        print_detections(net, arrays, geometries)
     print(f"saved {len(arrays)} blob(s) to {args.output}")
     return 0

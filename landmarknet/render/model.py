@@ -38,6 +38,8 @@ FAMILY_COLORS: dict[str, tuple[str, str]] = {
     "loss": ("#f8c6da", "#b0426f"),
     "detection": ("#bfe6e3", "#2f8a84"),
     "roi": ("#fde0c5", "#c06a1b"),
+    "recurrent": ("#d4ecf9", "#2b6f99"),
+    "optical_flow": ("#e6f2c4", "#6b8e23"),
     "landmark": ("#fff0a8", "#a08a12"),
     "custom": ("#e4e4e4", "#777777"),
     "output": ("#ffffff", "#555555"),
@@ -46,7 +48,8 @@ FAMILY_COLORS: dict[str, tuple[str, str]] = {
 FAMILY_LABELS = {
     "data": "input / data", "conv": "convolution / fc", "pool": "pooling", "norm": "normalisation",
     "activation": "activation", "shape": "shape / merge", "loss": "loss", "detection": "detection",
-    "roi": "region pooling", "landmark": "landmark", "custom": "other", "output": "output",
+    "roi": "region pooling", "recurrent": "recurrent", "optical_flow": "optical flow",
+    "landmark": "landmark", "custom": "other", "output": "output",
 }
 
 # Approximate Helvetica advance widths (em) for the box-size estimate.
