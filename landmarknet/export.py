@@ -247,6 +247,23 @@ def not_exportable_layers(net: CaffeNet) -> list[str]:
     return out
 
 
+def _cut_hint(net: CaffeNet) -> str:
+    """How to export the rest: the --outputs that end the net just before the refused layers
+    (their bottoms, plus the net's other outputs)."""
+    graph = net.caffe_graph
+    refused = [info.node for info in net.layers.values() if _onnx_rule(info.node).not_exportable
+               or (_onnx_rule(info.node).refuses
+                   and _onnx_rule(info.node).refuses(info.node.param))]
+    made_by_refused = {t for n in refused for t in n.tops}
+    ends = [b for n in refused for b in n.bottoms if b not in made_by_refused]
+    ends += [t for t in graph.outputs() if t not in made_by_refused]
+    names = list(dict.fromkeys(graph.blob_of[b] for b in ends))
+    if not names:
+        return ""
+    return (". To export the net without them: `landmarknet export ... --outputs "
+            + ",".join(names) + "` (Python: build_from_graph(net_graph(...).cut_to([...])))")
+
+
 def output_names(net: CaffeNet) -> list[str]:
     """The blobs the net returns, in order."""
     out_node = next(n for n in net.graph.nodes if n.op == "output")
@@ -432,7 +449,8 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
         raise ExportError(f"opset {opset} is too old; use {DEFAULT_OPSET} or later")
     blocked = not_exportable_layers(net)
     if blocked:  # the registrations say why; say it before torch's exporter fails somewhere deep
-        raise ExportError("cannot export: " + "; ".join(blocked))
+        raise ExportError("cannot export: " + "; ".join(b.rstrip(".") for b in blocked)
+                          + _cut_hint(net))
     report = ExportReport(path, opset, dynamic_batch, tol)
     if opset < 19:
         ave = ceil_ave_pooling_layers(net)

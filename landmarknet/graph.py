@@ -13,11 +13,13 @@ came from, so a built net still has its NetParameter (``CaffeNet.net_param``).
 from __future__ import annotations
 
 import builtins
+import difflib
 import keyword
 import re
 from dataclasses import dataclass, field, replace
 from urllib.parse import quote, unquote
 from pathlib import Path
+from typing import Sequence
 
 from landmarknet.caffe import caffe_pb2
 from landmarknet.caffe.prototxt import ParsedNet, read_net
@@ -174,6 +176,8 @@ class Graph:
     data_layers: list[Node] = field(default_factory=list)  # data layers, kept for tools
     path: str | None = None
     parsed: ParsedNet | None = None  # the parsed prototxt the graph came from
+    #: SSA names a caller chose as the net's outputs (``cut_to``); None: Caffe's own outputs
+    chosen_outputs: tuple[str, ...] | None = None
 
     def with_input_shapes(self, shapes: dict[str, Shape]) -> Graph:
         """The same graph with some input shapes given (as build_graph's ``input_shapes``)."""
@@ -188,10 +192,48 @@ class Graph:
         return out
 
     def outputs(self) -> list[str]:
-        """SSA names no layer consumes (Caffe's net outputs), in the order they are produced."""
+        """SSA names no layer consumes (Caffe's net outputs), in the order they are produced;
+        or the outputs chosen with ``cut_to``."""
+        if self.chosen_outputs is not None:
+            return list(self.chosen_outputs)
         used = self.consumers()
         return [t for n in self.nodes for t in n.tops[:len(n.tops) - n.auto_tops]
                 if t not in used]
+
+    def cut_to(self, blobs: Sequence[str]) -> Graph:
+        """The graph that computes only ``blobs`` (Caffe blob names, each at its last value):
+        they become the outputs, and the layers and inputs they do not need are left out.
+
+        For exporting a net without its post-processing (``--outputs mbox_loc,mbox_conf_flatten,
+        mbox_priorbox`` leaves SSD's DetectionOutput out), or running part of a net.
+        """
+        if not blobs:
+            raise GraphError("--outputs: give at least one blob name")
+        unknown = [b for b in blobs if b not in self.latest]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], list(self.latest), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise GraphError(f"--outputs: no blob named {unknown[0]!r} in this net in phase "
+                             f"{self.state.phase}{hint}")
+        wanted = [self.latest[b] for b in dict.fromkeys(blobs)]
+        producer = {t: n for n in self.nodes for t in n.tops}
+        needed: set[str] = set()
+        stack = list(wanted)
+        while stack:
+            blob = stack.pop()
+            node = producer.get(blob)
+            if node is None or node.module in needed:
+                continue
+            needed.add(node.module)
+            stack.extend(node.bottoms)
+        nodes = [n for n in self.nodes if n.module in needed]
+        read = {b for n in nodes for b in n.bottoms} | set(wanted)
+        inputs = [i for i in self.inputs if i.name in read]
+        kept = [i.name for i in inputs] + [t for n in nodes for t in n.tops]
+        blob_of = {ssa: self.blob_of[ssa] for ssa in kept}
+        latest = {blob_of[ssa]: ssa for ssa in kept}  # production order: the last one wins
+        return replace(self, nodes=nodes, inputs=inputs, blob_of=blob_of, latest=latest,
+                       chosen_outputs=tuple(wanted))
 
 
 def _unique_version(blob: str, layer: str, taken: dict[str, str], counts: dict[str, int]) -> str:

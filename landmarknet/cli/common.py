@@ -39,7 +39,18 @@ def add_net_arguments(p: argparse.ArgumentParser, *, phase_default: str = "test"
                    metavar="NAME=N,C,H,W", help="set or override an input's shape (repeatable)")
     p.add_argument("--lenient", action="store_true",
                    help="skip unknown prototxt fields with one warning each instead of failing")
+    p.add_argument("--outputs", type=_blob_list, metavar="BLOB[,BLOB]",
+                   help="make these blobs the net's outputs and leave out the layers they do "
+                   "not need (e.g. SSD's DetectionOutput: --outputs mbox_loc,mbox_conf_flatten,"
+                   "mbox_priorbox)")
     add_memory_argument(p)
+
+
+def _blob_list(text: str) -> list[str]:
+    names = [b.strip() for b in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected blob names separated by commas, got {text!r}")
+    return names
 
 
 def _size_arg(text: str) -> int:
@@ -107,9 +118,12 @@ def graph_from_args(args: argparse.Namespace):
     from landmarknet.build import net_graph
     from landmarknet.models import resolve_prototxt
     args.prototxt = resolve_prototxt(args.prototxt)
-    args.graph = net_graph(args.prototxt, phase=args.phase, level=args.level, stages=args.stage,
-                           input_shapes=dict(args.input_shape), strict=not args.lenient)
-    return args.graph
+    graph = net_graph(args.prototxt, phase=args.phase, level=args.level, stages=args.stage,
+                      input_shapes=dict(args.input_shape), strict=not args.lenient)
+    if getattr(args, "outputs", None):
+        graph = graph.cut_to(args.outputs)
+    args.graph = graph
+    return graph
 
 
 def build_from_args(args: argparse.Namespace, extra_shapes: dict | None = None):

@@ -1000,9 +1000,9 @@ _NO_EXPORT = (
     "DetectionOutput cannot be exported to ONNX or traced: SSD's per-class NMS and keep_top_k "
     "give a number of rows that depends on the data, and landmarknet computes them outside "
     "torch (tracing would bake one input's detections into the graph as constants). Export the "
-    "net without its DetectionOutput layer (delete it from the prototxt: its bottoms, e.g. "
-    "mbox_loc, mbox_conf_flatten and mbox_priorbox, become the outputs) and decode them with "
-    "landmarknet.layers.detection.DetectionOutput.detect or your runtime's SSD post-processing.")
+    "net up to its bottoms (e.g. mbox_loc, mbox_conf_flatten and mbox_priorbox) and decode them "
+    "with landmarknet.layers.detection.DetectionOutput.detect or your runtime's SSD "
+    "post-processing")
 
 
 def _is_exporting() -> bool:

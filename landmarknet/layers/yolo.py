@@ -58,9 +58,8 @@ def _no_export(type_name: str) -> str:
     return (f"{type_name} cannot be exported to ONNX or traced: its sort and greedy NMS give a "
             "number of rows that depends on the data, and landmarknet computes them outside "
             "torch (tracing would bake one input's detections into the graph as constants). "
-            f"Export the net without its {type_name} layer (delete it from the prototxt: its "
-            "bottoms, the raw YOLO head maps, become the outputs) and decode them with "
-            f"landmarknet.layers.yolo or your runtime's YOLO post-processing.")
+            "Export the net up to its bottoms (the raw YOLO head maps) and decode them with "
+            "landmarknet.layers.yolo or your runtime's YOLO post-processing")
 
 
 # ----------------------------------------------------------------------------------------------
