@@ -1,4 +1,4 @@
-"""Convolution-family layers: Convolution, Deconvolution, InnerProduct, Embed.
+"""Convolution-family layers: Convolution, Deconvolution, InnerProduct, Embed, Im2col.
 
 Every blob is kept in Caffe's own shape: Convolution weights ``(O, C/g, kh, kw)``, Deconvolution
 weights ``(C, O/g, kh, kw)`` (torch's ConvTranspose2d layout), InnerProduct weights ``(N, K)``
@@ -15,8 +15,9 @@ from torch import nn
 from landmarknet.caffe import caffe_pb2
 from landmarknet.layers.common import (Geometry2d, canonical_axis, conv_geometry, dims_text,
                                        field_pair)
-from landmarknet.layers.costs import CostRule, first_top, numel
-from landmarknet.layers.emitting import EmitCall, EmitContext, helper_source, pair_arg
+from landmarknet.layers.costs import FREE, CostRule, first_top, numel
+from landmarknet.layers.emitting import (EmitCall, EmitContext, copy_module, helper_source,
+                                         pair_arg)
 from landmarknet.layers.random_weights import he_or_small, per_blob
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
@@ -412,3 +413,123 @@ def embed(spec: LayerSpec) -> Built:
     blobs = [BlobSlot("weight", (ep.input_dim, ep.num_output), _filler(ep, "weight_filler"))]
     blobs += _bias_blobs(ep, ep.num_output, module)
     return Built(module, blobs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Im2col (im2col_layer.cpp): the patches a convolution multiplies, laid out as Caffe's im2col
+# writes them. It reads convolution_param like Convolution but has no blobs, and unlike this
+# file's Convolution it works on any number of spatial axes after `axis`.
+
+def _im2col_values(spec: LayerSpec, cp, field: str, n_spatial: int, default: int | None,
+                   h: str | None = None, w: str | None = None) -> tuple[int, ...]:
+    """Im2colLayer::LayerSetUp's reading of one repeated field (or its _h/_w twins)."""
+    if h is not None and (cp.HasField(h) or cp.HasField(w)):
+        if n_spatial != 2:
+            raise spec.error(f"{h} & {w} can only be used for 2-D im2col, the bottom has "
+                             f"{n_spatial} spatial axes")
+        if len(getattr(cp, field)):
+            raise spec.error(f"give either {field} or {h}/{w}, not both")
+        # Caffe reads both twins even if one is missing (the proto default 0 then).
+        return int(getattr(cp, h)), int(getattr(cp, w))
+    values = [int(v) for v in getattr(cp, field)]
+    if not values:
+        if default is None:
+            raise spec.error(f"convolution_param.{field} is required")
+        return (default,) * n_spatial
+    if len(values) == 1:
+        return (values[0],) * n_spatial
+    if len(values) != n_spatial:
+        raise spec.error(f"{field} must be given once or once per spatial axis ({n_spatial}), "
+                         f"got {len(values)} values")
+    return tuple(values)
+
+
+class Im2col(nn.Module):
+    """(..., C, *spatial) -> (..., C * prod(kernel), *out): every window of the zero-padded input
+    as a column, rows ordered channel, then kernel offset (last spatial axis fastest)."""
+
+    def __init__(self, kernel: tuple[int, ...], stride: tuple[int, ...], pad: tuple[int, ...],
+                 dilation: tuple[int, ...]) -> None:
+        super().__init__()
+        self.kernel, self.stride, self.pad, self.dilation = kernel, stride, pad, dilation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.kernel)
+        lead = tuple(x.shape[:x.dim() - n])  # (..., C)
+        spatial = tuple(x.shape[x.dim() - n:])
+        outs = [(size + 2 * p - (d * (k - 1) + 1)) // s + 1 for size, k, s, p, d in
+                zip(spatial, self.kernel, self.stride, self.pad, self.dilation)]
+        pads: list[int] = []
+        for p in reversed(self.pad):  # F.pad lists the last axis first
+            pads += [p, p]
+        xp = F.pad(x, pads) if any(self.pad) else x
+        # One strided slice per kernel offset, offsets in row-major order: the same rows as
+        # im2col_cpu / im2col_nd_cpu (the zero padding stands for their out-of-image zeros).
+        cols = [xp]
+        for axis, (k, s, d, o) in enumerate(zip(self.kernel, self.stride, self.dilation, outs)):
+            dim = len(lead) + axis
+            nxt = []
+            for col in cols:
+                for j in range(k):
+                    start = j * d
+                    nxt.append(col.narrow(dim, start, s * (o - 1) + 1)[
+                        (slice(None),) * dim + (slice(None, None, s),)])
+            cols = nxt
+        y = torch.stack(cols, dim=len(lead))  # (..., C, K, *out)
+        return y.reshape(*lead[:-1], lead[-1] * len(cols), *outs)
+
+    def extra_repr(self) -> str:
+        return (f"kernel={self.kernel}, stride={self.stride}, pad={self.pad}, "
+                f"dilation={self.dilation}")
+
+
+def im2col_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'3×3 /2 p1': kernel, stride, pad, dilation (2-D; N-D kernels as '3×3×3')."""
+    cp = p.convolution_param
+    if len(cp.kernel_size) > 2:
+        return "×".join(str(k) for k in cp.kernel_size)
+    opt = lambda f: getattr(cp, f) if cp.HasField(f) else None  # noqa: E731
+    k = field_pair(list(cp.kernel_size), opt("kernel_h"), opt("kernel_w"), 1)
+    s = field_pair(list(cp.stride), opt("stride_h"), opt("stride_w"), 1)
+    pd = field_pair(list(cp.pad), opt("pad_h"), opt("pad_w"), 0)
+    d = field_pair(list(cp.dilation), None, None, 1)
+    parts = [dims_text(k)]
+    if s != (1, 1):
+        parts.append("/" + dims_text(s, short=True))
+    if pd != (0, 0):
+        parts.append("p" + dims_text(pd, short=True))
+    if d != (1, 1):
+        parts.append("d" + dims_text(d, short=True))
+    return " ".join(parts)
+
+
+@register("Im2col", family="conv", cost=FREE, detail=im2col_detail, emit=copy_module())
+def im2col(spec: LayerSpec) -> Built:
+    """Image patches as columns (C*kh*kw, H_out, W_out), Caffe's im2col order; N-D and axis too."""
+    spec.expect_bottoms(1)
+    if spec.n_tops != 1:
+        raise spec.error(f"needs exactly 1 top, got {spec.n_tops}")
+    shape = tuple(spec.bottom_shapes[0])
+    cp = spec.param.convolution_param
+    axis = canonical_axis(cp.axis, len(shape), spec, "axis")
+    n_spatial = len(shape) - axis - 1
+    if n_spatial < 1:
+        raise spec.error(f"axis {cp.axis} leaves no spatial axis after the channels in a "
+                         f"bottom of shape {shape}", shape=True)
+    kernel = _im2col_values(spec, cp, "kernel_size", n_spatial, None, "kernel_h", "kernel_w")
+    stride = _im2col_values(spec, cp, "stride", n_spatial, 1, "stride_h", "stride_w")
+    pad = _im2col_values(spec, cp, "pad", n_spatial, 0, "pad_h", "pad_w")
+    # Caffe has no dilation_h/_w, and does not check dilation here: 0 reads one pixel k times.
+    dilation = _im2col_values(spec, cp, "dilation", n_spatial, 1)
+    if min(kernel) <= 0:
+        raise spec.error(f"kernel_size must be positive, got {kernel}")
+    if min(stride) <= 0:
+        raise spec.error(f"stride must be positive, got {stride}")
+    for i, (size, k, p, d) in enumerate(zip(shape[axis + 1:], kernel, pad, dilation)):
+        extent = d * (k - 1) + 1
+        if size + 2 * p < extent:
+            # Caffe's C division would round the negative size up to one output row of zeros.
+            raise spec.error(f"the dilated kernel ({extent}) is larger than the padded input "
+                             f"along spatial axis {i} ({size} + 2*{p})", shape=True)
+    # force_nd_im2col picks Caffe's N-D loop over the 2-D one; both give the same columns.
+    return Built(Im2col(kernel, stride, pad, dilation))

@@ -1,4 +1,5 @@
-"""Data layers (graph inputs and their shapes), DummyData, and Caffe's ``Python`` layers.
+"""Data layers (graph inputs and their shapes), DummyData, Caffe's ``Python`` layers, and the
+sinks that write blobs to files in Caffe (MatWrite, HDF5Output; here they write nothing).
 
 Data layers read from outside the net (LMDB, image lists, HDF5, memory); in landmarknet they are
 graph inputs that the data pipeline feeds. Their shapes come from the prototxt where Caffe's own
@@ -206,3 +207,57 @@ def mat_write(spec: LayerSpec) -> Built:
                   "so no net output: ask for it by name (forward --blobs)", stacklevel=2)
     return Built(MatWrite())
 
+
+
+# ---------------------------------------------------------------------------------------------
+# HDF5Output (BVLC hdf5_output_layer.cpp): a sink of two bottoms that writes them as the datasets
+# "data" and "label" of hdf5_output_param.file_name. Caffe truncates the file when the net is
+# set up and makes both datasets on the first forward; it cannot make them again in the same
+# file, so a second forward of that net aborts ("Failed to make float dataset"). landmarknet
+# writes nothing, as for MatWrite: a module that writes files on every forward, and fails on
+# the second, serves no PyTorch user; `net.run(..., blobs=[data, label])` gives the same arrays
+# to save as one likes.
+
+class HDF5Output(nn.Module):
+    """Consumes its two bottoms (as Caffe's HDF5Output does) and writes nothing."""
+
+    def forward(self, data: torch.Tensor, label: torch.Tensor) -> tuple:
+        return ()
+
+
+def emit_hdf5_output(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """Nothing: a comment that the bottoms would have been written to an HDF5 file."""
+    return [f"# HDF5Output: {', '.join(call.ins)} not written (no HDF5 file is produced)"]
+
+
+def hdf5_output_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'no HDF5 file': the sink writes nothing here."""
+    return "no HDF5 file"
+
+
+@register("HDF5Output", family="data", cost=FREE, detail=hdf5_output_detail,
+          emit=emit_hdf5_output, onnx=OnnxRule(moves_values=True), view=True)
+def hdf5_output(spec: LayerSpec) -> Built:
+    """Caffe's HDF5 writer of (data, label): a sink that consumes both; no file is written."""
+    spec.expect_bottoms(2)
+    if spec.n_tops != 0:
+        raise spec.error(f"has no tops, got {spec.n_tops}")
+    data, label = (tuple(s) for s in spec.bottom_shapes)
+    for what, shape in (("bottom 0 (data)", data), ("bottom 1 (label)", label)):
+        # Caffe copies each bottom into a blob of its legacy (num, channels, height, width).
+        if not 1 <= len(shape) <= 4:
+            raise spec.error(f"{what} must have 1 to 4 axes (Caffe writes it as a 4-D "
+                             f"(N, C, H, W) dataset), got shape {shape}", shape=True)
+    if data[0] != label[0]:
+        raise spec.error(f"data and label must have the same first axis (Caffe CHECKs it), got "
+                         f"{data} and {label}", shape=True)
+    fname = spec.param.hdf5_output_param.file_name
+    if not fname:
+        raise spec.error("hdf5_output_param.file_name is required (Caffe fails to create the "
+                         "file without one)")
+    bottoms = ", ".join(f"'{b}'" for b in spec.param.bottom)
+    warnings.warn(f"layer '{spec.name}' (HDF5Output): accepted as a sink that writes nothing; "
+                  f"Caffe would write {bottoms} as the datasets 'data' and 'label' of "
+                  f"{fname!r}, landmarknet does not. As in Caffe the blobs are consumed and so "
+                  "no net outputs: ask for them by name (forward --blobs)", stacklevel=2)
+    return Built(HDF5Output())

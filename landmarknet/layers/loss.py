@@ -1,5 +1,5 @@
 """Loss and metric layers: EuclideanLoss, SoftmaxWithLoss, SigmoidCrossEntropyLoss,
-MultinomialLogisticLoss, HingeLoss, ContrastiveLoss and Accuracy.
+MultinomialLogisticLoss, HingeLoss, ContrastiveLoss, InfogainLoss and Accuracy.
 
 Every loss top is a 0-axis tensor (Caffe's ``vector<int> loss_shape(0)``) and the first top's
 default loss weight is 1. Labels arrive as float blobs and are read as ``static_cast<int>``
@@ -11,15 +11,18 @@ where the forward clamps a probability (the clamp changes the value, never the g
 from __future__ import annotations
 
 import math
+import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from landmarknet.errors import LayerError
 from landmarknet.layers.common import canonical_axis
 from landmarknet.layers.costs import PER_BOTTOM
 from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module
-from landmarknet.layers.registry import Built, LayerSpec, register
+from landmarknet.layers.registry import Built, LayerSpec, OnnxRule, register
 
 _FAMILY = "loss"
 _FLT_MIN = float(torch.finfo(torch.float32).tiny)  # softmax_loss_layer.cpp: max(p, FLT_MIN)
@@ -372,3 +375,161 @@ def accuracy(spec: LayerSpec) -> Built:
         raise spec.error(f"top_k must be between 1 and the {shape[axis]} classes, got {ap.top_k}")
     ignore = int(ap.ignore_label) if ap.HasField("ignore_label") else None
     return Built(Accuracy(axis, ap.top_k, ignore, spec.n_tops))
+
+
+# ---------------------------------------------------------------------------------------------
+# InfogainLoss, as infogain_loss_layer.cpp of the reference Caffe (BVLC before mid-2017) has it:
+# bottom 0 holds PROBABILITIES (no softmax inside), the loss is divided by N, one top only.
+# Later BVLC Caffe rewrote the layer around an internal softmax over `infogain_loss_param.axis`
+# with loss_param's normalization and ignore_label and a second (probability) top; a net written
+# for that version gives other numbers here, so the fields only it reads are refused or flagged.
+
+def _read_infogain(spec: LayerSpec, source: str) -> torch.Tensor:
+    """The H blob of ``infogain_loss_param.source`` (a serialised BlobProto), as float32."""
+    from pathlib import Path
+
+    from landmarknet.caffe.caffemodel import _Bad, _scan_blob  # Caffe's BlobProto decoding
+    path = Path(source)
+    if not path.is_absolute() and not path.exists() and spec.graph is not None \
+            and spec.graph.path:
+        # Caffe opens it from its working folder; a file beside the prototxt is the other
+        # place a user means.
+        beside = Path(spec.graph.path).parent / path
+        if beside.exists():
+            path = beside
+    if path.exists() and not path.is_file():
+        raise spec.error(f"infogain_loss_param.source {source!r} is not a regular file")
+    if not path.exists():
+        raise spec.error(f"infogain_loss_param.source {source!r}: no such file"
+                         + (" (looked in the working folder and beside the prototxt)"
+                            if not Path(source).is_absolute() else ""))
+    try:
+        buf = path.read_bytes()
+    except OSError as exc:
+        raise spec.error(f"infogain_loss_param.source {source!r}: cannot read it: {exc}") \
+            from None
+    try:
+        blob = _scan_blob(buf, np.frombuffer(buf, np.uint8), 0, len(buf))
+    except _Bad as exc:
+        raise spec.error(f"infogain_loss_param.source {source!r} is not a BlobProto "
+                         f"(.binaryproto): {exc.message} at byte {exc.offset}") from None
+    return torch.tensor(blob)
+
+
+def _legacy4(shape: tuple[int, ...], spec: LayerSpec, what: str) -> tuple[int, int, int, int]:
+    """Blob::num/channels/height/width: at most 4 axes, missing trailing ones read as 1."""
+    if len(shape) > 4:
+        raise spec.error(f"{what} has {len(shape)} axes, shape {shape}; the layer reads it "
+                         "with Caffe's legacy 4-axis accessors, which refuse more than 4",
+                         shape=True)
+    return tuple(shape) + (1,) * (4 - len(shape))  # type: ignore[return-value]
+
+
+class InfogainLoss(nn.Module):
+    """``-sum_n sum_k H[l_n, k] log(max(p_nk, 1e-20)) / N`` over probabilities ``p`` (N, K...).
+
+    Labels are truncated toward zero (``static_cast<int>``); Caffe reads row ``l_n`` of H without
+    a check, so a label outside 0..K-1 is a LayerError here wherever the values are known (not
+    under tracing). The gradient is Caffe's ``-H[l_n, k] / (N max(p_nk, 1e-20))``; none flows to
+    the labels or to H (Caffe aborts if asked).
+    """
+
+    def __init__(self, layer: str, type_: str, infogain: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.layer, self.type_ = layer, type_
+        if infogain is not None:
+            # Caffe's infogain_ is no learnable blob (never in a .caffemodel): a constant.
+            self.register_buffer("infogain", infogain, persistent=False)
+        else:
+            self.infogain = None
+
+    def forward(self, p: torch.Tensor, label: torch.Tensor,
+                infogain: torch.Tensor | None = None) -> torch.Tensor:
+        h = (self.infogain if infogain is None else infogain).detach()
+        n = p.shape[0]
+        flat = p.reshape(n, -1)
+        dim = flat.shape[1]
+        lab = label.detach().reshape(n).to(torch.int64)
+        if lab.device.type != "meta" and not torch.jit.is_tracing() and n:
+            bad = (lab < 0) | (lab >= dim)
+            if bool(bad.any()):
+                first = int(torch.nonzero(bad)[0, 0])
+                raise LayerError(f"label {first} is {float(label.reshape(n)[first]):g}, outside "
+                                 f"0..{dim - 1} (the rows of the {dim}x{dim} infogain matrix); "
+                                 "Caffe would read past H", layer=self.layer, type=self.type_)
+        rows = h.reshape(dim, dim).to(flat.dtype).index_select(0, lab)  # (N, K)
+        # Value log(max(p, 1e-20)); derivative 1 / max(p, 1e-20) even where the clamp bites.
+        clamped = flat + (torch.clamp(flat.detach(), min=_LOG_THRESHOLD) - flat).detach()
+        return -(rows * torch.log(clamped)).sum() / n
+
+    def extra_repr(self) -> str:
+        return "infogain=" + ("bottom 2" if self.infogain is None
+                              else f"{tuple(self.infogain.shape)} from source")
+
+
+def _refuse_later_infogain_fields(spec: LayerSpec) -> None:
+    """Refuse what only later BVLC Caffe's InfogainLoss has; flag the fields it alone reads."""
+    later = ("later BVLC Caffe (mid-2017 on) rewrote InfogainLoss to take raw scores and apply "
+             "a softmax itself; the reference Caffe's layer, which landmarknet follows, takes "
+             "probabilities")
+    if spec.param.infogain_loss_param.HasField("axis"):
+        raise spec.error(f"infogain_loss_param.axis is not a field of this Caffe's InfogainLoss: "
+                         f"{later} over dimension 1 from bottom 0's second axis. Remove it "
+                         "(and put a Softmax before the layer if the net was written for the "
+                         "later version)")
+    if spec.n_tops == 2:
+        raise spec.error(f"has 2 tops, but this Caffe's InfogainLoss has one (the loss); the "
+                         f"probability top comes from the later version: {later}. Put a "
+                         "Softmax before the layer and read its top instead")
+    lp = spec.param.loss_param
+    ignored = [f for f in ("normalization", "normalize", "ignore_label") if lp.HasField(f)]
+    if ignored:
+        warnings.warn(f"layer '{spec.name}' (InfogainLoss): loss_param {', '.join(ignored)} "
+                      "ignored, as the reference Caffe's infogain_loss_layer.cpp ignores them "
+                      "(the loss is always divided by the batch size N); only " + later,
+                      stacklevel=3)
+
+
+def _example_infogain(param, index, shape, bottom_shapes, images, rng):
+    """For the export check: probabilities (rows summing to 1), labels 0..K-1, H in [0, 1)."""
+    k = math.prod(bottom_shapes[0][1:])
+    if index == 0:
+        e = rng.exponential(1.0, (shape[0], k))
+        return (e / e.sum(axis=1, keepdims=True)).reshape(shape)
+    if index == 1:
+        return rng.integers(0, max(k, 1), shape)
+    return rng.uniform(0.0, 1.0, shape)
+
+
+@register("InfogainLoss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss,
+          onnx=OnnxRule(example_input=_example_infogain))
+def infogain_loss(spec: LayerSpec) -> Built:
+    """-sum H[label] . log(max(p, 1e-20)) / N over probabilities p; H from source or bottom 2."""
+    spec.expect_bottoms(2, 3)
+    _refuse_later_infogain_fields(spec)
+    _loss_tops(spec)
+    p = tuple(spec.bottom_shapes[0])
+    lab = tuple(spec.bottom_shapes[1])
+    if not p or not lab:
+        raise spec.error(f"bottoms 0 and 1 need a first axis (N), got {p} and {lab}", shape=True)
+    num = _legacy4(p, spec, "bottom 0 (the probabilities)")[0]
+    dim = math.prod(p) // num if num else 0
+    if lab[0] != p[0] or _legacy4(lab, spec, "bottom 1 (the labels)")[1:] != (1, 1, 1):
+        raise spec.error(f"needs one label per sample, bottom 1 of shape (N[, 1, 1, 1]) with "
+                         f"N = {p[0]}, got {lab}", shape=True)
+    ip = spec.param.infogain_loss_param
+    if len(spec.bottom_shapes) == 3:
+        # Caffe does not read the source then, even if it is given.
+        h_shape, infogain = tuple(spec.bottom_shapes[2]), None
+        what = "bottom 2 (the infogain matrix H)"
+    else:
+        if not ip.source:
+            raise spec.error("infogain_loss_param.source is required (a .binaryproto file with "
+                             "the infogain matrix H) unless H is given as a third bottom")
+        infogain = _read_infogain(spec, ip.source)
+        h_shape = tuple(infogain.shape)
+        what = f"the infogain matrix in {ip.source!r}"
+    if _legacy4(h_shape, spec, what) != (1, 1, dim, dim):
+        raise spec.error(f"{what} must be (1, 1, K, K) with K = {dim}, the values per sample of "
+                         f"bottom 0 {p}; got {h_shape}", shape=True)
+    return Built(InfogainLoss(spec.name, spec.type, infogain), default_loss_weight=1.0)

@@ -1,6 +1,7 @@
 """Blob plumbing: layers that combine, cut, reorder or reduce blobs without learned weights
-(except Parameter), plus Softmax and ArgMax, and the fork layers of the same kind (Permute,
-ShuffleChannel, Upsample, Interp, Axpy).
+(except Parameter), plus Softmax and ArgMax, BatchReindex and Filter (rows picked by another
+bottom's values), and the fork layers of the same kind (Permute, ShuffleChannel, Upsample,
+Interp, Axpy).
 
 Output shapes are computed in ``forward`` from the runtime bottoms with Caffe's own rules, so a
 module built for one batch size runs on another; the converters apply the same rules to the
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landmarknet.caffe import caffe_pb2
+from landmarknet.errors import LayerError
 from landmarknet.layers.common import canonical_axis
 from landmarknet.layers.costs import FREE, PER_BOTTOM, PER_OUTPUT, CostRule, first_top
 from landmarknet.layers.emitting import (EmitCall, EmitContext, copy_module, helper_source, num,
@@ -1203,3 +1205,101 @@ def axpy(spec: LayerSpec) -> Built:
         raise spec.error(f"bottoms 1 and 2 must have the same shape, got {x} and {y}",
                          shape=True)
     return Built(Axpy())
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchReindex, Filter: rows of the first axis picked by the values of another bottom
+# ----------------------------------------------------------------------------------------------
+
+class BatchReindex(nn.Module):
+    """``top[i] = x[int(index[i])]`` along the first axis (batch_reindex_layer.cpp).
+
+    Caffe CHECKs every index before the copy: ``0 <= value < N`` compared as floats (so -0.5 is
+    refused although it truncates to 0), then truncates toward zero. Where the values are known
+    (an eager forward on real tensors) the same test raises a LayerError. Under tracing (ONNX
+    export) nothing can be checked: the exported Gather then fails in ONNX Runtime on an index
+    >= N and reads from the end for a negative one (ONNX Gather accepts -N..-1).
+    """
+
+    def __init__(self, layer: str, type_: str) -> None:
+        super().__init__()
+        self.layer, self.type_ = layer, type_
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        idx = index.detach().reshape(-1)  # Caffe never back-propagates to the indices
+        if idx.device.type != "meta" and not torch.jit.is_tracing() and idx.numel():
+            bad = ~((idx >= 0) & (idx < x.shape[0]))  # NaN fails both CHECKs, as in Caffe
+            if bool(bad.any()):
+                first = int(torch.nonzero(bad)[0, 0])
+                raise LayerError(f"index {first} of bottom 1 is {float(idx[first]):g}, outside "
+                                 f"0..{x.shape[0] - 1} (the first axis of bottom 0 has "
+                                 f"{x.shape[0]} rows); Caffe aborts on it (CHECK in "
+                                 "check_batch_reindex)", layer=self.layer, type=self.type_)
+        # index_select's gradient adds the rows of repeated indices, as Caffe's Backward_cpu.
+        return x.index_select(0, idx.to(torch.int64))
+
+
+def _example_index(param, index, shape, bottom_shapes, images, rng):
+    """Valid row indices 0..N-1 of bottom 0 (N = ``images``) for the export check's bottom 1."""
+    return rng.integers(0, max(images, 1), shape).astype(np.float32) if index == 1 else None
+
+
+def _example_selector(param, index, shape, bottom_shapes, images, rng):
+    """A 0/1 selector (first row kept) for the export check's last bottom: noise keeps all."""
+    if index != len(param.bottom) - 1:
+        return None
+    values = rng.integers(0, 2, shape).astype(np.float32)
+    values.reshape(-1)[:1] = 1.0
+    return values
+
+
+@register("BatchReindex", family=_FAMILY, cost=FREE, emit=copy_module(),
+          onnx=OnnxRule(moves_values=True, example_input=_example_index))
+def batch_reindex(spec: LayerSpec) -> Built:
+    """Rows of bottom 0 picked, reordered or repeated by the 1-D bottom 1 (indices as floats)."""
+    spec.expect_bottoms(2)
+    _one_top(spec)
+    data, index = (tuple(s) for s in spec.bottom_shapes)
+    if len(data) < 1:
+        raise spec.error(f"bottom 0 needs a first axis to index, got shape {data}", shape=True)
+    if len(index) != 1:
+        # BatchReindexLayer::Reshape: CHECK_EQ(1, bottom[1]->num_axes())
+        raise spec.error(f"bottom 1 (the indices) must be 1-D, got shape {index}", shape=True)
+    return Built(BatchReindex(spec.name, spec.type))
+
+
+class Filter(nn.Module):
+    """The rows of each data bottom whose selector value is non-zero, in order
+    (filter_layer.cpp). The number of rows depends on the selector's values."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        *data, selector = xs
+        # C's `if (value)`: every value but +-0 selects its row, NaN included.
+        keep = torch.nonzero(selector.detach().reshape(-1) != 0).reshape(-1)
+        # index_select's gradient puts each top row's diff back on its row, 0 elsewhere.
+        outs = tuple(x.index_select(0, keep) for x in data)
+        return outs[0] if len(outs) == 1 else outs
+
+
+@register("Filter", family=_FAMILY, cost=FREE, emit=copy_module(),
+          onnx=OnnxRule(moves_values=True, example_input=_example_selector))
+def filter_(spec: LayerSpec) -> Built:
+    """Rows of bottoms 0..K-1 whose selector (last bottom, (N, 1, ...)) is non-zero; K tops."""
+    spec.expect_bottoms(2, 1 << 30)
+    shapes = [tuple(s) for s in spec.bottom_shapes]
+    *data, selector = shapes
+    if spec.n_tops != len(data):
+        # FilterLayer::LayerSetUp: CHECK_EQ(top.size(), bottom.size() - 1)
+        raise spec.error(f"needs one top per filtered bottom ({len(data)}: every bottom but "
+                         f"the last, the selector), got {spec.n_tops}")
+    if len(selector) < 1 or any(d != 1 for d in selector[1:]):
+        raise spec.error(f"the selector (last bottom) must be (N[, 1, ...]): one value per row, "
+                         f"got shape {selector}", shape=True)
+    for i, s in enumerate(data):
+        if len(s) < 1 or s[0] != selector[0]:
+            raise spec.error(f"bottom {i} {s} must have the selector's {selector[0]} rows in its "
+                             "first axis", shape=True)
+    # The rows kept depend on the selector's values, so the tops cannot be shaped on 'meta'.
+    # The builder gets Caffe's own answer before any data is seen (Reshape's first_reshape_):
+    # all N rows, the most there can be; a forward returns as many rows as values are non-zero.
+    return Built(Filter(), top_shapes=[s for s in data])

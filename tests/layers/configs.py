@@ -199,6 +199,15 @@ CONFIGS: dict[str, LayerConfig] = {
         "Python", {"cls": (1, 18, 4, 5), "bbox": (1, 36, 4, 5), "im_info": (1, 3)},
         'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" '
         'param_str: "\'feat_stride\': 16" }', feeds={"cls": "unit", "im_info": "im_info:64:80:1"}),
+    # BVLC Caffe's recurrent layers: x (T, N, ...), cont (T, N) of 0/1 sequence indicators;
+    # LSTM with a static input and exposed states (h0, c0 in; h, hT, cT out)
+    "LSTM": one("LSTM", {"data": (3, 2, 4), "cont": (3, 2), "xs": (2, 3), "h0": (1, 2, 5),
+                         "c0": (1, 2, 5)}, "recurrent_param { num_output: 5 expose_hidden: true }",
+                tops=3, feeds={"cont": "label:2"}),
+    "RNN": one("RNN", {"data": (3, 2, 2, 3), "cont": (3, 2)}, "recurrent_param { num_output: 4 }",
+               feeds={"cont": "label:2"}),
+    "LSTMUnit": one("LSTMUnit", {"data": (1, 2, 3), "gates": (1, 2, 12), "cont": (1, 2)},
+                    tops=2, feeds={"cont": "label:2"}),
     # the project's landmark layers (Python layers)
     "Python": python("RegionPool", {"data": (2, 4, 5, 5), "logits": (2, 3, 5, 5)}),
     "Python:RegionPool": python("RegionPool", {"data": (2, 4, 5, 5), "logits": (2, 3, 5, 5)}),
@@ -217,6 +226,19 @@ CONFIGS: dict[str, LayerConfig] = {
     "Python:RegionWeightedEuclideanLoss": python(
         "RegionWeightedEuclideanLoss", {"data": (2, 10), "t": (2, 10), "w": (2, 2)},
         {"regions": {"a": "0-1", "b": "2-4"}, "min_weight": 0.25}, feeds={"w": "unit"}),
+    # BVLC Caffe's Im2col (conv), BatchReindex and Filter (shape), InfogainLoss (loss; H as a
+    # third bottom, probabilities in bottom 0) and the HDF5Output sink (data)
+    "Im2col": one("Im2col", X, "convolution_param { kernel_size: 3 stride: 2 pad: 1 }"),
+    "BatchReindex": one("BatchReindex", {"data": (3, 2, 4), "idx": (5,)},
+                        feeds={"idx": "label:3"}),
+    "Filter": one("Filter", {"data": (6, 3, 4), "b": (6, 5), "sel": (6, 1)}, tops=2,
+                  feeds={"sel": "label:2"}),
+    "InfogainLoss": one("InfogainLoss", {"data": (4, 5), "label": (4,), "H": (1, 1, 5, 5)},
+                        feeds={"data": "prob", "label": "label:5", "H": "unit"}),
+    "HDF5Output": custom(_inputs({"data": (2, 3, 5, 6), "label": (2, 1)})
+                         + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
+                         'layer { name: "x" type: "HDF5Output" bottom: "data" bottom: "label" '
+                         'hdf5_output_param { file_name: "/nonexistent/out.h5" } }\n'),
 }
 
 

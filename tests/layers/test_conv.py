@@ -1,5 +1,6 @@
-"""Convolution, Deconvolution, InnerProduct and Embed (landmarknet/layers/conv.py) against
-``reference.numpy_caffe`` (numpy re-implementations of Caffe's C++).
+"""Convolution, Deconvolution, InnerProduct, Embed and Im2col (landmarknet/layers/conv.py)
+against ``reference.numpy_caffe`` (numpy re-implementations of Caffe's C++), a numpy restatement
+of Caffe's im2col/col2im loops written here, and the reference Caffe (tests marked caffe_ref).
 
 Every module is built the way the builder builds it (``layers.checker.Layer``): constructed on
 the 'meta' device, shape-inferred there, moved with ``to_empty`` and filled blob by blob; the
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from layers.checker import (Layer, assert_bad_parameters_name_the_layer, assert_gradients_flow,
                             assert_meta_shapes_equal_cpu, close, layer_rng, make_spec)
@@ -166,3 +168,181 @@ BAD = [
 @pytest.mark.parametrize("type_,text,shapes,word", BAD, ids=[f"{b[0]}-{b[3]}" for b in BAD])
 def test_bad_parameters_raise_layer_error(type_, text, shapes, word):
     assert_bad_parameters_name_the_layer(type_, text, shapes, word)
+
+
+# ----------------------------------------------------------------------------------------------
+# Im2col: against a numpy restatement of Caffe's im2col_nd_core_cpu and col2im, and the real Caffe
+# ----------------------------------------------------------------------------------------------
+
+def _im2col_ref(x, axis, kernel, stride, pad, dilation):
+    """im2col_layer.cpp + im2col_nd_core_cpu, restated: for every leading index (count(0, axis))
+    and every column row c_col, the kernel offset (last spatial axis fastest) and the input
+    element each output position reads, 0 where it lies in the padding."""
+    x = np.asarray(x, np.float64)
+    lead, channels, im = x.shape[:axis], x.shape[axis], x.shape[axis + 1:]
+    n_sp = len(im)
+    out = [(im[i] + 2 * pad[i] - (dilation[i] * (kernel[i] - 1) + 1)) // stride[i] + 1
+           for i in range(n_sp)]
+    ksize = int(np.prod(kernel))
+    flat = x.reshape((-1, channels) + tuple(im))
+    y = np.zeros((flat.shape[0], channels * ksize) + tuple(out))
+    for n in range(flat.shape[0]):
+        for c_col in range(channels * ksize):
+            offset, d_off = c_col, [0] * n_sp
+            for d_i in range(n_sp - 1, -1, -1):
+                if d_i < n_sp - 1:
+                    offset //= kernel[d_i + 1]
+                d_off[d_i] = offset % kernel[d_i]
+            c_im = c_col // ksize
+            for pos in np.ndindex(*out):
+                src = [pos[i] * stride[i] - pad[i] + d_off[i] * dilation[i] for i in range(n_sp)]
+                if all(0 <= s < im[i] for i, s in enumerate(src)):
+                    y[(n, c_col) + pos] = flat[(n, c_im) + tuple(src)]
+    return y.reshape(tuple(lead) + (channels * ksize,) + tuple(out))
+
+
+def _col2im_ref(g, x_shape, axis, kernel, stride, pad, dilation):
+    """col2im: each column element added back to the input element it was read from."""
+    eye = np.eye(int(np.prod(x_shape))).reshape((-1,) + tuple(x_shape))
+    # im2col is linear: its adjoint applied to g is sum_j g . im2col(e_j)
+    cols = np.stack([_im2col_ref(e, axis, kernel, stride, pad, dilation) for e in eye])
+    return np.tensordot(cols, np.asarray(g, np.float64), axes=g.ndim).reshape(x_shape)
+
+
+IM2COL_CASES = [
+    # (prototxt fields, bottom shape, axis, kernel, stride, pad, dilation)
+    ("kernel_size: 3 stride: 2 pad: 1", (2, 3, 7, 6), 1, (3, 3), (2, 2), (1, 1), (1, 1)),
+    ("kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 2 pad_w: 0 dilation: 2",
+     (1, 2, 8, 5), 1, (3, 2), (2, 1), (2, 0), (2, 2)),
+    ("kernel_size: 2 kernel_size: 3 dilation: 1 dilation: 2 force_nd_im2col: true",
+     (2, 2, 5, 7), 1, (2, 3), (1, 1), (0, 0), (1, 2)),
+    ("kernel_size: 3 stride: 2 pad: 1", (2, 3, 9), 1, (3,), (2,), (1,), (1,)),  # 1-D
+    ("kernel_size: 2 kernel_size: 3 kernel_size: 2 pad: 1 stride: 2", (1, 2, 4, 5, 3), 1,
+     (2, 3, 2), (2, 2, 2), (1, 1, 1), (1, 1, 1)),  # 3-D
+    ("axis: 2 kernel_size: 2 stride: 1", (2, 3, 4, 5, 6), 2, (2, 2), (1, 1), (0, 0), (1, 1)),
+    ("axis: -3 kernel_size: 2 dilation: 0", (2, 3, 4, 5), 1, (2, 2), (1, 1), (0, 0), (0, 0)),
+]
+
+
+@pytest.mark.parametrize("text,shape,axis,kernel,stride,pad,dilation", IM2COL_CASES,
+                         ids=[f"im2col-{i}" for i in range(len(IM2COL_CASES))])
+def test_im2col_matches_caffes_loop_and_col2im(text, shape, axis, kernel, stride, pad, dilation,
+                                               rng):
+    layer = Layer(make_spec("Im2col", f"convolution_param {{ {text} }}", [shape]), rng)
+    assert layer.built.blobs == []
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = layer(x)
+    ref = _im2col_ref(x, axis, kernel, stride, pad, dilation)
+    assert y.shape == ref.shape
+    np.testing.assert_array_equal(y, ref.astype(np.float32))  # a pure copy: exact
+    # Backward: col2im, which adds up the columns that read the same input element.
+    out, (xt,) = layer(x, grad=True)
+    g = rng.standard_normal(tuple(out.shape)).astype(np.float32)
+    out.backward(torch.from_numpy(g))
+    close(xt.grad.numpy(), _col2im_ref(g, shape, axis, kernel, stride, pad, dilation))
+
+
+def test_im2col_rows_by_hand():
+    # one channel 3x3, kernel 2x2, no padding: rows are the kernel offsets (0,0) (0,1) (1,0)
+    # (1,1), each a 2x2 map of the values that offset reads
+    x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    layer = Layer(make_spec("Im2col", "convolution_param { kernel_size: 2 }", [x.shape]),
+                  layer_rng())
+    want = [[[0, 1], [3, 4]], [[1, 2], [4, 5]], [[3, 4], [6, 7]], [[4, 5], [7, 8]]]
+    np.testing.assert_array_equal(layer(x), np.array([want], np.float32))
+
+
+IM2COL_BAD = [
+    ("kernel_h: 3 kernel_w: 3", (1, 2, 4, 5, 6), "kernel_h"),
+    ("kernel_size: 3 kernel_h: 3 kernel_w: 3", (1, 2, 5, 5), "not both"),
+    ("kernel_size: 2 kernel_size: 2 kernel_size: 2", (1, 2, 5, 5), "kernel_size"),
+    ("", (1, 2, 5, 5), "kernel_size"),
+    ("kernel_size: 0", (1, 2, 5, 5), "positive"),
+    ("kernel_size: 2 stride: 0", (1, 2, 5, 5), "stride"),
+    ("kernel_size: 2 pad: 1 pad: 1 pad: 1", (1, 2, 5, 5), "pad"),
+    ("kernel_size: 2 axis: 3", (1, 2, 5, 5), "no spatial axis"),
+    ("kernel_size: 2 axis: 4", (1, 2, 5, 5), "axis"),
+    ("kernel_size: 4 dilation: 2", (1, 2, 5, 5), "larger"),
+]
+
+
+@pytest.mark.parametrize("text,shape,word", IM2COL_BAD, ids=[b[2] + str(i)
+                                                            for i, b in enumerate(IM2COL_BAD)])
+def test_im2col_bad_parameters(text, shape, word):
+    assert_bad_parameters_name_the_layer("Im2col", f"convolution_param {{ {text} }}", [shape],
+                                         word)
+
+
+def _caffe_im2col_net(shape, cases) -> str:
+    dims = " ".join(f"dim: {d}" for d in shape)
+    text = (f'layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ {dims} }} '
+            '} }\n')
+    for i, fields in enumerate(cases):
+        text += (f'layer {{ name: "c{i}" type: "Im2col" bottom: "data" top: "c{i}" '
+                 f'convolution_param {{ {fields} }} }}\n')
+    return text
+
+
+IM2COL_CAFFE = {
+    (2, 3, 7, 6): ["kernel_size: 3 stride: 2 pad: 1",
+                   "kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 2 pad_w: 0 dilation: 2",
+                   "kernel_size: 2 kernel_size: 3 dilation: 1 dilation: 2 force_nd_im2col: true",
+                   "kernel_size: 3 stride: 2 pad: 1 force_nd_im2col: true",
+                   "kernel_size: 2 dilation: 0"],
+    (2, 3, 9): ["kernel_size: 3 stride: 2 pad: 1"],
+    (1, 2, 4, 5, 3): ["kernel_size: 2 kernel_size: 3 kernel_size: 2 pad: 1 stride: 2",
+                      "axis: 2 kernel_size: 2"],
+}
+
+
+@pytest.mark.caffe_ref
+@pytest.mark.parametrize("shape", list(IM2COL_CAFFE), ids=lambda s: f"{len(s)}d")
+def test_im2col_matches_real_caffe(shape, tmp_path):
+    from landmarknet.build import build_net
+    from landmarknet.caffe.prototxt import parse_net
+    from reference.real_caffe import caffe_forward
+
+    cases = IM2COL_CAFFE[shape]
+    text = _caffe_im2col_net(shape, cases)
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    x = layer_rng().standard_normal(shape).astype(np.float32)
+    names = [f"c{i}" for i in range(len(cases))]
+    _, ref = caffe_forward(proto, {"data": x}, blobs=names)
+    with torch.no_grad():
+        ours = build_net(parse_net(text)).run({"data": x}, blobs=names)
+    for name in names:
+        assert ours[name].shape == ref[name].shape, name
+        np.testing.assert_array_equal(ours[name].numpy(), ref[name], err_msg=name)
+
+
+@pytest.mark.caffe_ref
+def test_im2col_backward_matches_real_caffe(tmp_path):
+    from reference.real_caffe import run_caffe
+
+    # A learnable Scale in front makes Caffe back-propagate to x without force_backward;
+    # the EuclideanLoss gives the Im2col top a diff of its own.
+    text = """
+layer { name: "data" type: "Input" top: "data" top: "t"
+        input_param { shape { dim: 2 dim: 3 dim: 6 dim: 5 }
+                      shape { dim: 2 dim: 27 dim: 3 dim: 1 } } }
+layer { name: "s" type: "Scale" bottom: "data" top: "x" scale_param { axis: 0 num_axes: 0 } }
+layer { name: "c" type: "Im2col" bottom: "x" top: "y"
+        convolution_param { kernel_size: 3 stride: 2 stride: 3 pad: 2 pad: 1 dilation: 2 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
+"""
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    r = layer_rng()
+    arrays = {"data": r.standard_normal((2, 3, 6, 5)).astype(np.float32),
+              "t": r.standard_normal((2, 27, 3, 1)).astype(np.float32)}
+    meta, out = run_caffe("backward", {"prototxt": str(proto)}, arrays)
+    i = {n: k for k, n in enumerate(meta["blobs"])}
+    x, y_ref, gy, gx_ref = (out[f"data{i['x']}"], out[f"data{i['y']}"], out[f"diff{i['y']}"],
+                            out[f"diff{i['x']}"])
+    spec = make_spec("Im2col", "convolution_param { kernel_size: 3 stride: 2 stride: 3 pad: 2 "
+                               "pad: 1 dilation: 2 }", [x.shape])
+    y, (xt,) = Layer(spec, layer_rng())(x, grad=True)
+    np.testing.assert_array_equal(y.detach().numpy(), y_ref)
+    y.backward(torch.from_numpy(gy))
+    close(xt.grad.numpy(), gx_ref, rtol=1e-6)

@@ -1,7 +1,8 @@
 """Loss and metric layers (landmarknet/layers/loss.py) against independent references.
 
 References: ``reference.numpy_caffe``, small numpy references written here from the C++
-(MultinomialLogisticLoss, HingeLoss, the Caffe backward passes) and hand-derived literals.
+(MultinomialLogisticLoss, HingeLoss, InfogainLoss, the Caffe backward passes), hand-derived
+literals, and the reference Caffe (tests marked caffe_ref).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from landmarknet.errors import LayerError
 from landmarknet.layers import converter_for
@@ -19,19 +21,13 @@ from reference import numpy_caffe as R
 F32_TINY = float(np.finfo(np.float32).tiny)
 
 
-@pytest.mark.parametrize("type_", ["InfogainLoss"])
-def test_unimplemented_losses_are_unknown_types(type_: str) -> None:
-    spec = layer_spec(type_, "", [(2, 3), (2,)])
-    with pytest.raises(LayerError, match="unknown layer type"):
-        converter_for(spec)
-
-
 def test_loss_layers_default_loss_weight() -> None:
     cases = [("EuclideanLoss", [(2, 3), (2, 3)], 1.0),
              ("SoftmaxWithLoss", [(2, 3), (2,)], 1.0),
              ("SigmoidCrossEntropyLoss", [(2, 3), (2, 3)], 1.0),
              ("HingeLoss", [(2, 3), (2,)], 1.0),
              ("MultinomialLogisticLoss", [(2, 3), (2,)], 1.0),
+             ("InfogainLoss", [(2, 3), (2,), (1, 1, 3, 3)], 1.0),
              ("Accuracy", [(2, 3), (2,)], 0.0),
              ("ReLU", [(2, 3)], 0.0)]
     for type_, shapes, weight in cases:
@@ -223,3 +219,181 @@ def test_accuracy_literals() -> None:
                              [x, np.full(2, 7, np.float32)])
     assert_close(acc, np.float32(0.0))  # nothing counted -> 0
     assert_refused("Accuracy", "accuracy_param { top_k: 4 }", [(2, 3), (2,)], match="top_k")
+
+
+# ----------------------------------------------------------------------------------------------
+# InfogainLoss: a numpy restatement of the reference Caffe's infogain_loss_layer.cpp, and the
+# reference Caffe itself
+# ----------------------------------------------------------------------------------------------
+
+_THRESHOLD = float(np.float32(1e-20))  # kLOG_THRESHOLD as Dtype
+
+
+def _infogain_ref(p: np.ndarray, label: np.ndarray, h: np.ndarray, weight: float = 1.0):
+    """Forward_cpu / Backward_cpu: loss = -sum_i sum_j H[l_i, j] log(max(p_ij, 1e-20)) / num
+    (num = shape(0), dim = count / num); diff = -weight H[l_i, j] / max(p_ij, 1e-20) / num."""
+    num = p.shape[0]
+    flat = p.reshape(num, -1).astype(np.float64)
+    dim = flat.shape[1]
+    hm = h.reshape(dim, dim).astype(np.float64)
+    loss, grad = 0.0, np.zeros_like(flat)
+    for i in range(num):
+        lab = int(label.reshape(-1)[i])  # static_cast<int>
+        for j in range(dim):
+            prob = max(flat[i, j], _THRESHOLD)
+            loss -= hm[lab, j] * math.log(prob)
+            grad[i, j] = -weight * hm[lab, j] / prob / num
+    return loss / num, grad.reshape(p.shape)
+
+
+def _write_blobproto(path, array: np.ndarray, legacy: bool) -> None:
+    """H as Caffe's BlobProto (.binaryproto), with legacy 4-D fields or a shape message."""
+    from landmarknet.caffe import caffe_pb2
+    blob = caffe_pb2.BlobProto()
+    if legacy:
+        blob.num, blob.channels, blob.height, blob.width = array.shape
+    else:
+        blob.shape.dim.extend(array.shape)
+    blob.data.extend(array.reshape(-1).tolist())
+    path.write_bytes(blob.SerializeToString())
+
+
+def _infogain_case(seed: int, n: int = 5, shape=(3, 2, 1)):
+    rng = seeded(seed)
+    dim = int(np.prod(shape))
+    p = rng.dirichlet(np.ones(dim), size=n).astype(np.float32).reshape((n,) + shape)
+    p.reshape(n, -1)[1, 2] = 0.0  # below the threshold: value and gradient use 1e-20
+    label = rng.integers(0, dim, n).astype(np.float32) + 0.7  # truncated toward zero
+    label[0] = dim - 1 + 0.5
+    h = rng.uniform(0, 2, (1, 1, dim, dim)).astype(np.float32)
+    return p, label, h
+
+
+def test_infogain_loss_value_and_gradient_with_h_as_bottom() -> None:
+    p, label, h = _infogain_case(50)
+    (loss,), _, (pt, _, ht) = run_layer("InfogainLoss", "", [p, label, h], grad=True)
+    assert loss.shape == ()
+    want, grad = _infogain_ref(p, label, h)
+    assert_close(loss, want, rtol=1e-6)
+    loss.backward()
+    assert_close(pt.grad, grad, rtol=1e-6)
+    assert abs(float(pt.grad.reshape(5, -1)[1, 2])) > 1e15  # Caffe's -H / 1e-20 / N, no clamp
+    assert ht.grad is None  # Caffe cannot back-propagate to H (nor to the labels)
+
+
+@pytest.mark.parametrize("legacy", [True, False])
+def test_infogain_loss_reads_h_from_a_binaryproto(tmp_path, legacy: bool) -> None:
+    p, label, h = _infogain_case(51, n=4, shape=(6,))
+    path = tmp_path / "H.binaryproto"
+    _write_blobproto(path, h, legacy)
+    (loss,), module, _ = run_layer(
+        "InfogainLoss", f'infogain_loss_param {{ source: "{path}" }}', [p, label])
+    assert_close(loss, _infogain_ref(p, label, h)[0], rtol=1e-6)
+    assert "infogain" not in module.state_dict()  # no Caffe blob: never in a weights file
+
+
+def test_infogain_source_beside_the_prototxt_and_missing(tmp_path, monkeypatch) -> None:
+    from landmarknet.build import build_net
+    from landmarknet.caffe.prototxt import read_net
+    _, _, h = _infogain_case(52, shape=(3,))
+    (tmp_path / "net").mkdir()
+    _write_blobproto(tmp_path / "net" / "H.binaryproto", h, legacy=True)
+    text = """input: "p" input_shape { dim: 2 dim: 3 }
+input: "l" input_shape { dim: 2 }
+layer { name: "ig" type: "InfogainLoss" bottom: "p" bottom: "l" top: "loss"
+        infogain_loss_param { source: "H.binaryproto" } }
+"""
+    proto = tmp_path / "net" / "net.prototxt"
+    proto.write_text(text)
+    monkeypatch.chdir(tmp_path)  # not the prototxt's folder: found beside the prototxt
+    net = build_net(read_net(proto))
+    assert net.blob_shapes["loss"] == ()
+    proto.write_text(text.replace("H.binaryproto", "missing/H2.binaryproto"))
+    with pytest.raises(LayerError, match=r"layer 'ig'.*source 'missing/H2\.binaryproto': no "
+                                         r"such file.*net\.prototxt:3"):
+        build_net(read_net(proto))
+
+
+def test_infogain_bad_inputs(tmp_path) -> None:
+    three = [(2, 3), (2,), (1, 1, 3, 3)]
+    assert_refused("InfogainLoss", "", [(2, 3), (2,)], match="infogain_loss_param.source is "
+                                                             "required")
+    assert_refused("InfogainLoss", "", [(2, 3), (2,), (3, 3)], match="(1, 1, K, K) with K = 3")
+    assert_refused("InfogainLoss", "", [(2, 3), (2,), (1, 1, 4, 4)], match="K = 3")
+    assert_refused("InfogainLoss", "", [(2, 3), (3,), (1, 1, 3, 3)], match="one label per")
+    assert_refused("InfogainLoss", "", [(2, 3), (2, 2), (1, 1, 3, 3)], match="one label per")
+    assert_refused("InfogainLoss", "", [(2, 3, 1, 1, 1), (2,), (1, 1, 3, 3)], match="5 axes")
+    assert_refused("InfogainLoss", "infogain_loss_param { axis: 1 }", three,
+                   match="infogain_loss_param.axis")
+    assert_refused("InfogainLoss", "", three, n_tops=2, match="2 tops")
+    bad = tmp_path / "H.txt"
+    bad.write_text("not a blob\n")
+    assert_refused("InfogainLoss", f'infogain_loss_param {{ source: "{bad}" }}',
+                   [(2, 3), (2,)], match=f"{bad}' is not a BlobProto")
+    # labels outside 0..K-1: Caffe reads past H; here a clear error where the values are known
+    p, _, h = _infogain_case(53, n=2, shape=(3,))
+    with pytest.raises(LayerError, match=r"layer 'l'.*label 1 is 3, outside 0\.\.2"):
+        run_layer("InfogainLoss", "", [p, np.array([0, 3], np.float32), h])
+
+
+def test_infogain_loss_param_fields_are_ignored_with_a_warning() -> None:
+    p, label, h = _infogain_case(54, n=3, shape=(4,))
+    with pytest.warns(UserWarning, match="normalization, ignore_label ignored"):
+        (loss,), _, _ = run_layer("InfogainLoss", "loss_param { normalization: NONE "
+                                  "ignore_label: 1 }", [p, label, h])
+    assert_close(loss, _infogain_ref(p, label, h)[0], rtol=1e-6)  # still divided by N
+
+
+INFOGAIN_NET = """
+layer { name: "in" type: "Input" top: "data" top: "label" top: "H"
+        input_param { shape { dim: 5 dim: 3 dim: 2 dim: 1 } shape { dim: 5 dim: 1 dim: 1 dim: 1 }
+                      shape { dim: 1 dim: 1 dim: 6 dim: 6 } } }
+layer { name: "s" type: "Scale" bottom: "data" top: "p" scale_param { axis: 0 num_axes: 0 } }
+layer { name: "split" type: "Split" bottom: "p" top: "p1" top: "p2" top: "p3" }
+layer { name: "ig_file" type: "InfogainLoss" bottom: "p1" bottom: "label" top: "loss_file"
+        loss_weight: 2 infogain_loss_param { source: "SOURCE" } }
+layer { name: "ig_bottom" type: "InfogainLoss" bottom: "p2" bottom: "label" bottom: "H"
+        top: "loss_bottom" loss_weight: 0 }
+layer { name: "ig_norm" type: "InfogainLoss" bottom: "p3" bottom: "label" bottom: "H"
+        top: "loss_norm" loss_weight: 0 loss_param { normalization: NONE ignore_label: 2 } }
+"""
+
+
+@pytest.mark.caffe_ref
+def test_infogain_loss_matches_real_caffe(tmp_path) -> None:
+    from landmarknet.build import build_net
+    from landmarknet.caffe.prototxt import parse_net
+    from reference.real_caffe import run_caffe
+
+    # H from the file (its loss weighted 2, to check the gradient's scale) and H as a third
+    # bottom (no diff asked of it: Caffe aborts on one); the Scale in front makes Caffe
+    # back-propagate to p. loss_param's fields change nothing in this Caffe.
+    p, label, h = _infogain_case(55)
+    source = tmp_path / "H.binaryproto"
+    _write_blobproto(source, h, legacy=True)
+    text = INFOGAIN_NET.replace("SOURCE", str(source))
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    arrays = {"data": p, "label": label.reshape(5, 1, 1, 1), "H": h}
+    meta, out = run_caffe("backward", {"prototxt": str(proto)}, arrays)
+    ref = {n: (out[f"data{i}"], out[f"diff{i}"]) for i, n in enumerate(meta["blobs"])}
+    p_caffe, gp_caffe = ref["p"]
+    assert ref["loss_bottom"][0] == ref["loss_file"][0] == ref["loss_norm"][0]
+
+    with pytest.warns(UserWarning, match="ignored"):
+        net = build_net(parse_net(text), phase="train")
+    feeds = {"label": torch.tensor(arrays["label"]), "H": torch.tensor(h)}
+    # the Scale's weight is Caffe's random one: feed its top p directly to our layers
+    pt = torch.tensor(p_caffe, requires_grad=True)
+    losses = {}
+    for name, bottoms in (("ig_file", (pt, feeds["label"])),
+                          ("ig_bottom", (pt, feeds["label"], feeds["H"])),
+                          ("ig_norm", (pt, feeds["label"], feeds["H"]))):
+        losses[name] = net.get_submodule(name)(*bottoms)
+    for name, top in (("ig_file", "loss_file"), ("ig_bottom", "loss_bottom"),
+                      ("ig_norm", "loss_norm")):
+        ours = float(losses[name].detach())
+        assert abs(ours - float(ref[top][0])) <= 1e-6 * abs(float(ref[top][0])), name
+    (2.0 * losses["ig_file"]).backward()
+    close_rel = np.abs(pt.grad.numpy() - gp_caffe).max() / np.abs(gp_caffe).max()
+    assert close_rel <= 1e-6, close_rel

@@ -357,3 +357,185 @@ def test_fork_fields_that_are_not_implemented_are_refused() -> None:
                    "detection_output_param { num_classes: 3 normalized_bbox: false "
                    "code_type: CORNER_SIZE }",
                    [(2, 40), (2, 30), (1, 1, 40)], match="CORNER_SIZE")
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchReindex and Filter: numpy restatements of batch_reindex_layer.cpp / filter_layer.cpp,
+# and the reference Caffe
+# ----------------------------------------------------------------------------------------------
+
+def _batch_reindex_ref(x: np.ndarray, index: np.ndarray, g: np.ndarray):
+    """Forward_cpu / Backward_cpu: out[i] = x[int(index[i])]; the diff of every output row is
+    added to the row it came from (bottom diff zeroed first)."""
+    rows = [int(v) for v in index]  # static_cast<int>: truncation toward zero
+    y = np.stack([x[r] for r in rows]) if rows else np.zeros((0,) + x.shape[1:], x.dtype)
+    gx = np.zeros(x.shape, np.float64)
+    for i, r in enumerate(rows):
+        gx[r] += g[i]
+    return y, gx
+
+
+def test_batch_reindex_picks_repeats_and_sums_gradients() -> None:
+    rng = seeded(40)
+    x = rng.normal(size=(4, 3, 2)).astype(np.float32)
+    index = np.array([3, 0, 0, 2.9, 1.5, 3], np.float32)  # repeats; fractions truncate
+    (y,), _, (xt, _) = run_layer("BatchReindex", "", [x, index], grad=True)
+    g = rng.normal(size=(6, 3, 2)).astype(np.float32)
+    y.backward(torch.from_numpy(g))
+    y_ref, gx_ref = _batch_reindex_ref(x, index, g)
+    np.testing.assert_array_equal(y.detach().numpy(), y_ref)
+    assert_close(xt.grad, gx_ref)
+    assert gx_ref[0].any() and gx_ref[3].any()  # rows read twice got two diffs added
+    # an empty index gives an empty top of the same row shape
+    (y0,), _, _ = run_layer("BatchReindex", "", [x, np.zeros(0, np.float32)])
+    assert tuple(y0.shape) == (0, 3, 2)
+
+
+@pytest.mark.parametrize("value", [-0.5, 4.0, 7.0, float("nan")])
+def test_batch_reindex_out_of_range_index_is_a_clear_error(value: float) -> None:
+    # Caffe CHECKs 0 <= value < N on the float (-0.5 fails although it truncates to 0; NaN fails
+    # both comparisons); landmarknet raises where the values are known
+    x = np.zeros((4, 2), np.float32)
+    index = np.array([1, value, 0], np.float32)
+    with pytest.raises(LayerError, match=r"layer 'l'.*index 1 of bottom 1 .*outside 0\.\.3"):
+        run_layer("BatchReindex", "", [x, index])
+
+
+def test_batch_reindex_bad_shapes() -> None:
+    assert_refused("BatchReindex", "", [(4, 2), (3, 1)], match="must be 1-D")
+    assert_refused("BatchReindex", "", [(4, 2)], match="2 bottom")
+    assert_refused("BatchReindex", "", [(4, 2), (3,)], n_tops=2, match="1 top")
+
+
+def _filter_ref(xs: list[np.ndarray], selector: np.ndarray, gs: list[np.ndarray]):
+    """Reshape + Forward_cpu / Backward_cpu: the rows whose selector item is non-zero (C's
+    truth: NaN too), in order; each kept row's diff goes back to it, other rows get 0."""
+    keep = [n for n in range(selector.shape[0]) if bool(selector.reshape(-1)[n])]
+    ys = [x[keep] for x in xs]
+    grads = []
+    for x, g in zip(xs, gs):
+        gx = np.zeros(x.shape, np.float64)
+        for k, n in enumerate(keep):
+            gx[n] = g[k]
+        grads.append(gx)
+    return ys, grads
+
+
+def test_filter_keeps_selected_rows_of_every_bottom() -> None:
+    rng = seeded(41)
+    a = rng.normal(size=(5, 3, 2)).astype(np.float32)
+    b = rng.normal(size=(5, 4)).astype(np.float32)
+    selector = np.array([[0.5], [0], [float("nan")], [-0.0], [-2]], np.float32)
+    outs, module, (at, bt, _) = run_layer("Filter", "", [a, b, selector], n_tops=2, grad=True)
+    gs = [rng.normal(size=tuple(o.shape)).astype(np.float32) for o in outs]
+    torch.autograd.backward(outs, [torch.from_numpy(g) for g in gs])
+    ys_ref, grads_ref = _filter_ref([a, b], selector, gs)
+    assert [tuple(o.shape) for o in outs] == [(3, 3, 2), (3, 4)]  # rows 0, 2 (NaN), 4
+    for o, y in zip(outs, ys_ref):
+        np.testing.assert_array_equal(o.detach().numpy(), y)
+    assert_close(at.grad, grads_ref[0])
+    assert_close(bt.grad, grads_ref[1])
+    # nothing selected: empty tops
+    (none,), _, _ = run_layer("Filter", "", [a, np.zeros((5, 1), np.float32)])
+    assert tuple(none.shape) == (0, 3, 2)
+
+
+def test_filter_declares_caffes_setup_shape_to_the_builder() -> None:
+    # The kept rows depend on the data: the builder gets all N rows (Caffe's first Reshape),
+    # downstream layers are built on that, and a forward gives fewer rows through them.
+    from landmarknet.build import build_net
+    from landmarknet.caffe.prototxt import parse_net
+    net = build_net(parse_net("""
+input: "x" input_shape { dim: 4 dim: 3 }
+input: "s" input_shape { dim: 4 }
+layer { name: "f" type: "Filter" bottom: "x" bottom: "s" top: "f" }
+layer { name: "ip" type: "InnerProduct" bottom: "f" top: "ip"
+        inner_product_param { num_output: 2 } }
+"""))
+    assert net.blob_shapes["f"] == (4, 3) and net.blob_shapes["ip"] == (4, 2)
+    with torch.no_grad():
+        out = net.run({"x": torch.ones(4, 3), "s": torch.tensor([0.0, 1, 0, 1])},
+                      blobs=["f", "ip"])
+    assert tuple(out["f"].shape) == (2, 3) and tuple(out["ip"].shape) == (2, 2)
+
+
+def test_filter_bad_shapes() -> None:
+    assert_refused("Filter", "", [(4, 3), (4, 1)], n_tops=2, match="one top per filtered")
+    assert_refused("Filter", "", [(4, 3)], n_tops=0, match="2 to")
+    assert_refused("Filter", "", [(4, 3), (4, 2)], match="selector")
+    assert_refused("Filter", "", [(4, 3), (5, 3), (4, 1, 1)], n_tops=2, match="bottom 1 (5, 3)")
+
+
+def _caffe_blobs(tmp_path, text: str, arrays: dict, job: str = "forward"):
+    """{blob: (data, diff)} of one run of the net in the reference Caffe."""
+    from reference.real_caffe import run_caffe
+    proto = tmp_path / "net.prototxt"
+    proto.write_text(text)
+    request = {"prototxt": str(proto)} if job == "backward" else \
+        {"prototxt": str(proto), "phase": "test", "blobs": None}
+    meta, out = run_caffe(job, request, arrays)
+    if job == "forward":
+        return {n: (out[f"b{i}"], None) for i, n in enumerate(meta["blobs"])}
+    return {n: (out[f"data{i}"], out[f"diff{i}"]) for i, n in enumerate(meta["blobs"])}
+
+
+REINDEX_FILTER_NET = """
+layer { name: "in" type: "Input" top: "data" top: "b" top: "idx" top: "sel" top: "t1"
+        input_param { shape { dim: 4 dim: 3 dim: 2 } shape { dim: 4 dim: 5 } shape { dim: 6 }
+                      shape { dim: 4 dim: 1 dim: 1 } shape { dim: 6 dim: 3 dim: 2 } } }
+layer { name: "s" type: "Scale" bottom: "data" top: "x" scale_param { axis: 0 num_axes: 0 } }
+layer { name: "sb" type: "Scale" bottom: "b" top: "xb" scale_param { axis: 0 num_axes: 0 } }
+layer { name: "split" type: "Split" bottom: "x" top: "x1" top: "x2" }
+layer { name: "r" type: "BatchReindex" bottom: "x1" bottom: "idx" top: "r" }
+layer { name: "f" type: "Filter" bottom: "x2" bottom: "xb" bottom: "sel" top: "f" top: "fb" }
+layer { name: "l1" type: "EuclideanLoss" bottom: "r" bottom: "t1" top: "l1" }
+layer { name: "l2" type: "Reduction" bottom: "f" top: "l2" loss_weight: 1
+        reduction_param { operation: SUMSQ axis: 0 } }
+layer { name: "l3" type: "Reduction" bottom: "fb" top: "l3" loss_weight: 0.5
+        reduction_param { operation: SUMSQ axis: 0 } }
+"""
+
+
+@pytest.mark.caffe_ref
+def test_batch_reindex_and_filter_match_real_caffe_forward_and_backward(tmp_path) -> None:
+    # Learnable Scales in front make Caffe back-propagate to the data bottoms (never to the
+    # indices or the selector, whose backward aborts); the losses give the tops diffs. The
+    # Filter tops feed sums of squares, not a loss against a target: a target's fixed first
+    # axis would not match the rows Caffe's reshape finds before the selector is written.
+    rng = seeded(42)
+    arrays = {"data": rng.normal(size=(4, 3, 2)), "b": rng.normal(size=(4, 5)),
+              "idx": np.array([3, 0, 0, 2.7, 1, 3]),
+              "sel": np.array([1, 0, -3, 0.25]).reshape(4, 1, 1),
+              "t1": rng.normal(size=(6, 3, 2))}
+    arrays = {k: np.asarray(v, np.float32) for k, v in arrays.items()}
+    ref = _caffe_blobs(tmp_path, REINDEX_FILTER_NET, arrays, job="backward")
+    x, gx = ref["x"]
+    xb, gxb = ref["xb"]
+    r_ref, gr = ref["r"]
+    (f_ref, gf), (fb_ref, gfb) = ref["f"], ref["fb"]
+
+    (r,), _, (xt, _) = run_layer("BatchReindex", "", [x, arrays["idx"]], grad=True)
+    np.testing.assert_array_equal(r.detach().numpy(), r_ref)
+    (f, fb), _, (x2t, xbt, _) = run_layer("Filter", "", [x, xb, arrays["sel"]], n_tops=2,
+                                          grad=True)
+    np.testing.assert_array_equal(f.detach().numpy(), f_ref)
+    np.testing.assert_array_equal(fb.detach().numpy(), fb_ref)
+    torch.autograd.backward([r, f, fb], [torch.from_numpy(g) for g in (gr, gf, gfb)])
+    # Caffe's x diff is the Split's sum of both consumers' diffs
+    assert_close(xt.grad + x2t.grad, gx)
+    assert_close(xbt.grad, gxb)
+
+
+@pytest.mark.caffe_ref
+def test_filter_selecting_nothing_matches_real_caffe(tmp_path) -> None:
+    # (an empty BatchReindex index cannot be fed to the reference Caffe: pycaffe aborts on a
+    # blob without data, so that case has only the numpy test above)
+    text = """
+layer { name: "in" type: "Input" top: "x" top: "sel"
+        input_param { shape { dim: 3 dim: 2 } shape { dim: 3 } } }
+layer { name: "f" type: "Filter" bottom: "x" bottom: "sel" top: "f" }
+"""
+    arrays = {"x": np.arange(6, dtype=np.float32).reshape(3, 2), "sel": np.zeros(3, np.float32)}
+    ref = _caffe_blobs(tmp_path, text, arrays)
+    (f,), _, _ = run_layer("Filter", "", [arrays["x"], arrays["sel"]])
+    assert tuple(f.shape) == ref["f"][0].shape == (0, 2)
