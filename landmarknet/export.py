@@ -447,6 +447,12 @@ def export_onnx(net: CaffeNet, path: str | os.PathLike, *, opset: int | None = N
     path = Path(path)
     if opset < 7:
         raise ExportError(f"opset {opset} is too old; use {DEFAULT_OPSET} or later")
+    if dynamic_batch:
+        fixed = [f"'{info.node.name}' ({info.node.type}): {_onnx_rule(info.node).fixed_batch}"
+                 for info in net.layers.values() if _onnx_rule(info.node).fixed_batch]
+        if fixed:
+            raise ExportError("--dynamic-batch cannot be used with " + "; ".join(fixed)
+                              + ". Export without --dynamic-batch (one file per shape)")
     blocked = not_exportable_layers(net)
     if blocked:  # the registrations say why; say it before torch's exporter fails somewhere deep
         raise ExportError("cannot export: " + "; ".join(b.rstrip(".") for b in blocked)

@@ -320,9 +320,14 @@ def _recurrent_setup(spec: LayerSpec, n_states: int) -> tuple[int, int, int, int
     return steps, batch, numel(x[2:]), d_static, hidden, expose
 
 
+#: Axis 0 of a recurrent layer's blobs is time, and the export unrolls its T steps.
+_TIME_AXIS = ("axis 0 of its bottoms is time (T x N x ...), not the batch, and the export "
+              "unrolls its T steps into the graph, so that axis cannot be symbolic")
+
+
 @register("LSTM", family=_FAMILY, cost=LSTM_COST, detail=recurrent_detail,
           emit=copy_module(_caffe_tanh, _states, _step_inputs),
-          onnx=OnnxRule(example_input=_example_cont(1)))
+          onnx=OnnxRule(example_input=_example_cont(1), fixed_batch=_TIME_AXIS))
 def lstm(spec: LayerSpec) -> Built:
     """LSTM over T steps (gates i, f, o, g; cont resets the state); h (T, N, H) [+ hT, cT]."""
     steps, _, d_in, d_static, hidden, expose = _recurrent_setup(spec, 2)
@@ -339,7 +344,7 @@ def lstm(spec: LayerSpec) -> Built:
 
 @register("RNN", family=_FAMILY, cost=RNN_COST, detail=recurrent_detail,
           emit=copy_module(_states, _step_inputs),
-          onnx=OnnxRule(example_input=_example_cont(1)))
+          onnx=OnnxRule(example_input=_example_cont(1), fixed_batch=_TIME_AXIS))
 def rnn(spec: LayerSpec) -> Built:
     """Elman RNN over T steps with a tanh output layer; o (T, N, H) [+ hT]."""
     steps, _, d_in, d_static, hidden, expose = _recurrent_setup(spec, 1)
@@ -356,7 +361,7 @@ def rnn(spec: LayerSpec) -> Built:
 
 
 @register("LSTMUnit", family=_FAMILY, cost=UNIT_COST, emit=copy_module(_caffe_tanh),
-          onnx=OnnxRule(example_input=_example_cont(2)))
+          onnx=OnnxRule(example_input=_example_cont(2), fixed_batch=_TIME_AXIS))
 def lstm_unit(spec: LayerSpec) -> Built:
     """One LSTM step: c_prev (1, N, D), gates (1, N, 4D), cont (1, N) -> c, h (1, N, D)."""
     spec.expect_bottoms(3)

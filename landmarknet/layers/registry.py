@@ -117,6 +117,9 @@ class OnnxRule:
     #: the input's shape, the layer's bottom shapes, the number of images in the batch and a
     #: numpy Generator; returns a float32 array of ``shape``, or None for noise.
     example_input: Callable[..., "np.ndarray | None"] | None = None
+    #: Why an export with a symbolic batch (``--dynamic-batch``: axis 0 of every input and
+    #: output) would be wrong for this type (None: it is fine).
+    fixed_batch: str | None = None
 
 
 @dataclass(frozen=True)

@@ -647,3 +647,15 @@ def test_onnx_export_passes_its_check_in_onnx_runtime(tmp_path: Path) -> None:
     feeds = random_inputs(net, 0)
     assert set(np.unique(feeds["cont"])) <= {0.0, 1.0} and not feeds["cont"][0].any()
     assert set(np.unique(feeds["cont1"])) <= {0.0, 1.0}
+
+
+def test_dynamic_batch_export_is_refused_with_the_reason(tmp_path: Path) -> None:
+    # Axis 0 of a recurrent bottom is time and the export unrolls it: a symbolic axis 0 would
+    # promise any T and give wrong results (or none) for every T but the built one.
+    from landmarknet.export import ExportError
+    net = _net(VARIANT_NET)
+    randomize(net, 6)
+    with pytest.raises(ExportError, match=r"--dynamic-batch cannot be used with .*axis 0 of its "
+                                          r"bottoms is time"):
+        export_onnx(net, tmp_path / "rnn.onnx", dynamic_batch=True)
+    assert not (tmp_path / "rnn.onnx").exists()
