@@ -31,20 +31,28 @@ def load_caffe(prototxt: PathLike, weights: Optional[PathLike] = None, *, phase:
                level: int = 0, stages: Iterable[str] = (),
                input_shapes: Optional[Mapping[str, Iterable[int]]] = None,
                device: str = "cpu", seed: int = 0,
-               fit: Optional["FitPolicy"] = None) -> "CaffeNet":
+               fit: Optional["FitPolicy"] = None,
+               python_path: Iterable[PathLike] = ()) -> "CaffeNet":
     """A Caffe net as a torch.fx GraphModule, with ``weights`` (.caffemodel/.h5/.pt) loaded.
 
     ``prototxt`` is a file, a bundle folder or an installed bundle's name. Without ``weights``
     the parameters hold the prototxt's fillers (seeded by ``seed``). Weights that do not fit
     the net raise WeightsError, as in Caffe, unless ``fit`` allows it. Call the net with its
-    inputs by name; it returns a dict of its output blobs.
+    inputs by name; it returns a dict of its output blobs. ``python_path``: folders holding the
+    modules of the net's own ``Python`` layers (caffe.Layer classes), imported from there as
+    Caffe's PYTHONPATH would (landmarknet.python_layers); never searched otherwise.
     """
-    from landmarknet.build import build_net
+    from landmarknet.build import build_from_graph, net_graph
     from landmarknet.models import resolve_prototxt
     from landmarknet.params import load_weights
 
-    net = build_net(resolve_prototxt(prototxt), phase=phase, level=level, stages=stages,
-                    input_shapes=input_shapes, seed=seed, device=device)
+    graph = net_graph(resolve_prototxt(prototxt), phase=phase, level=level, stages=stages,
+                      input_shapes=input_shapes)
+    folders = list(python_path)
+    if folders:
+        from landmarknet.python_layers import load_python_layers
+        load_python_layers(graph, folders)
+    net = build_from_graph(graph, seed=seed, device=device)
     if weights is not None:
         load_weights(net, weights, fit=fit)
     return net

@@ -14,7 +14,11 @@ Where a type comes from a Caffe fork, the origin column says which; see docs/caf
 the semantics we follow and where OpenCV's importer differs.
 
 `Python` layers are resolved through the registry under `Python:<layer>` (the `layer` field of
-`python_param`): landmarknet never imports a module named in a prototxt.
+`python_param`): landmarknet never imports a module named in a prototxt on its own. A net's own
+Python layers (`caffe.Layer` classes) run as they are when their folder is given with
+`--python-path DIR` (Python: `load_caffe(..., python_path=[DIR])`): `landmarknet.python_layers`
+imports them with a stand-in for pycaffe and runs `setup`, `reshape`, `forward` and `backward`
+on numpy arrays, as Caffe does (checked against the reference Caffe's own Python layer).
 
 ## Adding a layer type
 

@@ -19,10 +19,10 @@ PACKAGE = Path(landmarknet.__file__).parent
 #: room -> the top-level modules and sub-packages of landmarknet in it (docs/architecture.md).
 ROOMS = {
     "engine": {"caffe", "graph", "input_shapes", "layers", "build", "params", "solver", "fillers",
-               "memory", "errors", "paths", "jsontext", "runtime"},
+               "memory", "errors", "paths", "jsontext", "runtime", "python_layers"},
     "tools": {"analyze", "render", "export", "emit", "fast", "bench", "layer_docs"},
     "app": {"nets", "netspec", "data", "train", "infer", "detect", "metrics", "decode", "smoothing",
-            "models", "bundle", "api", "cli"},
+            "models", "bundle", "api", "cli", "preprocess"},
 }
 ORDER = {"engine": 0, "tools": 1, "app": 2}
 #: Crossings against the flow, each with its reason.

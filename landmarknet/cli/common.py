@@ -39,6 +39,10 @@ def add_net_arguments(p: argparse.ArgumentParser, *, phase_default: str = "test"
                    metavar="NAME=N,C,H,W", help="set or override an input's shape (repeatable)")
     p.add_argument("--lenient", action="store_true",
                    help="skip unknown prototxt fields with one warning each instead of failing")
+    p.add_argument("--python-path", action="append", default=[], type=Path, metavar="DIR",
+                   help="a folder holding the modules of the net's own Python layers "
+                   "(caffe.Layer classes), imported from there as Caffe's PYTHONPATH would "
+                   "(repeatable; landmarknet imports no module a prototxt names otherwise)")
     p.add_argument("--outputs", type=_blob_list, metavar="BLOB[,BLOB]",
                    help="make these blobs the net's outputs and leave out the layers they do "
                    "not need (e.g. SSD's DetectionOutput: --outputs mbox_loc,mbox_conf_flatten,"
@@ -122,6 +126,9 @@ def graph_from_args(args: argparse.Namespace):
                       input_shapes=dict(args.input_shape), strict=not args.lenient)
     if getattr(args, "outputs", None):
         graph = graph.cut_to(args.outputs)
+    if getattr(args, "python_path", None):
+        from landmarknet.python_layers import load_python_layers
+        load_python_layers(graph, args.python_path)
     args.graph = graph
     return graph
 

@@ -154,8 +154,10 @@ def python_layer(spec: LayerSpec) -> Built:
             return _REGISTRY[key].converter(spec)
     raise spec.error(
         f"Python layer {pp.module}.{pp.layer} is not registered. landmarknet never imports "
-        f"modules named in a prototxt; register a converter under '{keys[1]}' with "
-        "`@landmarknet.layers.register(...)` to support it")
+        f"modules named in a prototxt on its own: give the folder that holds {pp.module}.py "
+        "with --python-path DIR (Python: load_caffe(..., python_path=[DIR])) to run the "
+        f"caffe.Layer class as it is, or register a converter under '{keys[1]}' with "
+        "`@landmarknet.layers.register(...)`")
 
 
 # ---------------------------------------------------------------------------------------------
