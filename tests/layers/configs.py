@@ -239,6 +239,18 @@ CONFIGS: dict[str, LayerConfig] = {
                          + 'layer { name: "r" type: "ReLU" bottom: "data" top: "r" }\n'
                          'layer { name: "x" type: "HDF5Output" bottom: "data" bottom: "label" '
                          'hdf5_output_param { file_name: "/nonexistent/out.h5" } }\n'),
+    # FlowNet2's layers (optical_flow): two maps correlated, maps accumulated at one size, an
+    # image warped by a flow, a resize on the fork's grid, the TEST mean subtraction
+    "Correlation": one("Correlation", {"a": (2, 3, 7, 8), "b": (2, 3, 7, 8)},
+                       "correlation_param { pad: 2 kernel_size: 3 max_displacement: 2 "
+                       "stride_1: 1 stride_2: 2 }"),
+    "Accum": one("Accum", {"a": (2, 2, 3, 4), "b": (2, 3, 6, 8)},
+                 "accum_param { top_height: 7 top_width: 9 }"),
+    "FlowWarp": one("FlowWarp", {"data": (2, 3, 5, 6), "flow": (2, 2, 5, 6)}),
+    "Resample": one("Resample", {"data": (2, 3, 5, 6)},
+                    "resample_param { width: 4 height: 3 type: LINEAR antialias: true }"),
+    "DataAugmentation": one("DataAugmentation", {"data": (2, 3, 5, 6)},
+                            "augmentation_param { recompute_mean: 1000 mean_per_pixel: false }"),
 }
 
 
