@@ -1,8 +1,8 @@
 """A net's own Python layers (caffe.Layer classes) run as they are with --python-path.
 
 The layers (tests/reference/user_python_layers.py) are written as a Caffe user writes them; the
-expected numbers are computed here with numpy from their definitions. (The reference Caffe is
-built without WITH_PYTHON_LAYER, so it cannot run them.)"""
+reference Caffe (built with its Python layer) runs the very same file, forward and backward, and
+numpy computes the expected numbers from their definitions for machines without it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,6 +17,8 @@ from landmarknet.cli.main import main
 from landmarknet.errors import LandmarknetError, LayerError
 from landmarknet.export import ExportError, export_onnx
 from landmarknet.python_layers import load_python_layers
+from reference.compare import rel_err
+from reference.real_caffe import run_caffe
 
 LAYERS_DIR = Path(__file__).resolve().parent / "reference"
 
@@ -54,6 +56,24 @@ def _ours(net_file: Path, phase: str, arrays: dict[str, np.ndarray]):
     feeds = {k: torch.tensor(v, requires_grad=(k in ("data", "other"))) for k, v in arrays.items()}
     out = net.run(feeds, blobs=["affine", "norms", "sum", "flag", "loss"])
     return net, feeds, out
+
+
+@pytest.mark.caffe_ref
+@pytest.mark.parametrize("phase", ["train", "test"])
+def test_forward_and_backward_match_the_reference_caffe(net_file, phase):
+    arrays = _arrays()
+    meta, ref = run_caffe("backward", {"prototxt": str(net_file), "phase": phase}, arrays)
+    index = {name: i for i, name in enumerate(meta["blobs"])}
+    _, feeds, out = _ours(net_file, phase, arrays)
+    for name in ("affine", "norms", "sum", "flag", "loss"):
+        want = ref[f"data{index[name]}"]
+        assert out[name].shape == want.shape, name
+        assert rel_err(out[name].detach().numpy(), want) <= 1e-6, name
+    assert meta["loss"] == pytest.approx(float(out["loss"].detach()), rel=1e-6)
+    out["loss"].backward()
+    want = ref[f"diff{index['data']}"]
+    assert np.abs(want).max() > 0  # a gradient reached the input in Caffe too
+    assert rel_err(feeds["data"].grad.numpy(), want) <= 1e-5
 
 
 @pytest.mark.parametrize("phase", ["train", "test"])

@@ -56,6 +56,9 @@ class RowNormsAndSum(caffe.Layer):
 class PhaseFlag(caffe.Layer):
     """top = bottom + 1 in TRAIN, bottom - 1 in TEST; no backward (deploy-style ``pass``)."""
 
+    def setup(self, bottom, top):  # pycaffe needs every method defined (its base recurses)
+        pass
+
     def reshape(self, bottom, top):
         top[0].reshape(*bottom[0].data.shape)
 
@@ -68,6 +71,9 @@ class PhaseFlag(caffe.Layer):
 
 class Broken(caffe.Layer):
     """Fails in forward, as user code may."""
+
+    def setup(self, bottom, top):
+        pass
 
     def reshape(self, bottom, top):
         top[0].reshape(*bottom[0].data.shape)

@@ -7,6 +7,8 @@
 #
 # DEST ends up holding src/ (the patched source tree, with python/caffe/_caffe.so), venv/ and a
 # stamp file named after this script's hash: a second call with the same script does nothing.
+# Built with the Python layer (WITH_PYTHON_LAYER), so that users' caffe.Layer classes can be run
+# in it as a reference (tests/test_python_layers.py); the fork's CMake option for it adds no define.
 # Takes about 12 minutes of CPU on two cores. Nothing here is committed: DEST is ignored by git.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -64,7 +66,7 @@ numpy_inc="$(/usr/bin/python3 -c 'import numpy; print(numpy.get_include())')"
 mkdir -p "$dest/build"
 cmake -S "$src" -B "$dest/build" -DCMAKE_BUILD_TYPE=Release -DANACONDA_HOME=/usr \
   -DPYTHON_VERSION="python$pyver" -DBUILD_python=ON -DCPU_ONLY=ON \
-  -DCMAKE_CXX_FLAGS="-I/usr/include/hdf5/serial -I$numpy_inc -Wno-deprecated-declarations" \
+  -DCMAKE_CXX_FLAGS="-I/usr/include/hdf5/serial -I$numpy_inc -I/usr/include/python$pyver -DWITH_PYTHON_LAYER -Wno-deprecated-declarations" \
   -DCMAKE_SHARED_LINKER_FLAGS="-L/usr/lib/x86_64-linux-gnu/hdf5/serial -L/usr/lib/$(uname -m)-linux-gnu/hdf5/serial" \
   >"$dest/cmake.log" 2>&1 || { tail -40 "$dest/cmake.log"; exit 1; }
 make -C "$dest/build" -j"$(nproc)" pycaffe >"$dest/make.log" 2>&1 || { grep -m20 -B2 -A5 'error' "$dest/make.log"; tail -20 "$dest/make.log"; exit 1; }
