@@ -153,6 +153,41 @@ def test_forward_prints_detections_in_picture_pixels(tmp_path, picture, capsys):
     np.testing.assert_allclose([float(v) for v in row.split()[3:]], [20, 25, 60, 50], atol=0.05)
 
 
+def test_forward_labels_and_draw(tmp_path, picture, capsys):
+    path, _ = picture
+    net = tmp_path / "det.prototxt"
+    net.write_text(DETECTOR)
+    arrays = {"loc": np.zeros((1, 4), np.float32), "conf": np.array([[0.0, 1.0]], np.float32),
+              "prior": np.array([[[0.25, 0.5, 0.75, 1.0], [0.1, 0.1, 0.2, 0.2]]], np.float32)}
+    args = ["forward", str(net), "--random-weights", "1", "--image", str(path),
+            "--output", str(tmp_path / "o.npz")]
+    for name, value in arrays.items():
+        np.save(tmp_path / f"{name}.npy", value)
+        args += ["--input", f"{name}={tmp_path / name}.npy"]
+    label_map = tmp_path / "labelmap.prototxt"
+    label_map.write_text('item { name: "none_of_the_above" label: 0 display_name: "background" }\n'
+                         'item { name: "face" label: 1 display_name: "Face" }\n')
+    out = tmp_path / "drawn.png"
+    assert main(args + ["--labels", str(label_map), "--draw", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "   50.0 Face" in printed and f"on {out}" in printed
+    drawn = cv2.imread(str(out))
+    original = cv2.imread(str(path))
+    assert drawn.shape == original.shape
+    changed = np.nonzero((drawn != original).any(axis=2))
+    # the box (20, 25)-(60, 50) in the 80 x 50 picture, its label above it
+    assert changed[1].min() >= 18 and changed[1].max() <= 80 and changed[0].max() <= 50
+    assert (drawn[25, 20:60] != original[25, 20:60]).any()
+    names = tmp_path / "names.txt"
+    names.write_text("background\nperson\n")
+    assert main(args + ["--labels", str(names)]) == 0
+    assert "   50.0 person" in capsys.readouterr().out
+    bad = tmp_path / "bad.prototxt"
+    bad.write_text("item { nam: 1 }\n")
+    assert main(args + ["--labels", str(bad)]) == 2
+    assert f"--labels {bad}:1:" in capsys.readouterr().err
+
+
 def test_forward_image_errors(tmp_path, picture, capsys):
     path, _ = picture
     net = tmp_path / "net.prototxt"
@@ -166,3 +201,7 @@ def test_forward_image_errors(tmp_path, picture, capsys):
         capsys.readouterr().err
     assert main(base + ["--image", str(tmp_path / "missing.png")]) == 2
     assert "missing.png: no such file" in capsys.readouterr().err
+    assert main(base + ["--draw", str(tmp_path / "x.png")]) == 2
+    assert "given with --image" in capsys.readouterr().err
+    assert main(base + ["--image", str(path), "--draw", str(tmp_path / "x.png")]) == 2
+    assert "no detector top" in capsys.readouterr().err

@@ -15,7 +15,8 @@ import numpy as np
 from landmarknet.cli.common import (UsageError, add_fit_arguments, add_net_arguments,
                                     build_from_args, fit_from_args, graph_from_args,
                                     load_npy_inputs, memory_budget)
-from landmarknet.cli.pictures import image_inputs, print_detections
+from landmarknet.cli.pictures import (draw_detections, image_inputs, print_detections,
+                                      read_labels)
 
 EXAMPLE = """\
 examples:
@@ -59,6 +60,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     pictures.add_argument("--crop", action="store_true",
                           help="keep the aspect ratio: scale so the picture covers --size, "
                           "then cut the centre")
+    pictures.add_argument("--labels", type=Path, metavar="FILE",
+                          help="class names for a detector's rows: an SSD label map "
+                          "(labelmap_voc.prototxt) or a list whose line i names label i")
+    pictures.add_argument("--draw", type=Path, metavar="OUT.png",
+                          help="write the picture with the detector's boxes (OUT_<i>.png "
+                          "for several pictures)")
+    pictures.add_argument("--threshold", type=float, default=0.5,
+                          help="smallest score --draw draws (default 0.5)")
     p.add_argument("--output", type=Path, default=Path("forward.npz"),
                    help="where to save the blobs (default forward.npz)")
     p.add_argument("--blobs", help="comma-separated blob names to save (default: the outputs, "
@@ -99,9 +108,13 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("give --weights FILE (or --random-weights SEED to test a net)")
     inputs = load_npy_inputs(args.input)
     geometries: dict = {}
+    if (args.labels or args.draw) and not args.image:
+        raise UsageError("--labels and --draw name and draw a detector's boxes on pictures "
+                         "given with --image")
+    labels = read_labels(args.labels) if args.labels else None
     if args.image:
         graph = graph_from_args(args)
-        pictures, geometries = image_inputs(args, graph)
+        pictures, geometries, loaded = image_inputs(args, graph)
         clash = sorted(set(pictures) & set(inputs))
         if clash:
             raise UsageError(f"input {clash[0]!r} is given both by --image and by --input")
@@ -122,6 +135,13 @@ def _run(args: argparse.Namespace) -> int:
         extent = f"min {v.min():+.5g}  max {v.max():+.5g}" if v.size else "empty"
         print(f"{k:<30} {'x'.join(map(str, v.shape)):<18} {extent}")
     if geometries:
-        print_detections(net, arrays, geometries)
+        rows = print_detections(net, arrays, geometries, labels)
+        if args.draw:
+            if not rows:
+                raise UsageError("--draw: the net has no detector top (DetectionOutput or a "
+                                 "YOLO head) whose boxes could be drawn")
+            images = next(iter(loaded.values()))  # rows exist only with one picture input
+            for path in draw_detections(args.draw, images, rows, args.threshold, labels):
+                print(f"drew the boxes of score >= {args.threshold:g} on {path}")
     print(f"saved {len(arrays)} blob(s) to {args.output}")
     return 0
