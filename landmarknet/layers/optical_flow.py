@@ -620,13 +620,23 @@ def data_augmentation(spec: LayerSpec) -> Built:
     if spec.phase == "train":
         raise spec.error("DataAugmentation in the TRAIN phase draws random augmentations; "
                          "landmarknet runs only its TEST path (build the net for TEST)")
-    if p.augment_during_test:
-        raise spec.error("augmentation_param.augment_during_test: true draws random "
-                         "augmentations at TEST; not supported")
-    if has_field(p, "crop_width") and has_field(p, "crop_height"):
-        raise spec.error("augmentation_param.crop_width/crop_height: the fork's crop resamples "
-                         "through its spatial transform; not supported (resize with Resample)")
     n, c, h, w = _four_d(spec, 0, "the images")
+    # The fork augments only when it crops (crop_width and crop_height both set), and then only
+    # with the random generators the prototxt sets. FlowNet2's deploy nets say
+    # `augment_during_test: true` with a crop equal to the input and no generator: nothing
+    # random happens, the layer subtracts its mean. That case runs; a real crop or a generator
+    # is refused.
+    crop = has_field(p, "crop_width") and has_field(p, "crop_height")
+    if crop and (p.crop_width, p.crop_height) != (w, h):
+        raise spec.error(f"augmentation_param crop {p.crop_width} x {p.crop_height} of {w} x "
+                         f"{h} images: the fork's crop resamples through its spatial transform; "
+                         "not supported (resize with Resample)")
+    generators = [f.name for f in p.DESCRIPTOR.fields
+                  if f.message_type is not None and f.message_type.name ==
+                  "RandomGeneratorParameter" and p.HasField(f.name)]
+    if crop and p.augment_during_test and generators:
+        raise spec.error(f"augmentation_param.augment_during_test: true with {', '.join(generators)} "
+                         "draws random augmentations at TEST; not supported")
     blobs = [BlobSlot("iteration", (1, 1, 1, 1), learnable=False)]
     if p.recompute_mean > 0:
         blobs += [BlobSlot("data_mean", (1, c, h, w), learnable=False),

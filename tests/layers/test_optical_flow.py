@@ -591,6 +591,27 @@ def test_augmentation_matches_opencv(tmp_path) -> None:
     assert rel_err(ours, augmentation_ref(x, blobs, 1000, False)[0]) <= 1e-6
 
 
+def test_augmentation_during_test_without_generators_only_subtracts(tmp_path) -> None:
+    # FlowNet2's deploy nets: augment_during_test with a crop the size of the input and no
+    # random generator. The fork then draws nothing (its coefficients stay at identity): the
+    # same numbers as without the flags. OpenCV (which reads neither) agrees.
+    shape = (1, 3, 4, 5)
+    x = seeded(19).standard_normal(shape).astype(F32)
+    blobs = _augmentation_blobs(shape, 0.0)
+    plain = "recompute_mean: 1000 mean_per_pixel: false"
+    flagged = plain + " augment_during_test: true crop_width: 5 crop_height: 4"
+    outs = []
+    for param in (plain, flagged):
+        net = _augmentation_layer(param, shape, blobs, tmp_path)
+        with torch.no_grad():
+            outs.append(to_numpy(net(torch.from_numpy(x))["aug"]))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    model = wire.encode_caffemodel([("aug", "DataAugmentation", blobs)])
+    theirs = _opencv(_augmentation_net(flagged, shape), {"img": x}, ["aug"], tmp_path,
+                     model)["aug"]
+    assert rel_err(outs[1], theirs) <= 1e-5
+
+
 def test_augmentation_prototxt_mean_and_identity() -> None:
     x = seeded(18).standard_normal((2, 3, 4, 5)).astype(F32)
     given = "mean: 0.25 mean: 0.5 mean: 0.75"
@@ -630,10 +651,11 @@ def test_augmentation_prototxt_mean_and_identity() -> None:
     ("Resample", "resample_param { factor: 2 type: LINEAR }", [(1, 3, 5, 5)], "factor"),
     ("Resample", "resample_param { width: 20 height: 2 type: NEAREST }", [(1, 3, 8, 5)],
      "outside"),
-    ("DataAugmentation", "augmentation_param { augment_during_test: true }", [(1, 3, 5, 5)],
-     "augment_during_test"),
+    ("DataAugmentation", "augmentation_param { augment_during_test: true crop_width: 5 "
+     "crop_height: 5 translate { spread: 0.4 } }", [(1, 3, 5, 5)],
+     "augment_during_test: true with translate"),
     ("DataAugmentation", "augmentation_param { crop_width: 4 crop_height: 4 }",
-     [(1, 3, 5, 5)], "crop_width"),
+     [(1, 3, 5, 5)], "crop 4 x 4 of 5 x 5"),
     ("DataAugmentation", "augmentation_param { mean: 1 mean: 2 mean: 3 mean_per_pixel: false }",
      [(1, 4, 5, 5)], "3 values"),
 ])
