@@ -14,21 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from landmarknet.fast.timing import time_calls
 from landmarknet.layers.optical_flow import Correlation
 
 
 def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    """Median milliseconds of ``repeats`` calls after one untimed call."""
+    return 1e3 * statistics.median(time_calls({"f": fn}, repeats=repeats, warmup=1)["f"])
 
 
 def main() -> None:

@@ -18,13 +18,13 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from landmarknet.build import build_net
+from landmarknet.fast.timing import time_calls
 from landmarknet.layers import detection
 from landmarknet.params import randomize, save_weights
 from landmarknet.paths import shared_dir
@@ -34,13 +34,8 @@ HEADS = ["mbox_loc", "mbox_conf_flatten", "mbox_priorbox"]
 
 
 def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    """Median milliseconds of ``repeats`` calls after one untimed call."""
+    return 1e3 * statistics.median(time_calls({"f": fn}, repeats=repeats, warmup=1)["f"])
 
 
 def _opencv_ms(proto: Path, net, x: np.ndarray, repeats: int) -> float | None:

@@ -134,18 +134,23 @@ def test_forward_image_feeds_blob_from_image(tmp_path, picture):
         assert saved["data"].shape == (2, 3, 12, 16)
 
 
-def test_forward_prints_detections_in_picture_pixels(tmp_path, picture, capsys):
-    path, _ = picture
+def _detector_args(tmp_path, picture_path) -> list[str]:
+    """`forward` of DETECTOR on the picture, its head inputs from .npy files."""
     net = tmp_path / "det.prototxt"
     net.write_text(DETECTOR)
     arrays = {"loc": np.zeros((1, 4), np.float32), "conf": np.array([[0.0, 1.0]], np.float32),
               "prior": np.array([[[0.25, 0.5, 0.75, 1.0], [0.1, 0.1, 0.2, 0.2]]], np.float32)}
-    args = ["forward", str(net), "--random-weights", "1", "--image", str(path),
+    args = ["forward", str(net), "--random-weights", "1", "--image", str(picture_path),
             "--output", str(tmp_path / "o.npz")]
     for name, value in arrays.items():
         np.save(tmp_path / f"{name}.npy", value)
         args += ["--input", f"{name}={tmp_path / name}.npy"]
-    assert main(args) == 0
+    return args
+
+
+def test_forward_prints_detections_in_picture_pixels(tmp_path, picture, capsys):
+    path, _ = picture
+    assert main(_detector_args(tmp_path, path)) == 0
     printed = capsys.readouterr().out
     assert "detection_out: 1 detection(s) from layer 'det'" in printed
     # the 80 x 50 picture: (0.25, 0.5, 0.75, 1.0) -> (20, 25, 60, 50)
@@ -155,15 +160,7 @@ def test_forward_prints_detections_in_picture_pixels(tmp_path, picture, capsys):
 
 def test_forward_labels_and_draw(tmp_path, picture, capsys):
     path, _ = picture
-    net = tmp_path / "det.prototxt"
-    net.write_text(DETECTOR)
-    arrays = {"loc": np.zeros((1, 4), np.float32), "conf": np.array([[0.0, 1.0]], np.float32),
-              "prior": np.array([[[0.25, 0.5, 0.75, 1.0], [0.1, 0.1, 0.2, 0.2]]], np.float32)}
-    args = ["forward", str(net), "--random-weights", "1", "--image", str(path),
-            "--output", str(tmp_path / "o.npz")]
-    for name, value in arrays.items():
-        np.save(tmp_path / f"{name}.npy", value)
-        args += ["--input", f"{name}={tmp_path / name}.npy"]
+    args = _detector_args(tmp_path, path)
     label_map = tmp_path / "labelmap.prototxt"
     label_map.write_text('item { name: "none_of_the_above" label: 0 display_name: "background" }\n'
                          'item { name: "face" label: 1 display_name: "Face" }\n')

@@ -44,9 +44,9 @@ FC_COST = CostRule(_fc_macs, "MACs = output elements x K")
 EMBED_COST = CostRule(lambda info, training: (0, 0), "0 (a table look-up)")
 
 
-def conv_detail(p: caffe_pb2.LayerParameter) -> str:
-    """'7×7 /2 p3 · 64': kernel, stride, pad, dilation, group, outputs."""
-    cp = p.convolution_param
+def _window_parts(cp) -> list[str]:
+    """['7×7', '/2', 'p3', 'd2']: a 2-D window's kernel, then stride, pad and dilation where
+    they are not the defaults."""
     opt = lambda f: getattr(cp, f) if cp.HasField(f) else None  # noqa: E731
     k = field_pair(list(cp.kernel_size), opt("kernel_h"), opt("kernel_w"), 1)
     s = field_pair(list(cp.stride), opt("stride_h"), opt("stride_w"), 1)
@@ -59,6 +59,13 @@ def conv_detail(p: caffe_pb2.LayerParameter) -> str:
         parts.append("p" + dims_text(pd, short=True))
     if d != (1, 1):
         parts.append("d" + dims_text(d, short=True))
+    return parts
+
+
+def conv_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'7×7 /2 p3 · 64': kernel, stride, pad, dilation, group, outputs."""
+    cp = p.convolution_param
+    parts = _window_parts(cp)
     if cp.group > 1:
         parts.append(f"g{cp.group}")
     return " ".join(parts) + f" · {cp.num_output}"
@@ -488,19 +495,7 @@ def im2col_detail(p: caffe_pb2.LayerParameter) -> str:
     cp = p.convolution_param
     if len(cp.kernel_size) > 2:
         return "×".join(str(k) for k in cp.kernel_size)
-    opt = lambda f: getattr(cp, f) if cp.HasField(f) else None  # noqa: E731
-    k = field_pair(list(cp.kernel_size), opt("kernel_h"), opt("kernel_w"), 1)
-    s = field_pair(list(cp.stride), opt("stride_h"), opt("stride_w"), 1)
-    pd = field_pair(list(cp.pad), opt("pad_h"), opt("pad_w"), 0)
-    d = field_pair(list(cp.dilation), None, None, 1)
-    parts = [dims_text(k)]
-    if s != (1, 1):
-        parts.append("/" + dims_text(s, short=True))
-    if pd != (0, 0):
-        parts.append("p" + dims_text(pd, short=True))
-    if d != (1, 1):
-        parts.append("d" + dims_text(d, short=True))
-    return " ".join(parts)
+    return " ".join(_window_parts(cp))
 
 
 @register("Im2col", family="conv", cost=FREE, detail=im2col_detail, emit=copy_module())
