@@ -154,9 +154,16 @@ def load_blobs(net: CaffeNet, layers: Iterable[LayerBlobs], *, strict: bool = Fa
         for i, (arr, slot) in enumerate(zip(src.blobs, info.blobs)):
             want = tuple(slot.shape)
             if tuple(arr.shape) != want:
-                if arr.size == math.prod(want) and _legacy_compatible(arr.shape, want):
+                legacy = arr.size == math.prod(want) and _legacy_compatible(arr.shape, want)
+                adapted = (slot.adapt(np.asarray(arr)) if slot.adapt is not None and not legacy
+                           else None)
+                if legacy:
                     report.reshaped.append(f"{src.name}[{i}]: {list(arr.shape)} -> {list(want)}")
                     arr = arr.reshape(want)
+                elif adapted is not None and tuple(adapted.shape) == want:
+                    report.reshaped.append(f"{src.name}[{i}]: {list(arr.shape)} -> {list(want)} "
+                                           f"(adapted as the layer's Caffe code does)")
+                    arr = adapted
                 else:
                     report.mismatched.append(f"{src.name}[{i}]: file {list(arr.shape)}, net "
                                              f"{list(want)}")

@@ -29,8 +29,10 @@ models; the departures (checked against OpenCV 4.14 in tests/layers/test_optical
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -605,6 +607,16 @@ def augmentation_detail(param) -> str:
     return "identity"
 
 
+def _mean_at_size(saved: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray | None:
+    """A per-pixel mean saved at another image size, as the fork's adjust_blobs takes it: each
+    channel's mean over the saved pixels, spread over the net's (a FlowNet2 .caffemodel
+    trained on crops runs at any size)."""
+    if saved.ndim != 4 or saved.shape[:2] != shape[:2]:
+        return None
+    means = saved.astype(np.float32).reshape(shape[1], -1).mean(axis=1, dtype=np.float64)
+    return np.broadcast_to(means.astype(np.float32).reshape(1, -1, 1, 1), shape).copy()
+
+
 @register("DataAugmentation", family=_FAMILY, origin=_ORIGIN,
           cost=CostRule(lambda info, training: (0, first_top(info)),
                         "ops = output elements (a subtraction; TEST only)"),
@@ -639,7 +651,8 @@ def data_augmentation(spec: LayerSpec) -> Built:
                          "draws random augmentations at TEST; not supported")
     blobs = [BlobSlot("iteration", (1, 1, 1, 1), learnable=False)]
     if p.recompute_mean > 0:
-        blobs += [BlobSlot("data_mean", (1, c, h, w), learnable=False),
+        blobs += [BlobSlot("data_mean", (1, c, h, w), learnable=False,
+                           adapt=functools.partial(_mean_at_size, shape=(1, c, h, w))),
                   BlobSlot("channel_mean", (1, c, 1, 1), learnable=False)]
         mode = "pixel" if p.mean_per_pixel else "channel"
         return Built(MeanSubtraction(mode, c, h, w, int(p.recompute_mean), layer=spec.name,

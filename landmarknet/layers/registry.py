@@ -73,6 +73,10 @@ class BlobSlot:
     shape: Shape  # Caffe's shape of the blob; the module tensor has exactly this shape
     filler: caffe_pb2.FillerParameter | None = None  # Caffe's initialiser (None: constant 0)
     learnable: bool = True  # nn.Parameter when True, buffer (statistics) when False
+    #: How a weights file's blob of another shape is taken, as the layer's own Caffe code takes
+    #: it (FlowNet2's DataAugmentation re-derives a mean saved at another image size): file
+    #: array -> array of ``shape``, or None when it cannot be; None: another shape is a mismatch.
+    adapt: Callable[[np.ndarray], "np.ndarray | None"] | None = None
 
 
 @dataclass

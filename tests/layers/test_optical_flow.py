@@ -20,7 +20,7 @@ import torch
 
 from landmarknet.build import build_net
 from landmarknet.caffe.prototxt import parse_net
-from landmarknet.errors import LayerError
+from landmarknet.errors import LayerError, WeightsError
 from landmarknet.params import save_weights
 from layers.checker import (assert_bad_parameters_name_the_layer, assert_refused, run_layer,
                             seeded, to_numpy)
@@ -857,3 +857,33 @@ def test_variants_emit_and_export(case, tmp_path) -> None:
                              {i.name: t.numpy() for i, t in zip(net.caffe_graph.inputs, inputs)})
     for name, value in ours.items():
         np.testing.assert_allclose(got[name], value.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_augmentation_mean_saved_at_another_size_is_adapted(tmp_path) -> None:
+    # A FlowNet2 .caffemodel holds its per-pixel mean at the training crop's size; the fork's
+    # adjust_blobs then takes each channel's mean over it and spreads it over the net's size.
+    from landmarknet.params import load_weights
+    shape = (1, 3, 4, 5)
+    rng = seeded(20)
+    saved = [np.array([2000.0], F32).reshape(1, 1, 1, 1),
+             rng.uniform(0, 1, (1, 3, 6, 8)).astype(F32),
+             rng.uniform(0, 1, (1, 3, 1, 1)).astype(F32)]
+    channel_means = saved[1].reshape(3, -1).mean(axis=1, dtype=np.float64).astype(F32)
+    net = build_net(parse_net(_augmentation_net("recompute_mean: 1000", shape),
+                              path="aug.prototxt"))
+    model = tmp_path / "aug.caffemodel"
+    model.write_bytes(wire.encode_caffemodel([("aug", "DataAugmentation", saved)]))
+    report = load_weights(net, model, strict=True)
+    assert any("aug[1]: [1, 3, 6, 8] -> [1, 3, 4, 5] (adapted" in r for r in report.reshaped)
+    np.testing.assert_array_equal(to_numpy(net.aug.data_mean),
+                                  np.broadcast_to(channel_means.reshape(1, 3, 1, 1), shape))
+    x = rng.standard_normal(shape).astype(F32)
+    with torch.no_grad():
+        out = to_numpy(net(torch.from_numpy(x))["aug"])
+    np.testing.assert_array_equal(out, x - channel_means.reshape(1, 3, 1, 1))
+    # other channel counts cannot be adapted: still a mismatch, as in Caffe
+    saved[1] = rng.uniform(0, 1, (1, 2, 6, 8)).astype(F32)
+    model.write_bytes(wire.encode_caffemodel([("aug", "DataAugmentation", saved)]))
+    with pytest.raises(WeightsError, match=r"aug\[1\]: file \[1, 2, 6, 8\], net \[1, 3, 4, 5\]"):
+        load_weights(build_net(parse_net(_augmentation_net("recompute_mean: 1000", shape),
+                                         path="aug.prototxt")), model, strict=True)
