@@ -76,6 +76,42 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _cost_volume(a: torch.Tensor, b: torch.Tensor, y0: int, x0: int, span_h: int, span_w: int,
+                 dys: list[int], dxs: list[int], k: int, s1: int,
+                 subtract: bool) -> torch.Tensor:
+    """FlowNet's correlation on padded maps, summed over channels (the caller divides by C):
+    the patch of ``a`` at (y0, x0) of span_h x span_w against ``b`` moved by every (dy, dx),
+    channel i * len(dxs) + j for (dys[i], dxs[j]); k x k window means at stride s1.
+
+    MULTIPLY runs as one batched matrix product per vertical shift: per row, every x of the
+    patch against every x of b's row (N*H products of (W, C) x (C, W_padded)), the horizontal
+    shifts being diagonals of those matrices. Wider than the products needed, but in BLAS:
+    FlowNetC's correlation (256 channels, 48 x 64, 441 displacements) takes 26 ms on two quiet
+    cores against 133 ms for the loop over displacements that SUBTRACT (not a product) still
+    runs (benchmarks/bench_correlation.py).
+    """
+    patch = a[:, :, y0:y0 + span_h, x0:x0 + span_w]
+    maps = []
+    if subtract:
+        for dy in dys:
+            for dx in dxs:
+                moved = b[:, :, y0 + dy:y0 + dy + span_h, x0 + dx:x0 + dx + span_w]
+                maps.append((patch - moved).abs().sum(1, keepdim=True))
+        return F.avg_pool2d(torch.cat(maps, 1), k, stride=s1)
+    n, c = patch.shape[:2]
+    wp = b.shape[3]
+    rows_a = patch.permute(0, 2, 3, 1).reshape(n * span_h, span_w, c)
+    index = (torch.arange(span_w, device=a.device)[:, None]
+             + torch.tensor(dxs, device=a.device)[None, :] + x0)
+    index = index.expand(n * span_h, span_w, len(dxs))
+    for dy in dys:
+        rows_b = b[:, :, y0 + dy:y0 + dy + span_h, :].permute(0, 2, 1, 3)
+        pairs = torch.bmm(rows_a, rows_b.reshape(n * span_h, c, wp))  # (NH, W, Wp)
+        diag = pairs.gather(2, index)  # (NH, W, len(dxs)): x paired with x0 + x + dx
+        maps.append(diag.reshape(n, span_h, span_w, -1).permute(0, 3, 1, 2))
+    return F.avg_pool2d(torch.cat(maps, 1), k, stride=s1)
+
+
 class Correlation(nn.Module):
     """FlowNet's correlation of two feature maps over a grid of displacements."""
 
@@ -97,49 +133,10 @@ class Correlation(nn.Module):
         # second map's shifted by the displacement.
         a = F.pad(first, (p, p, p, p))
         b = F.pad(second, (p, p, p, p))
-        span_h, span_w = s1 * (out_h - 1) + k, s1 * (out_w - 1) + k
-        patch = a[:, :, md:md + span_h, md:md + span_w]
         radius = md // s2
-        if not self.subtract:
-            dots = self._dot_maps(patch, b, md, span_h, span_w, radius, s2)
-            # window means at stride_1, then over channels: the fork's sum / (k * k * C)
-            return F.avg_pool2d(dots, k, stride=s1) / channels
-        tops = []
-        for oy in range(-radius, radius + 1):  # top channel (oy + r) * (2r + 1) + (ox + r)
-            for ox in range(-radius, radius + 1):
-                dy, dx = oy * s2, ox * s2
-                moved = b[:, :, md + dy:md + dy + span_h, md + dx:md + dx + span_w]
-                term = (patch - moved).abs()
-                tops.append(F.avg_pool2d(term.sum(1, keepdim=True), k, stride=s1))
-        return torch.cat(tops, 1) / channels
-
-    @staticmethod
-    def _dot_maps(patch: torch.Tensor, b: torch.Tensor, md: int, span_h: int, span_w: int,
-                  radius: int, s2: int) -> torch.Tensor:
-        """Channel dot products of ``patch`` with ``b`` moved by every displacement:
-        (N, (2r+1)^2, span_h, span_w), channel (oy + r) * (2r + 1) + (ox + r).
-
-        Per vertical displacement, one batched matrix product per row pairs every x of the
-        patch with every x of b's row (N*H products of (W, C) x (C, W_padded)); the horizontal
-        displacements are diagonals of those matrices. Wider than the (2r+1) products needed,
-        but in BLAS: FlowNetC's correlation (256 channels, 48 x 64, 441 displacements) takes
-        26 ms on two quiet cores against 133 ms for the loop over displacements that SUBTRACT
-        (not a product) still runs (benchmarks/bench_correlation.py).
-        """
-        n, c = patch.shape[:2]
-        wp = b.shape[3]
-        rows_a = patch.permute(0, 2, 3, 1).reshape(n * span_h, span_w, c)
-        shifts = torch.arange(-radius, radius + 1, device=patch.device) * s2 + md
-        index = (torch.arange(span_w, device=patch.device)[:, None] + shifts[None, :])
-        index = index.expand(n * span_h, span_w, shifts.numel())
-        maps = []
-        for oy in range(-radius, radius + 1):
-            dy = oy * s2
-            rows_b = b[:, :, md + dy:md + dy + span_h, :].permute(0, 2, 1, 3)
-            pairs = torch.bmm(rows_a, rows_b.reshape(n * span_h, c, wp))  # (NH, W, Wp)
-            diag = pairs.gather(2, index)  # (NH, W, 2r+1): x paired with x + md + dx
-            maps.append(diag.reshape(n, span_h, span_w, -1).permute(0, 3, 1, 2))
-        return torch.cat(maps, 1)
+        shifts = [o * s2 for o in range(-radius, radius + 1)]
+        return _cost_volume(a, b, md, md, s1 * (out_h - 1) + k, s1 * (out_w - 1) + k, shifts,
+                            shifts, k, s1, self.subtract) / channels
 
     def extra_repr(self) -> str:
         return (f"pad={self.pad}, kernel={self.kernel}, max_displacement="
@@ -171,7 +168,7 @@ def correlation_detail(param) -> str:
 
 
 @register("Correlation", family=_FAMILY, origin=_ORIGIN, cost=CORRELATION_COST,
-          detail=correlation_detail, emit=copy_module(_ceil_div))
+          detail=correlation_detail, emit=copy_module(_ceil_div, _cost_volume))
 def correlation(spec: LayerSpec) -> Built:
     """FlowNet's cost volume: per displacement, mean of a·b (or |a−b|) over a k×k×C patch."""
     # do_abs and single_direction are read by the fork's LayerSetUp and used nowhere in its
@@ -201,6 +198,126 @@ def correlation(spec: LayerSpec) -> Built:
                              f"{p.kernel_size} (needs {axis} + 2·pad > 2·{border})", shape=True)
     return Built(Correlation(int(p.pad), int(p.kernel_size), int(p.max_displacement),
                              int(p.stride_1), int(p.stride_2), p.correlation_type == 1))
+
+
+class Correlation1D(nn.Module):
+    """DispNet's horizontal correlation (the fork's Correlation1D): displacements in x only."""
+
+    def __init__(self, pad: int, kernel: int, max_displacement: int, stride_1: int,
+                 stride_2: int, direction: int, subtract: bool) -> None:
+        super().__init__()
+        self.pad, self.kernel, self.max_displacement = pad, kernel, max_displacement
+        self.stride_1, self.stride_2, self.subtract = stride_1, stride_2, subtract
+        self.direction = direction
+
+    def forward(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        k, md, s1, s2, p = (self.kernel, self.max_displacement, self.stride_1, self.stride_2,
+                            self.pad)
+        channels, height, width = (int(d) for d in first.shape[1:])
+        radius = (k - 1) // 2
+        # padded in x only; the window's top-left starts at (y * stride_1, x * stride_1 + md)
+        out_h = _ceil_div(height - 2 * radius, s1)
+        out_w = _ceil_div(width + 2 * p - 2 * (md + radius), s1)
+        a = F.pad(first, (p, p, 0, 0))
+        b = F.pad(second, (p, p, 0, 0))
+        return _cost_volume(a, b, 0, md, s1 * (out_h - 1) + k, s1 * (out_w - 1) + k, [0],
+                            _horizontal_shifts(md, s2, self.direction), k, s1,
+                            self.subtract) / channels
+
+    def extra_repr(self) -> str:
+        return (f"pad={self.pad}, kernel={self.kernel}, max_displacement="
+                f"{self.max_displacement}, strides=({self.stride_1}, {self.stride_2}), "
+                f"direction={self.direction}, {'SUBTRACT' if self.subtract else 'MULTIPLY'}")
+
+
+def _horizontal_shifts(md: int, s2: int, direction: int) -> list[int]:
+    """Correlation1D's x displacements, top channel order: the fork's (g + x_shift) * stride_2
+    for g < the grid width, x_shift -r (both ways) or 0 (right only, r + 1 channels)."""
+    radius = md // s2
+    if direction == 1:
+        return [g * s2 for g in range(radius + 1)]
+    return [(g - radius) * s2 for g in range(2 * radius + 1)]
+
+
+@register("Correlation1D", family=_FAMILY, origin="DispNet / FlowNet 2.0 (lmb-freiburg/flownet2)",
+          cost=CORRELATION_COST, detail=correlation_detail,
+          emit=copy_module(_ceil_div, _cost_volume, _horizontal_shifts))
+def correlation_1d(spec: LayerSpec) -> Built:
+    """DispNet's cost volume along x: per displacement, mean of a·b (or |a−b|) over k×k×C."""
+    spec.expect_bottoms(2)
+    _one_top(spec)
+    p = fork_param(spec, "correlation_param", "FlowNet2")
+    for name in ("kernel_size", "max_displacement"):
+        if not has_field(p, name):
+            raise spec.error(f"correlation_param.{name} is missing (the fork requires it)")
+    if p.kernel_size % 2 == 0:
+        raise spec.error(f"correlation_param.kernel_size must be odd, got {p.kernel_size}")
+    for name in ("stride_1", "stride_2"):
+        if getattr(p, name) < 1:
+            raise spec.error(f"correlation_param.{name} must be >= 1, got {getattr(p, name)}")
+    if p.single_direction not in (-1, 0, 1):
+        raise spec.error(f"correlation_param.single_direction must be -1, 0 or 1, got "
+                         f"{p.single_direction}")
+    if p.single_direction == -1:
+        # The fork's x_shift is then -(r + 1): r + 1 channels from -(r + 1) * stride_2 to
+        # -stride_2, the first of which lies left of the padded image at the left border.
+        raise spec.error("correlation_param.single_direction: -1 makes the fork read left of "
+                         "its padded image (its displacements run from -(r + 1) * stride_2); "
+                         "not supported")
+    first = _four_d(spec, 0, "first feature map")
+    second = _four_d(spec, 1, "second feature map")
+    if first[1:] != second[1:]:  # the fork CHECKs width, height and channels
+        raise spec.error(f"correlation_param: both bottoms must have the same channels, height "
+                         f"and width, got {first} and {second}", shape=True)
+    radius = (p.kernel_size - 1) // 2
+    if first[2] - 2 * radius < 1 or first[3] + 2 * p.pad - 2 * (p.max_displacement + radius) < 1:
+        raise spec.error(f"correlation_param: a {first[2]} x {first[3]} map with pad {p.pad} "
+                         f"leaves no output for max_displacement {p.max_displacement} and "
+                         f"kernel_size {p.kernel_size}", shape=True)
+    return Built(Correlation1D(int(p.pad), int(p.kernel_size), int(p.max_displacement),
+                               int(p.stride_1), int(p.stride_2), int(p.single_direction),
+                               p.correlation_type == 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# ChannelNorm (FlowNet2's fusion net: the length of each pixel's vector over the channels)
+# ----------------------------------------------------------------------------------------------
+
+class _ChannelNormFn(torch.autograd.Function):
+    """sqrt(sum_c x²) per pixel; the fork's backward g · x / (norm + 1e-9) (0 at a zero
+    vector, where the plain derivative is undefined)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        norm = x.square().sum(1, keepdim=True).sqrt()
+        ctx.save_for_backward(x, norm)
+        return norm
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, norm = ctx.saved_tensors
+        return grad * x / (norm + 1e-9)
+
+
+class ChannelNorm(nn.Module):
+    """FlowNet2's ChannelNorm: (N, C, H, W) -> (N, 1, H, W), the L2 norm over channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or x.device.type == "meta":
+            return x.square().sum(1, keepdim=True).sqrt()  # the same forward, traceable
+        return _ChannelNormFn.apply(x)
+
+
+@register("ChannelNorm", family=_FAMILY, origin=_ORIGIN,
+          cost=CostRule(lambda info, training: (math.prod(info.bottom_shapes[0]), 0)
+                        if info.bottom_shapes else (0, 0), "MACs = input elements (squares)"),
+          emit=copy_module(_ChannelNormFn))
+def channel_norm(spec: LayerSpec) -> Built:
+    """The L2 norm of each pixel's vector over the channels (FlowNet2's fusion net)."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    _four_d(spec, 0, "the bottom")
+    return Built(ChannelNorm())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -665,4 +782,5 @@ def data_augmentation(spec: LayerSpec) -> Built:
     return Built(MeanSubtraction("none", c, h, w, 0), blobs)
 
 
-__all__ = ["Accum", "Correlation", "FlowWarp", "MeanSubtraction", "Resample"]
+__all__ = ["Accum", "ChannelNorm", "Correlation", "Correlation1D", "FlowWarp",
+           "MeanSubtraction", "Resample"]

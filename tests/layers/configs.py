@@ -199,6 +199,10 @@ CONFIGS: dict[str, LayerConfig] = {
         "Python", {"cls": (1, 18, 4, 5), "bbox": (1, 36, 4, 5), "im_info": (1, 3)},
         'python_param { module: "rpn.proposal_layer" layer: "ProposalLayer" '
         'param_str: "\'feat_stride\': 16" }', feeds={"cls": "unit", "im_info": "im_info:64:80:1"}),
+    "Correlation1D": one("Correlation1D", {"a": (1, 3, 5, 9), "b": (1, 3, 5, 9)},
+                         "correlation_param { kernel_size: 1 max_displacement: 2 pad: 2 "
+                         "stride_2: 1 single_direction: 1 }"),
+    "ChannelNorm": one("ChannelNorm", X),
     # BVLC Caffe's recurrent layers: x (T, N, ...), cont (T, N) of 0/1 sequence indicators;
     # LSTM with a static input and exposed states (h0, c0 in; h, hT, cT out)
     "LSTM": one("LSTM", {"data": (3, 2, 4), "cont": (3, 2), "xs": (2, 3), "h0": (1, 2, 5),

@@ -887,3 +887,86 @@ def test_augmentation_mean_saved_at_another_size_is_adapted(tmp_path) -> None:
     with pytest.raises(WeightsError, match=r"aug\[1\]: file \[1, 2, 6, 8\], net \[1, 3, 4, 5\]"):
         load_weights(build_net(parse_net(_augmentation_net("recompute_mean: 1000", shape),
                                          path="aug.prototxt")), model, strict=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Correlation1D (DispNet) and ChannelNorm (FlowNet2's fusion net): numpy restatements of the
+# fork's kernels (correlation_layer1d.cu, channel_norm_layer.cpp); OpenCV has neither layer.
+# ----------------------------------------------------------------------------------------------
+
+def correlation1d_ref(a, b, pad, k, md, s1, s2, direction, subtract=False):
+    """CorrelateData / CorrelateDataSubtract of correlation_layer1d.cu on the zeroed copies
+    padded in x only; x_shift -r (both ways) or 0 (right only)."""
+    n, c, h, w = a.shape
+    ra = np.zeros((n, h, w + 2 * pad, c), F32)
+    rb = np.zeros_like(ra)
+    ra[:, :, pad:pad + w] = a.transpose(0, 2, 3, 1)
+    rb[:, :, pad:pad + w] = b.transpose(0, 2, 3, 1)
+    r = (k - 1) // 2
+    th = math.ceil((h - 2 * r) / s1)
+    tw = math.ceil((w + 2 * pad - 2 * (md + r)) / s1)
+    grid_r = md // s2
+    gw = grid_r + 1 if direction else 2 * grid_r + 1
+    x_shift = 0 if direction == 1 else -grid_r
+    top = np.zeros((n, gw, th, tw), F32)
+    for item in range(n):
+        for y in range(th):
+            for x in range(tw):
+                x1, y1 = x * s1 + md, y * s1
+                p1 = ra[item, y1:y1 + k, x1:x1 + k]
+                for tc in range(gw):
+                    s2o = (tc % gw + x_shift) * s2
+                    p2 = rb[item, y1:y1 + k, x1 + s2o:x1 + s2o + k]
+                    v = np.abs(p1 - p2) if subtract else p1 * p2
+                    top[item, tc, y, x] = F32(v.astype(np.float64).sum()) / F32(k * k * c)
+    return top
+
+
+@pytest.mark.parametrize("pad,k,md,s1,s2,direction,subtract", [
+    (4, 1, 4, 1, 1, 0, False), (4, 1, 4, 1, 2, 1, False), (3, 3, 2, 2, 1, 0, False),
+    (2, 3, 2, 1, 2, 0, True), (0, 1, 3, 1, 1, 1, True), (5, 3, 4, 2, 2, 1, False)])
+def test_correlation1d_matches_the_fork(pad, k, md, s1, s2, direction, subtract) -> None:
+    rng = seeded(31)
+    a = rng.standard_normal((2, 5, 7, 12)).astype(F32)
+    b = rng.standard_normal((2, 5, 7, 12)).astype(F32)
+    kind = "SUBTRACT" if subtract else "MULTIPLY"
+    text = _inputs_text({"a": a.shape, "b": b.shape}) + (
+        'layer { name: "c" type: "Correlation1D" bottom: "a" bottom: "b" top: "c"\n'
+        f"  correlation_param {{ pad: {pad} kernel_size: {k} max_displacement: {md} "
+        f"stride_1: {s1} stride_2: {s2} single_direction: {direction} "
+        f"correlation_type: {kind} }} }}\n")
+    got = _ours(text, {"a": a, "b": b}, ["c"])["c"]
+    want = correlation1d_ref(a, b, pad, k, md, s1, s2, direction, subtract)
+    assert got.shape == want.shape
+    assert rel_err(got, want) <= 1e-6
+
+
+def test_correlation1d_refuses_the_left_direction_and_bad_sizes() -> None:
+    base = "correlation_param { kernel_size: 1 max_displacement: 2 pad: 2 %s }"
+    assert_refused("Correlation1D", base % "single_direction: -1", [(1, 2, 4, 6)] * 2,
+                   match="single_direction: -1")
+    assert_refused("Correlation1D", base % "single_direction: 2", [(1, 2, 4, 6)] * 2,
+                   match="-1, 0 or 1")
+    assert_refused("Correlation1D", "correlation_param { kernel_size: 1 max_displacement: 9 }",
+                   [(1, 2, 4, 6)] * 2, match="leaves no output")
+    assert_refused("Correlation1D", base % "", [(1, 2, 4, 6), (1, 3, 4, 6)],
+                   match="same channels")
+
+
+def test_channel_norm_forward_and_the_forks_backward() -> None:
+    rng = seeded(32)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(F32)
+    x[0, :, 1, 2] = 0  # a zero vector: the fork's gradient there is 0 (norm + 1e-9)
+    text = _inputs_text({"x": x.shape}) + (
+        'layer { name: "n" type: "ChannelNorm" bottom: "x" top: "n" }\n')
+    net = build_net(parse_net(text, path="net.prototxt"))
+    t = torch.from_numpy(x).requires_grad_()
+    out = net(x=t)["n"]
+    norm = np.sqrt((x.astype(np.float64) ** 2).sum(1, keepdims=True))
+    assert out.shape == (2, 1, 4, 5)
+    np.testing.assert_allclose(to_numpy(out), norm, rtol=1e-6)
+    g = rng.standard_normal((2, 1, 4, 5)).astype(F32)
+    out.backward(torch.from_numpy(g))
+    want = g * x / (norm.astype(F32) + F32(1e-9))
+    np.testing.assert_allclose(to_numpy(t.grad), want, rtol=1e-5, atol=1e-7)
+    assert not to_numpy(t.grad)[0, :, 1, 2].any() and np.isfinite(to_numpy(t.grad)).all()
