@@ -382,3 +382,67 @@ def lstm_unit(spec: LayerSpec) -> Built:
                          f"stream (i, f, o, g) for c_prev {list(shapes[0])}, got "
                          f"{list(shapes[1])}", shape=True)
     return Built(CaffeLSTMUnit())
+
+
+# ----------------------------------------------------------------------------------------------
+# CTPN's Lstm (tianzhi0549/CTPN, after Junhyuk Oh's caffe-lstm): one LSTM layer with its own
+# parameter message and blob order. It computes BVLC's LSTM with cont = the optional second
+# bottom ("clip", (T, N)) or, without one, 0 at step 0 and 1 after: the GPU code's
+# ClipAdd/LSTMForward (gates i, f, o, g; tanh as 2 sigmoid(2x) - 1 there too). Its CPU forward
+# differs: it adds the first stream's recurrent term to every stream (a pointer it never
+# advances), which no trained model saw on the GPU; landmarknet follows the GPU code.
+# ----------------------------------------------------------------------------------------------
+
+_CTPN = "CTPN (tianzhi0549/CTPN's Caffe, after junhyukoh/caffe-lstm)"
+
+
+class ForkLstm(CaffeLSTM):
+    """CTPN's Lstm: x (T, N, ...) [, clip (T, N)] -> h (T, N, H); blobs W_i, W_h, b."""
+
+    def forward(self, x: torch.Tensor, clip: torch.Tensor | None = None) -> torch.Tensor:
+        if clip is None:  # the fork: cont_t = (t > 0)
+            steps, batch = int(x.shape[0]), int(x.shape[1])
+            clip = (torch.arange(steps, device=x.device) > 0).to(x.dtype)[:, None]
+            clip = clip.expand(steps, batch)
+        return super().forward(x, clip)
+
+
+@register("Lstm", family=_FAMILY, origin=_CTPN, cost=LSTM_COST,
+          detail=lambda p: f"{p.lstm_param.num_output} hidden",
+          emit=copy_module(CaffeLSTM, _caffe_tanh, _states, _step_inputs),
+          onnx=OnnxRule(example_input=_example_cont(1), fixed_batch=_TIME_AXIS))
+def fork_lstm(spec: LayerSpec) -> Built:
+    """CTPN's LSTM over T steps (gates i, f, o, g); the optional clip bottom resets the state."""
+    from landmarknet.layers.shape import fork_param
+
+    lp = fork_param(spec, "lstm_param", "CTPN")
+    n = len(spec.bottom_shapes)
+    if n not in (1, 2) or spec.n_tops != 1:
+        raise spec.error(f"needs 1 or 2 bottoms (x [, clip]) and 1 top, got {n} and "
+                         f"{spec.n_tops}")
+    if not lp.HasField("num_output") or lp.num_output <= 0:
+        raise spec.error("lstm_param.num_output must be given and positive")
+    x = tuple(spec.bottom_shapes[0])
+    if len(x) < 3 or x[0] < 1:
+        raise spec.error(f"bottom 0 (x) must be (T, N, ...) with at least 3 axes and T >= 1, "
+                         f"got {list(x)}", shape=True)
+    if n == 2 and numel(spec.bottom_shapes[1]) != x[0] * x[1]:
+        raise spec.error(f"bottom 1 (clip) must hold T x N = {x[0] * x[1]} values, one per "
+                         f"step and stream, got {list(spec.bottom_shapes[1])}", shape=True)
+    if n == 2 and tuple(spec.bottom_shapes[1]) != (x[0], x[1]):
+        raise spec.error(f"bottom 1 (clip) must be (T, N) = ({x[0]}, {x[1]}), got "
+                         f"{list(spec.bottom_shapes[1])}", shape=True)
+    if lp.clipping_threshold > 0 and spec.phase == "train":
+        import warnings
+        warnings.warn(f"layer '{spec.name}' (Lstm): lstm_param.clipping_threshold "
+                      f"{lp.clipping_threshold:g} clips the fork's gate gradients in training; "
+                      "landmarknet does not (use the solver's clip_gradients)", stacklevel=3)
+    hidden = int(lp.num_output)
+    d_in = numel(x[2:])
+    wf = lp.weight_filler if lp.HasField("weight_filler") else None
+    bf = lp.bias_filler if lp.HasField("bias_filler") else None
+    module = ForkLstm(x[0], d_in, 0, hidden, False, layer=spec.name, type=spec.type)
+    # the fork's blob order: input weights, recurrent weights, bias
+    blobs = [BlobSlot("W_xc", (4 * hidden, d_in), wf), BlobSlot("W_hc", (4 * hidden, hidden), wf),
+             BlobSlot("b_c", (4 * hidden,), bf)]
+    return Built(module, blobs)

@@ -836,6 +836,68 @@ def permute(spec: LayerSpec) -> Built:
     return Built(Permute(order))
 
 
+# CTPN's Caffe (tianzhi0549/CTPN) has its own Transpose and Reverse around its Lstm layers.
+_CTPN = "CTPN (tianzhi0549/CTPN's Caffe)"
+
+
+def transpose_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'(3, 2, 0, 1)': the bottom axis each top axis takes."""
+    return "(" + ", ".join(str(d) for d in p.transpose_param.dim) + ")"
+
+
+@register("Transpose", family=_FAMILY, origin=_CTPN, cost=FREE, detail=transpose_detail,
+          emit=emit_permute, onnx=MOVES)
+def transpose(spec: LayerSpec) -> Built:
+    """Top axis i is bottom axis transpose_param.dim(i) (a Permute that names every axis)."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    dims = [int(d) for d in fork_param(spec, "transpose_param", "CTPN").dim]
+    ndim = len(spec.bottom_shapes[0])
+    if len(dims) != ndim:  # the fork CHECKs this
+        raise spec.error(f"transpose_param has {len(dims)} dim value(s) for a {ndim}-D bottom "
+                         f"{list(spec.bottom_shapes[0])}; give one per axis", shape=True)
+    if sorted(dims) != list(range(ndim)):
+        # the fork would write some top elements twice and leave others unwritten
+        raise spec.error(f"transpose_param.dim {dims} must name each axis 0..{ndim - 1} once")
+    return Built(Permute(dims))
+
+
+class Reverse(nn.Module):
+    """The elements in reverse order along one axis."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flip(x, (self.axis,))
+
+    def extra_repr(self) -> str:
+        return f"axis={self.axis}"
+
+
+def emit_reverse(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """torch.flip."""
+    return [f"{call.one} = torch.flip({call.x}, ({call.sub.axis},))"]
+
+
+@register("Reverse", family=_FAMILY, origin=_CTPN, cost=FREE,
+          detail=lambda p: f"axis {p.reverse_param.axis}", emit=emit_reverse, onnx=MOVES)
+def reverse(spec: LayerSpec) -> Built:
+    """The bottom in reverse order along reverse_param.axis (default 0: the time axis)."""
+    if len(spec.bottom_shapes) != 1:
+        raise spec.error(f"needs 1 bottom, got {len(spec.bottom_shapes)} (CTPN's Reverse takes "
+                         "one; a second bottom of sequence lengths belongs to other forks' "
+                         "Reverse, which landmarknet does not implement)")
+    _one_top(spec)
+    axis = int(fork_param(spec, "reverse_param", "CTPN").axis)
+    ndim = len(spec.bottom_shapes[0])
+    if not 0 <= axis < ndim:  # the fork CHECKs 0 <= axis < num_axes (no negative axes)
+        raise spec.error(f"reverse_param.axis {axis} is not an axis of the {ndim}-D bottom "
+                         f"{list(spec.bottom_shapes[0])} (0..{ndim - 1})", shape=True)
+    return Built(Reverse(axis))
+
+
 class ShuffleChannel(nn.Module):
     """Channels read as a (group, C/group) matrix are written transposed."""
 

@@ -203,6 +203,11 @@ CONFIGS: dict[str, LayerConfig] = {
                          "correlation_param { kernel_size: 1 max_displacement: 2 pad: 2 "
                          "stride_2: 1 single_direction: 1 }"),
     "ChannelNorm": one("ChannelNorm", X),
+    # CTPN's Caffe: Lstm (clip bottom of 0/1), Transpose, Reverse
+    "Lstm": one("Lstm", {"data": (3, 2, 4), "clip": (3, 2)}, "lstm_param { num_output: 5 }",
+                feeds={"clip": "label:2"}),
+    "Transpose": one("Transpose", X, "transpose_param { dim: 3 dim: 2 dim: 0 dim: 1 }"),
+    "Reverse": one("Reverse", X, "reverse_param { axis: 2 }"),
     # BVLC Caffe's recurrent layers: x (T, N, ...), cont (T, N) of 0/1 sequence indicators;
     # LSTM with a static input and exposed states (h0, c0 in; h, hT, cT out)
     "LSTM": one("LSTM", {"data": (3, 2, 4), "cont": (3, 2), "xs": (2, 3), "h0": (1, 2, 5),
