@@ -490,6 +490,29 @@ def _refuse_later_infogain_fields(spec: LayerSpec) -> None:
                       stacklevel=3)
 
 
+#: Layers whose top is a probability (or in [0, 1]): what the reference Caffe's InfogainLoss
+#: expects in bottom 0.
+_PROBABILITY_LAYERS = frozenset({"Softmax", "Sigmoid"})
+
+
+def _warn_unless_probabilities(spec: LayerSpec) -> None:
+    """Say so when bottom 0 comes from a layer that gives no probabilities: a net written for
+    BVLC's final InfogainLoss (softmax inside) feeds raw scores, and would get other numbers."""
+    if spec.graph is None or spec.node is None:
+        return
+    producers = {t: n for n in spec.graph.nodes for t in n.tops}
+    producer = producers.get(spec.node.bottoms[0])
+    while producer is not None and producer.type in ("Split", "Reshape", "Flatten"):
+        producer = producers.get(producer.bottoms[0])  # look through what only moves values
+    if producer is None or producer.type in _PROBABILITY_LAYERS:
+        return
+    warnings.warn(f"layer '{spec.name}' (InfogainLoss): bottom 0 comes from {producer.type} "
+                  f"layer '{producer.name}', not from a Softmax; this InfogainLoss (the "
+                  "reference Caffe's) takes probabilities. A net written for BVLC's final "
+                  "InfogainLoss, which applies a softmax itself, needs a Softmax layer before "
+                  "it here", stacklevel=3)
+
+
 def _example_infogain(param, index, shape, bottom_shapes, images, rng):
     """For the export check: probabilities (rows summing to 1), labels 0..K-1, H in [0, 1)."""
     k = math.prod(bottom_shapes[0][1:])
@@ -507,6 +530,7 @@ def infogain_loss(spec: LayerSpec) -> Built:
     """-sum H[label] . log(max(p, 1e-20)) / N over probabilities p; H from source or bottom 2."""
     spec.expect_bottoms(2, 3)
     _refuse_later_infogain_fields(spec)
+    _warn_unless_probabilities(spec)
     _loss_tops(spec)
     p = tuple(spec.bottom_shapes[0])
     lab = tuple(spec.bottom_shapes[1])

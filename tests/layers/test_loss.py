@@ -397,3 +397,26 @@ def test_infogain_loss_matches_real_caffe(tmp_path) -> None:
     (2.0 * losses["ig_file"]).backward()
     close_rel = np.abs(pt.grad.numpy() - gp_caffe).max() / np.abs(gp_caffe).max()
     assert close_rel <= 1e-6, close_rel
+
+
+def test_infogain_warns_when_bottom_0_holds_no_probabilities() -> None:
+    # A net written for BVLC's final InfogainLoss (softmax inside) feeds raw scores: this
+    # InfogainLoss (the reference Caffe's) would read them as probabilities. A Softmax in front
+    # (seen through Split/Reshape/Flatten) is what the reference Caffe's nets have.
+    import warnings
+
+    from landmarknet.build import build_net
+    from landmarknet.caffe.prototxt import parse_net
+    head = ('input: "x" input_shape { dim: 4 dim: 3 }\ninput: "label" input_shape { dim: 4 }\n'
+            'input: "H" input_shape { dim: 1 dim: 1 dim: 5 dim: 5 }\n'
+            'layer { name: "fc" type: "InnerProduct" bottom: "x" top: "fc" '
+            'inner_product_param { num_output: 5 } }\n')
+    loss = ('layer { name: "ig" type: "InfogainLoss" bottom: "%s" bottom: "label" bottom: "H" '
+            'top: "loss" }\n')
+    with pytest.warns(UserWarning, match="bottom 0 comes from InnerProduct layer 'fc'"):
+        build_net(parse_net(head + loss % "fc", path="ig.prototxt"), phase="train")
+    softmax = ('layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }\n'
+               'layer { name: "flat" type: "Flatten" bottom: "prob" top: "flat" }\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_net(parse_net(head + softmax + loss % "flat", path="ig.prototxt"), phase="train")
