@@ -37,7 +37,7 @@ from torch import nn
 
 from landmarknet.errors import LayerError, LandmarknetError
 from landmarknet.layers.costs import FREE
-from landmarknet.layers.registry import (_REGISTRY, Built, LayerSpec, OnnxRule, Registration,
+from landmarknet.layers.registry import (Built, LayerSpec, OnnxRule, register,
                                          registration_of)
 
 __all__ = ["Blob", "Layer", "load_python_layers", "caffe_stand_in"]
@@ -178,11 +178,10 @@ def load_python_layers(graph, paths: Iterable[str | Path]) -> list[str]:
         key = f"Python:{pp.module}.{pp.layer}"
         where = f"layer '{node.name}'" + (f" [{node.source}]" if node.source else "")
         cls = _import_layer_class(pp.module, pp.layer, folders, where)
-        _REGISTRY[key] = Registration(
-            type=key, converter=_converter_for(cls), family="custom",
-            origin=f"user Python layer ({cls.__module__}.{cls.__qualname__})",
-            summary=f"the user's caffe.Layer {cls.__qualname__}, run on numpy arrays",
-            cost=FREE, emit_reason=_NO_EMIT, onnx=OnnxRule(not_exportable=_NO_EXPORT))
+        register(key, family="custom",
+                 origin=f"user Python layer ({cls.__module__}.{cls.__qualname__})", cost=FREE,
+                 emit_reason=_NO_EMIT, onnx=OnnxRule(not_exportable=_NO_EXPORT))(
+            _converter_for(cls))
         done.append(key)
     return done
 
@@ -191,6 +190,7 @@ def _converter_for(cls: type):
     def convert(spec: LayerSpec) -> Built:
         module = PythonLayer(spec, cls)
         return Built(module, top_shapes=module.top_shapes)
+    convert.__doc__ = f"The user's caffe.Layer {cls.__qualname__}, run on numpy arrays."
     return convert
 
 

@@ -170,16 +170,27 @@ def python_layer(spec: LayerSpec) -> Built:
 _DEEPLAB_ORIGIN = "DeepLab v2 (deeplab-public-ver2)"
 
 
-class MatWrite(nn.Module):
-    """Consumes its bottoms (as Caffe's MatWrite does) and writes nothing."""
+class Sink(nn.Module):
+    """Consumes its bottoms (as Caffe's writer layers do) and writes nothing."""
 
     def forward(self, *xs: torch.Tensor) -> tuple:
         return ()
 
 
-def emit_mat_write(ctx: EmitContext, call: EmitCall) -> list[str]:
-    """Nothing: a comment that the bottoms would have been written as .mat files."""
-    return [f"# MatWrite: {', '.join(call.ins)} not written (.mat files are not produced)"]
+def _sink_emitter(what: str):
+    """An emitter of nothing but a comment saying what Caffe would have written."""
+    def emit(ctx: EmitContext, call: EmitCall) -> list[str]:
+        return [f"# {call.param.type}: {', '.join(call.ins)} not written ({what} are not "
+                "produced)"]
+    return emit
+
+
+def _warn_sink(spec: LayerSpec, caffe_would: str) -> None:
+    """The one warning of a writer layer accepted as a sink: what Caffe would write, and how
+    to get the blobs instead."""
+    warnings.warn(f"layer '{spec.name}' ({spec.type}): accepted as a sink that writes nothing; "
+                  f"{caffe_would}, landmarknet does not. As in Caffe the blobs are consumed and "
+                  "so no net outputs: ask for them by name (forward --blobs)", stacklevel=3)
 
 
 def mat_write_detail(p: caffe_pb2.LayerParameter) -> str:
@@ -188,7 +199,7 @@ def mat_write_detail(p: caffe_pb2.LayerParameter) -> str:
 
 
 @register("MatWrite", family="data", origin=_DEEPLAB_ORIGIN, cost=FREE, detail=mat_write_detail,
-          emit=emit_mat_write, onnx=OnnxRule(moves_values=True), view=True)
+          emit=_sink_emitter(".mat files"), onnx=OnnxRule(moves_values=True), view=True)
 def mat_write(spec: LayerSpec) -> Built:
     """DeepLab's .mat writer: a sink that consumes its bottoms; no files are written."""
     spec.expect_bottoms(1, 1 << 30)
@@ -203,11 +214,9 @@ def mat_write(spec: LayerSpec) -> Built:
     if mp.HasField("source") and mp.strip < 0:
         raise spec.error(f"mat_write_param.strip cannot be negative, got {mp.strip}")
     bottoms = ", ".join(f"'{b}'" for b in spec.param.bottom)
-    warnings.warn(f"layer '{spec.name}' (MatWrite): accepted as a sink that writes nothing; "
-                  f"DeepLab's Caffe would write {bottoms} as .mat files under "
-                  f"{mp.prefix!r}, landmarknet does not. As in Caffe the blob is consumed and "
-                  "so no net output: ask for it by name (forward --blobs)", stacklevel=2)
-    return Built(MatWrite())
+    _warn_sink(spec, f"DeepLab's Caffe would write {bottoms} as .mat files under "
+                     f"{mp.prefix!r}")
+    return Built(Sink())
 
 
 
@@ -220,25 +229,13 @@ def mat_write(spec: LayerSpec) -> Built:
 # the second, serves no PyTorch user; `net.run(..., blobs=[data, label])` gives the same arrays
 # to save as one likes.
 
-class HDF5Output(nn.Module):
-    """Consumes its two bottoms (as Caffe's HDF5Output does) and writes nothing."""
-
-    def forward(self, data: torch.Tensor, label: torch.Tensor) -> tuple:
-        return ()
-
-
-def emit_hdf5_output(ctx: EmitContext, call: EmitCall) -> list[str]:
-    """Nothing: a comment that the bottoms would have been written to an HDF5 file."""
-    return [f"# HDF5Output: {', '.join(call.ins)} not written (no HDF5 file is produced)"]
-
-
 def hdf5_output_detail(p: caffe_pb2.LayerParameter) -> str:
     """'no HDF5 file': the sink writes nothing here."""
     return "no HDF5 file"
 
 
 @register("HDF5Output", family="data", cost=FREE, detail=hdf5_output_detail,
-          emit=emit_hdf5_output, onnx=OnnxRule(moves_values=True), view=True)
+          emit=_sink_emitter("HDF5 files"), onnx=OnnxRule(moves_values=True), view=True)
 def hdf5_output(spec: LayerSpec) -> Built:
     """Caffe's HDF5 writer of (data, label): a sink that consumes both; no file is written."""
     spec.expect_bottoms(2)
@@ -258,8 +255,6 @@ def hdf5_output(spec: LayerSpec) -> Built:
         raise spec.error("hdf5_output_param.file_name is required (Caffe fails to create the "
                          "file without one)")
     bottoms = ", ".join(f"'{b}'" for b in spec.param.bottom)
-    warnings.warn(f"layer '{spec.name}' (HDF5Output): accepted as a sink that writes nothing; "
-                  f"Caffe would write {bottoms} as the datasets 'data' and 'label' of "
-                  f"{fname!r}, landmarknet does not. As in Caffe the blobs are consumed and so "
-                  "no net outputs: ask for them by name (forward --blobs)", stacklevel=2)
-    return Built(HDF5Output())
+    _warn_sink(spec, f"Caffe would write {bottoms} as the datasets 'data' and 'label' of "
+                     f"{fname!r}")
+    return Built(Sink())
