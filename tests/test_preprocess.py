@@ -190,7 +190,7 @@ def test_forward_image_errors(tmp_path, picture, capsys):
     net = tmp_path / "net.prototxt"
     net.write_text(NET)
     np.save(tmp_path / "d.npy", np.zeros((1, 3, 24, 32), np.float32))
-    base = ["forward", str(net), "--random-weights", "1"]
+    base = ["forward", str(net), "--random-weights", "1", "--output", str(tmp_path / "o.npz")]
     assert main(base + ["--image", str(path), "--input", f"data={tmp_path / 'd.npy'}"]) == 2
     assert "given both by --image and by --input" in capsys.readouterr().err
     assert main(base + ["--image", str(path), "--mean", "1,2"]) == 2
@@ -202,3 +202,4 @@ def test_forward_image_errors(tmp_path, picture, capsys):
     assert "given with --image" in capsys.readouterr().err
     assert main(base + ["--image", str(path), "--draw", str(tmp_path / "x.png")]) == 2
     assert "no detector top" in capsys.readouterr().err
+    assert not (tmp_path / "o.npz").exists()  # refused before anything ran

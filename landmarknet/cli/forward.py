@@ -15,8 +15,8 @@ import numpy as np
 from landmarknet.cli.common import (UsageError, add_fit_arguments, add_net_arguments,
                                     build_from_args, fit_from_args, graph_from_args,
                                     load_npy_inputs, memory_budget)
-from landmarknet.cli.pictures import (draw_detections, image_inputs, print_detections,
-                                      read_labels)
+from landmarknet.cli.pictures import (DETECTION_ROW_TYPES, draw_detections, image_inputs,
+                                      print_detections, read_labels)
 
 EXAMPLE = """\
 examples:
@@ -114,6 +114,9 @@ def _run(args: argparse.Namespace) -> int:
     labels = read_labels(args.labels) if args.labels else None
     if args.image:
         graph = graph_from_args(args)
+        if args.draw and not any(n.type in DETECTION_ROW_TYPES for n in graph.nodes):
+            raise UsageError("--draw: the net has no detector top (DetectionOutput or a YOLO "
+                             "head) whose boxes could be drawn")
         pictures, geometries, loaded = image_inputs(args, graph)
         clash = sorted(set(pictures) & set(inputs))
         if clash:
@@ -137,9 +140,6 @@ def _run(args: argparse.Namespace) -> int:
     if geometries:
         rows = print_detections(net, arrays, geometries, labels)
         if args.draw:
-            if not rows:
-                raise UsageError("--draw: the net has no detector top (DetectionOutput or a "
-                                 "YOLO head) whose boxes could be drawn")
             images = next(iter(loaded.values()))  # rows exist only with one picture input
             for path in draw_detections(args.draw, images, rows, args.threshold, labels):
                 print(f"drew the boxes of score >= {args.threshold:g} on {path}")
