@@ -116,8 +116,8 @@ def _own_cases() -> list:
         if python:
             cases.append(pytest.param(name, marks=pytest.mark.skip(
                 reason=f"Python layers {', '.join(python)} (landmarknet.layers.landmark) need "
-                       "torch and landmarknet inside Caffe's process; the reference Caffe is "
-                       "built without the Python layer")))
+                       "torch and landmarknet inside Caffe's process, whose Python (Debian's) "
+                       "has neither")))
             continue
         arrays = {}
         for layer in read_net(path).net.layer:
