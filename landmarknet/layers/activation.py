@@ -264,6 +264,21 @@ def hardswish(spec: LayerSpec) -> Built:
     return Built(HardSwish())
 
 
+class Mish(nn.Module):
+    """``x * tanh(softplus(x))`` (YOLOv4)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.mish(x)
+
+
+@register("Mish", family=_FAMILY, origin="YOLOv4 Caffe ports (read by OpenCV DNN)",
+          emit=_expr("torch.nn.functional.mish({x})"))
+def mish(spec: LayerSpec) -> Built:
+    """x * tanh(ln(1 + e^x)) (YOLOv4's activation); no parameters."""
+    _neuron(spec)
+    return Built(Mish())
+
+
 class HardSigmoid(nn.Module):
     """``min(max(alpha * x + beta, 0), 1)``."""
 

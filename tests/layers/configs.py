@@ -203,6 +203,7 @@ CONFIGS: dict[str, LayerConfig] = {
                          "correlation_param { kernel_size: 1 max_displacement: 2 pad: 2 "
                          "stride_2: 1 single_direction: 1 }"),
     "ChannelNorm": one("ChannelNorm", X),
+    "Mish": one("Mish", X),
     # CTPN's Caffe: Lstm (clip bottom of 0/1), Transpose, Reverse
     "Lstm": one("Lstm", {"data": (3, 2, 4), "clip": (3, 2)}, "lstm_param { num_output: 5 }",
                 feeds={"clip": "label:2"}),

@@ -252,3 +252,26 @@ def test_spatial_dropout_param_str_is_read_as_literals_only(param_str, match) ->
 
 def test_spatial_dropout_needs_nchw() -> None:
     assert_refused("Python", _spatial(), [(2, 3)], match="(N, C, H, W)")
+
+
+def test_mish_against_opencv_and_its_formula(tmp_path) -> None:
+    # YOLOv4's x * tanh(ln(1 + e^x)); OpenCV 4.x reads the type from a Caffe prototxt. Values
+    # from -30 to 30 reach both tails (e^x underflowing, softplus(x) == x).
+    cv = pytest.importorskip("opencv_ref")
+    from landmarknet.build import build_net
+    from landmarknet.caffe.prototxt import parse_net
+    text = ('input: "data" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }\n'
+            'layer { name: "m" type: "Mish" bottom: "data" top: "m" }\n')
+    x = np.concatenate([np.linspace(-30, 30, 60), np.random.default_rng(6).normal(0, 2, 60)])
+    x = x.astype(np.float32).reshape(2, 3, 4, 5)
+    (tmp_path / "net.prototxt").write_text(text)
+    try:
+        theirs = cv.run_opencv(tmp_path / "net.prototxt", None, {"data": x}, ["m"])["m"]
+    except cv.OpenCVUnavailable as exc:
+        pytest.skip(str(exc))
+    with torch.no_grad():
+        ours = to_numpy(build_net(parse_net(text, path="net.prototxt"))(
+            data=torch.from_numpy(x))["m"])
+    exact = x.astype(np.float64) * np.tanh(np.logaddexp(0.0, x.astype(np.float64)))
+    np.testing.assert_allclose(ours, exact, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-7)
