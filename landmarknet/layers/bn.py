@@ -1,4 +1,5 @@
-"""The fork ``BN`` layer: batch normalisation with its own scale and shift, in two families.
+"""The fork ``BN`` layer (batch normalisation with its own scale and shift, in two
+families) and brocolli's ``BatchNormKyle`` (at the end of the file).
 
 Several Caffe forks register a layer type ``BN`` with a ``bn_param`` message; they are not
 BVLC's ``BatchNorm`` (no third "scale factor" blob, no separate ``Scale`` layer). Which family a
@@ -22,6 +23,8 @@ layer belongs to is told by the fields its ``bn_param`` uses:
   optional extra tops carry the batch mean and variance, shape ``(1, C, 1, 1)``.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import nn
@@ -198,3 +201,133 @@ def set_bn_statistic(net: nn.Module, statistic: str) -> int:
             module.statistic = statistic
             n += 1
     return n
+
+
+# ---------------------------------------------------------------------------------------------
+# BatchNormKyle (brocolli's SSD Caffe, batch_norm_kyle_layer.cpp): BVLC's BatchNorm with an
+# optional affine part inside. batch_norm_param as BatchNorm's plus use_alpha_beta (blobs 3 and
+# 4: alpha, starting at 1, and beta, at 0; weight_filler/bias_filler are declared but never
+# read) and do_all_reduce (multi-GPU statistics; one process computes the same numbers).
+# ---------------------------------------------------------------------------------------------
+
+class KyleBatchNorm(nn.Module):
+    """``(x - mean) / sqrt(var + eps) [* alpha + beta]`` per channel (axis 1).
+
+    Buffers ``mean``, ``variance`` (C,) and ``scale_factor`` (1,) are Caffe's blobs 0-2 (the
+    statistics are blob / s, 0 when s == 0); parameters ``alpha``, ``beta`` (C,) blobs 3-4.
+    ``use_global_stats`` None follows the module's mode (batch statistics in ``train()``).
+    With batch statistics the blobs are updated as in BatchNorm: ``s = f s + 1``,
+    ``mean = f mean + batch mean``, ``variance = f variance + m/(m-1) batch variance``. With
+    stored statistics Caffe's backward returns before computing alpha's and beta's diffs, so
+    they get no gradient then.
+    """
+
+    def __init__(self, channels: int, eps: float, moving_average_fraction: float,
+                 use_global_stats: bool | None, alpha_beta: bool) -> None:
+        super().__init__()
+        self.channels, self.eps = channels, eps
+        self.moving_average_fraction = moving_average_fraction
+        self.use_global_stats, self.alpha_beta = use_global_stats, alpha_beta
+        self.register_buffer("mean", torch.empty(channels))
+        self.register_buffer("variance", torch.empty(channels))
+        self.register_buffer("scale_factor", torch.empty(1))
+        if alpha_beta:
+            self.alpha = nn.Parameter(torch.empty(channels))
+            self.beta = nn.Parameter(torch.empty(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        use_global = self.use_global_stats
+        if use_global is None:
+            use_global = not self.training
+        if use_global:
+            s = self.scale_factor.to(x.dtype)
+            factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
+            mean = self.mean.to(x.dtype) * factor
+            var = self.variance.to(x.dtype) * factor
+        else:
+            dims = [0] + list(range(2, x.dim()))
+            mean = x.mean(dim=dims)
+            var = ((x - mean.view(view)) ** 2).mean(dim=dims)
+            if x.device.type != "meta" and not torch.jit.is_tracing():
+                self._accumulate(mean, var, x.numel() // max(self.channels, 1))
+        y = (x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
+        if self.alpha_beta:
+            alpha, beta = self.alpha, self.beta
+            if use_global:
+                alpha, beta = alpha.detach(), beta.detach()
+            y = y * alpha.view(view) + beta.view(view)
+        return y
+
+    @torch.no_grad()
+    def _accumulate(self, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:
+        f = self.moving_average_fraction
+        correction = m / (m - 1) if m > 1 else 1.0  # unbiased variance into the blob
+        self.scale_factor.mul_(f).add_(1.0)
+        self.mean.mul_(f).add_(mean.detach().to(self.mean.dtype))
+        self.variance.mul_(f).add_((correction * var.detach()).to(self.variance.dtype))
+
+    def extra_repr(self) -> str:
+        g = {None: "by mode", True: "yes", False: "no"}[self.use_global_stats]
+        return (f"{self.channels}, eps={self.eps}, moving_average_fraction="
+                f"{self.moving_average_fraction}, global_stats={g}, "
+                f"use_alpha_beta={self.alpha_beta}")
+
+
+def _solver_touches(param: caffe_pb2.LayerParameter, i: int) -> bool:
+    """Whether Caffe's solver updates blob i (lr_mult and decay_mult both non-zero; 1 when
+    the param spec is absent)."""
+    if i >= len(param.param):
+        return True
+    ps = param.param[i]
+    return ps.lr_mult != 0 and ps.decay_mult != 0
+
+
+def _random_kyle(shapes, gen: torch.Generator) -> list:
+    """Mean ~N(0, 0.1) and variance in [0.5, 1.5), stored times a scale factor in [0.5, 1.5)
+    (blob 2); alpha in [0.5, 1.5), beta in +-0.1."""
+    def one(i, shape, g):
+        return [torch.randn(shape, generator=g) * 0.1, uniform(shape, 0.5, 1.5, g),
+                torch.full(shape, 0.5 + torch.rand((), generator=g).item()),
+                uniform(shape, 0.5, 1.5, g), uniform(shape, -0.1, 0.1, g)][i]
+    values = per_blob(one)(shapes, gen)
+    if len(values) >= 3 and all(v is not None for v in values[:3]):
+        factor = float(values[2].reshape(-1)[0])
+        values[0], values[1] = values[0] * factor, values[1] * factor
+    return values
+
+
+@register("BatchNormKyle", family="norm", cost=AFFINE, emit=copy_module(), random=_random_kyle,
+          origin="brocolli's SSD Caffe (batch_norm_kyle_layer.cpp)")
+def batch_norm_kyle(spec: LayerSpec) -> Built:
+    """BatchNorm (3 statistics blobs) with an optional per-channel alpha, beta (blobs 3, 4)."""
+    spec.expect_bottoms(1)
+    if spec.n_tops != 1:
+        raise spec.error(f"needs exactly 1 top, got {spec.n_tops}")
+    shape = tuple(spec.bottom_shapes[0])
+    if len(shape) < 2:
+        # LayerSetUp takes one channel for a 1-axis bottom, but Reshape then reads shape(1)
+        # and aborts.
+        raise spec.error(f"needs a bottom of 2 or more axes (N, C, ...), got shape {shape}; "
+                         "Caffe aborts on fewer", shape=True)
+    bp = spec.param.batch_norm_param
+    if bp.eps < 0:
+        raise spec.error(f"batch_norm_param.eps must not be negative, got {bp.eps}")
+    if spec.phase == "train" and any(_solver_touches(spec.param, i) for i in range(3)):
+        # Unlike BatchNorm, the layer does not pin its statistics' lr_mult to 0, so Caffe's
+        # solver applies weight decay to blobs 0-2 (their diff is otherwise 0). Here they
+        # are statistics, never decayed. One message for all layers (shown once).
+        warnings.warn("BatchNormKyle statistics blobs (0-2) without param { lr_mult: 0 } or "
+                      "decay_mult: 0: Caffe's solver would shrink them by weight decay; "
+                      "landmarknet keeps them as running statistics and does not")
+    channels = shape[1]
+    use_global = bp.use_global_stats if bp.HasField("use_global_stats") else None
+    module = KyleBatchNorm(channels, float(bp.eps), float(bp.moving_average_fraction),
+                           use_global, bool(bp.use_alpha_beta))
+    blobs = [BlobSlot("mean", (channels,), None, learnable=False),
+             BlobSlot("variance", (channels,), None, learnable=False),
+             BlobSlot("scale_factor", (1,), None, learnable=False)]
+    if bp.use_alpha_beta:
+        blobs += [BlobSlot("alpha", (channels,), _constant(1.0)),
+                  BlobSlot("beta", (channels,), None)]
+    return Built(module, blobs)

@@ -1,5 +1,6 @@
 """Loss and metric layers: EuclideanLoss, SoftmaxWithLoss, SigmoidCrossEntropyLoss,
-MultinomialLogisticLoss, HingeLoss, ContrastiveLoss, InfogainLoss and Accuracy.
+MultinomialLogisticLoss, HingeLoss, ContrastiveLoss, InfogainLoss, Accuracy and SSD's
+SmoothL1Loss.
 
 Every loss top is a 0-axis tensor (Caffe's ``vector<int> loss_shape(0)``) and the first top's
 default loss weight is 1. Labels arrive as float blobs and are read as ``static_cast<int>``
@@ -557,3 +558,55 @@ def infogain_loss(spec: LayerSpec) -> Built:
         raise spec.error(f"{what} must be (1, 1, K, K) with K = {dim}, the values per sample of "
                          f"bottom 0 {p}; got {h_shape}", shape=True)
     return Built(InfogainLoss(spec.name, spec.type, infogain), default_loss_weight=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# SmoothL1Loss, as SSD's smooth_L1_loss_layer.cpp (Wei Liu's version of Ross Girshick's) has it
+# in the reference Caffe: no sigma and no inside/outside weights (that is the Fast R-CNN fork's
+# layer, another schema), always divided by the batch size N (loss_param is not read). The .cpp
+# reads an optional third bottom of per-element weights, but the header keeps LossLayer's
+# ExactNumBottomBlobs() of 2, which Layer::CheckBlobCounts tests before Min/MaxBottomBlobs: a
+# third bottom aborts the net (in weiliu89/caffe too), so it is refused here. AllowForceBackward
+# is true for both bottoms: the targets get the negated diff.
+
+class SmoothL1Loss(nn.Module):
+    """``sum smoothL1(a - b) / N``: 0.5 d^2 where |d| < 1, else |d| - 0.5."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        n = a.shape[0]
+        d = a.reshape(n, -1) - b.reshape(n, -1)
+        absd = d.abs()
+        # at |d| == 1 both branches and their slopes (d, sign d) agree: plain autograd is
+        # Caffe's Backward_cpu
+        return torch.where(absd < 1.0, 0.5 * d * d, absd - 0.5).sum() / n
+
+
+@register("SmoothL1Loss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss,
+          origin="SSD (weiliu89/caffe), brocolli's SSD Caffe")
+def smooth_l1_loss(spec: LayerSpec) -> Built:
+    """SSD's smooth L1 loss over (a - b), summed and divided by the batch size N."""
+    if len(spec.bottom_shapes) == 3:
+        raise spec.error("has 3 bottoms, but this Caffe's SmoothL1Loss takes exactly 2 "
+                         "(predictions, targets): smooth_L1_loss_layer.cpp reads a third "
+                         "(per-element weights) yet the layer keeps LossLayer's exact bottom "
+                         "count of 2, so Caffe aborts the net. Multiply the difference by the "
+                         "weights before the layer instead (e.g. with Eltwise PROD on both "
+                         "bottoms)")
+    spec.expect_bottoms(2)
+    _loss_tops(spec)
+    shapes = [tuple(s) for s in spec.bottom_shapes]
+    names = ("bottom 0 (the predictions)", "bottom 1 (the targets)")
+    legacy = [_legacy4(s, spec, what) for s, what in zip(shapes, names)]
+    if not shapes[0] or not shapes[1] or shapes[0][0] != shapes[1][0]:
+        raise spec.error(f"bottoms 0 and 1 must have the same first axis (N), got {shapes[0]} "
+                         f"and {shapes[1]}", shape=True)
+    if legacy[1] != legacy[0]:
+        raise spec.error(f"{names[1]} must match bottom 0 element for element (N, C, H, W as "
+                         f"Caffe reads them): {legacy[0]}, got {shapes[1]}", shape=True)
+    ignored = [f for f in ("normalization", "normalize", "ignore_label")
+               if spec.param.loss_param.HasField(f)]
+    if ignored:
+        warnings.warn(f"layer '{spec.name}' (SmoothL1Loss): loss_param {', '.join(ignored)} "
+                      "ignored, as smooth_L1_loss_layer.cpp ignores them (the loss is always "
+                      "divided by the batch size N)", stacklevel=3)
+    return Built(SmoothL1Loss(), default_loss_weight=1.0)

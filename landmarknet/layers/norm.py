@@ -333,6 +333,14 @@ def batch_norm(spec: LayerSpec) -> Built:
         warnings.warn("BatchNorm layers with lr_mult != 0 on their statistics (BVLC Caffe "
                       "refuses them): ignored, since the TEST phase learns nothing (the forks "
                       "and OpenCV accept them too)")
+    kyle_only = [f for f in ("weight_filler", "bias_filler", "use_alpha_beta", "do_all_reduce")
+                 if bp.HasField(f)]
+    if kyle_only:
+        # brocolli's schema put BatchNormKyle's fields in BatchNormParameter; BatchNorm itself
+        # reads none of them (there, as here).
+        warnings.warn(f"layer '{spec.name}' (BatchNorm): batch_norm_param "
+                      f"{', '.join(kyle_only)} ignored: only BatchNormKyle reads them (did you "
+                      "mean type: \"BatchNormKyle\"?)", stacklevel=2)
     shape = tuple(spec.bottom_shapes[0])
     if len(shape) < 2:
         # LayerSetUp would take one channel, but Reshape then reads shape(1) and aborts.

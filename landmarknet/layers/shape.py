@@ -1,7 +1,7 @@
 """Blob plumbing: layers that combine, cut, reorder or reduce blobs without learned weights
 (except Parameter), plus Softmax and ArgMax, BatchReindex and Filter (rows picked by another
 bottom's values), and the fork layers of the same kind (Permute, ShuffleChannel, Upsample,
-Interp, Axpy).
+Interp, Axpy; brocolli's Resize, BilinearInterpolate and Unsqueeze).
 
 Output shapes are computed in ``forward`` from the runtime bottoms with Caffe's own rules, so a
 module built for one batch size runs on another; the converters apply the same rules to the
@@ -1239,6 +1239,285 @@ def interp(spec: LayerSpec) -> Built:
     except ValueError as exc:
         raise spec.error(str(exc), shape=True) from None
     return Built(module)
+
+
+# ----------------------------------------------------------------------------------------------
+# brocolli's Resize, BilinearInterpolate and Unsqueeze (what its PyTorch converter writes for
+# F.interpolate and unsqueeze). The sampling tables are worked out in the fork's own number
+# types (float32 for a float net, with BilinearInterpolate's one double step) so that the
+# outputs are the fork's to the bit, not merely close to torch's F.interpolate.
+# ----------------------------------------------------------------------------------------------
+
+_BROCOLLI = "brocolli (inisis/caffe)"
+
+
+def resize_taps(src: int, dst: int, dtype: torch.dtype
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(first index, second index, first weight, second weight) along one axis of Resize.
+
+    util_img.cpp's BiLinearResizeMat_cpu samples at ``i * (src / dst)`` (no half-pixel shift,
+    no align-corners). Where the second tap would fall past the end it is dropped and the
+    first weight is NOT renormalised, so the last rows/columns of an enlargement fade towards
+    zero; the dropped tap here reads a valid position with weight 0.
+    """
+    cpu = torch.device("cpu")  # tables are numbers even while the builder works on 'meta'
+    scale = (torch.tensor(float(src), dtype=dtype, device=cpu)
+             / torch.tensor(float(dst), dtype=dtype, device=cpu))
+    pos = torch.arange(dst, dtype=dtype, device=cpu) * scale
+    base = torch.floor(pos)
+    frac = pos - base
+    first = base.to(torch.long)
+    inside = first + 1 < src
+    second = torch.where(inside, first + 1, first)
+    w1 = torch.where(inside, frac.abs(), torch.zeros_like(frac))
+    return first, second, (1 - frac).abs(), w1
+
+
+def resize_fork(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """brocolli's bilinear Resize of the last two axes of ``x`` to (out_h, out_w)."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    hi0, hi1, hw0, hw1 = resize_taps(int(x.shape[2]), out_h, dt)
+    wi0, wi1, ww0, ww1 = resize_taps(int(x.shape[3]), out_w, dt)
+    dev = x.device
+    hi0, hi1, wi0, wi1 = (t.to(dev) for t in (hi0, hi1, wi0, wi1))
+    # The fork weighs each tap by (w_h * w_w) first, then multiplies the value, and adds the
+    # four terms in this order; products and sums here follow it for bit-equal results.
+    weights = [(a[:, None] * b[None, :]).to(device=dev, dtype=x.dtype)
+               for a in (hw0, hw1) for b in (ww0, ww1)]
+    rows = [x.index_select(2, hi0), x.index_select(2, hi1)]
+    taps = [r.index_select(3, c) for r in rows for c in (wi0, wi1)]
+    return weights[0] * taps[0] + weights[1] * taps[1] + weights[2] * taps[2] + weights[3] * taps[3]
+
+
+def resize_out_hw(h: int, w: int, size: tuple[int, int] | None,
+                  scale: tuple[float, float] | None) -> tuple[int, int]:
+    """Resize's output (height, width): fixed, or int(scale * input) in float32 as the fork."""
+    if size is not None:
+        return size
+    # torch, not numpy (an emitted file carries this function too), on the CPU even while
+    # the builder works under torch.device("meta")
+    f32 = dict(dtype=torch.float32, device="cpu")
+    return tuple(int(torch.tensor(s, **f32) * torch.tensor(float(n), **f32))
+                 for s, n in zip(scale, (h, w)))
+
+
+class BrocolliResize(nn.Module):
+    """brocolli's Resize: bilinear, sampling at i * in/out (see ``resize_taps``)."""
+
+    def __init__(self, size: tuple[int, int] | None, scale: tuple[float, float] | None) -> None:
+        super().__init__()
+        self.size, self.scale = size, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # is_pyramid_test sizes follow the bottom at every Reshape, as the fork's Reshape does.
+        oh, ow = resize_out_hw(int(x.shape[2]), int(x.shape[3]), self.size, self.scale)
+        return resize_fork(x, oh, ow)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}" if self.size is not None else f"scale={self.scale}"
+
+
+def resize_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'HxW' or 'x sh, x sw' (is_pyramid_test)."""
+    rp = p.resize_param
+    if rp.is_pyramid_test:
+        return f"bilinear x{rp.out_height_scale:g}, x{rp.out_width_scale:g}"
+    return f"bilinear {rp.height}x{rp.width}"
+
+
+@register("Resize", family=_FAMILY, origin=_BROCOLLI, cost=PER_OUTPUT, detail=resize_detail,
+          emit=copy_module(resize_taps, resize_fork, resize_out_hw))
+def resize(spec: LayerSpec) -> Built:
+    """Bilinear resize to height x width, or by out_height/width_scale (is_pyramid_test)."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    if len(shape) != 4:
+        raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got {shape}", shape=True)
+    rp = fork_param(spec, "resize_param", "brocolli")
+    size = scale = None
+    if rp.is_pyramid_test:
+        for name in ("out_height_scale", "out_width_scale"):
+            if not has_field(rp, name):
+                raise spec.error(f"resize_param.{name} is required when is_pyramid_test is "
+                                 "true (the fork CHECKs it)")
+        scale = (float(rp.out_height_scale), float(rp.out_width_scale))
+        if not all(math.isfinite(s) and s > 0 for s in scale):
+            raise spec.error(f"resize_param.out_height_scale/out_width_scale must be positive, "
+                             f"got {scale}")
+    else:
+        for name in ("height", "width"):
+            if not has_field(rp, name):
+                raise spec.error(f"resize_param.{name} is required unless is_pyramid_test is "
+                                 "true (the fork CHECKs it)")
+        size = (int(rp.height), int(rp.width))
+    oh, ow = resize_out_hw(shape[2], shape[3], size, scale)
+    if oh < 1 or ow < 1:
+        field_ = "out_height_scale/out_width_scale" if scale else "height/width"
+        raise spec.error(f"resize_param.{field_} gives an empty {oh}x{ow} output for the "
+                         f"{shape[2]}x{shape[3]} input", shape=True)
+    return Built(BrocolliResize(size, scale))
+
+
+def interpolate_taps(src: int, dst: int, align_corners: bool, dtype: torch.dtype
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(low index, high index, low weight, high weight) along one axis of BilinearInterpolate.
+
+    As bilinear_interpolate_layer.cpp: the source position is ``(i + 0.5) * src/dst - 0.5``
+    (the ratio in float, the rest in double, stored back as the blob's type) or, with
+    align_corners, ``i * (src-1)/(dst-1)``; clamped to [0, src-1]; the low index is its floor
+    clamped to [0, src-2] and the weights are (low + 1 - pos, pos - low). A 1-pixel source
+    gives low -1 with weight 0: the fork reads the element before the row there (out of
+    bounds for the first one); here that tap reads a valid element, still with weight 0.
+    """
+    cpu = torch.device("cpu")  # tables are numbers even while the builder works on 'meta'
+    ratio = (torch.tensor(float(src - 1 if align_corners else src), dtype=torch.float32,
+                          device=cpu)
+             / torch.tensor(float(dst - 1 if align_corners else dst), dtype=torch.float32,
+                            device=cpu))
+    idx = torch.arange(dst, dtype=dtype, device=cpu)
+    if align_corners:
+        pos = ratio.to(dtype) * idx
+    else:
+        pos = (ratio.double() * (idx.double() + 0.5) - 0.5).to(dtype)
+    pos = torch.where(pos > src - 1, torch.full_like(pos, src - 1), pos)
+    pos = torch.where(pos < 0, torch.zeros_like(pos), pos)
+    low = torch.floor(pos).to(torch.long).clamp(min=0)
+    low = torch.where(low > src - 2, torch.full_like(low, src - 2), low)  # -1 when src == 1
+    high = low + 1
+    return low.clamp(min=0), high, high.to(dtype) - pos, pos - low.to(dtype)
+
+
+def interpolate_fork(x: torch.Tensor, out_h: int, out_w: int, align_corners: bool
+                     ) -> torch.Tensor:
+    """brocolli's BilinearInterpolate of the last two axes of ``x`` to (out_h, out_w)."""
+    dt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    hl, hh, ha, hb = interpolate_taps(int(x.shape[2]), out_h, align_corners, dt)
+    wl, wh, wa, wb = interpolate_taps(int(x.shape[3]), out_w, align_corners, dt)
+    dev = x.device
+    ha, hb = (t[:, None].to(device=dev, dtype=x.dtype) for t in (ha, hb))
+    wa, wb = (t.to(device=dev, dtype=x.dtype) for t in (wa, wb))
+    r_low, r_high = x.index_select(2, hl.to(dev)), x.index_select(2, hh.to(dev))
+    wl, wh = wl.to(dev), wh.to(dev)
+    # The fork's order: along the width within each of the two rows, then between the rows.
+    r0 = wa * r_low.index_select(3, wl) + wb * r_low.index_select(3, wh)
+    r1 = wa * r_high.index_select(3, wl) + wb * r_high.index_select(3, wh)
+    return ha * r0 + hb * r1
+
+
+class BilinearInterpolate(nn.Module):
+    """brocolli's BilinearInterpolate to a size fixed when the net was set up."""
+
+    def __init__(self, size: tuple[int, int], align_corners: bool) -> None:
+        super().__init__()
+        self.size, self.align_corners = size, align_corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # No shortcut for an unchanged size: the fork copies, then overwrites with the same
+        # arithmetic, which reproduces the input exactly anyway.
+        return interpolate_fork(x, self.size[0], self.size[1], self.align_corners)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, align_corners={self.align_corners}"
+
+
+def bilinear_interpolate_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'HxW' or 'x s', and whether corners are aligned."""
+    bp = p.bilinear_interpolate_param
+    if bp.HasField("scale_factor"):
+        what = f"x{bp.scale_factor:g}"
+    else:
+        h = bp.dst_h if bp.HasField("dst_h") else "H"
+        what = f"{h}x{bp.dst_w if bp.HasField('dst_w') else 'W'}"
+    return what + (", align_corners" if bp.align_corners else "")
+
+
+@register("BilinearInterpolate", family=_FAMILY, origin=_BROCOLLI, cost=PER_OUTPUT,
+          detail=bilinear_interpolate_detail,
+          emit=copy_module(interpolate_taps, interpolate_fork))
+def bilinear_interpolate(spec: LayerSpec) -> Built:
+    """Bilinear resize to dst_h x dst_w or by scale_factor, align_corners (default) or not."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    if len(shape) != 4:
+        raise spec.error(f"needs a 4-D (N, C, H, W) bottom, got {shape}", shape=True)
+    bp = fork_param(spec, "bilinear_interpolate_param", "brocolli")
+    sized = has_field(bp, "dst_h") or has_field(bp, "dst_w")
+    scaled = has_field(bp, "scale_factor")
+    if sized and scaled:
+        raise spec.error("bilinear_interpolate_param gives both dst_h/dst_w and scale_factor; "
+                         "the fork then sets no output size at all (uninitialised): give one")
+    if not sized and not scaled:
+        raise spec.error("bilinear_interpolate_param needs dst_h/dst_w or scale_factor (the "
+                         "fork leaves the output size uninitialised without them)")
+    h, w = shape[2], shape[3]
+    if sized:
+        # A missing one of the two keeps the input's size on that axis.
+        out = (int(bp.dst_h) if has_field(bp, "dst_h") else h,
+               int(bp.dst_w) if has_field(bp, "dst_w") else w)
+        field_ = "dst_h/dst_w"
+    else:
+        s = float(bp.scale_factor)
+        if not (math.isfinite(s) and s > 0):
+            raise spec.error(f"bilinear_interpolate_param.scale_factor must be positive, got {s}")
+        # int(height * scale_factor) in float, once, from the shape the net is set up with.
+        out = (int(np.float32(h) * np.float32(s)), int(np.float32(w) * np.float32(s)))
+        field_ = "scale_factor"
+    if min(out) < 1:
+        raise spec.error(f"bilinear_interpolate_param.{field_} gives an empty {out[0]}x{out[1]} "
+                         f"output for the {h}x{w} input", shape=True)
+    align = bool(bp.align_corners)
+    if align and min(out) == 1:
+        raise spec.error(f"bilinear_interpolate_param.align_corners (true by default) with a "
+                         f"{out[0]}x{out[1]} output: the fork divides by (size - 1) = 0 and "
+                         "outputs NaN; set align_corners: false", shape=True)
+    return Built(BilinearInterpolate(out, align))
+
+
+class Unsqueeze(nn.Module):
+    """A new axis of length 1 at ``dim`` (already made non-negative)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unsqueeze(self.dim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
+
+
+def unsqueeze_detail(p: caffe_pb2.LayerParameter) -> str:
+    """'dim d'."""
+    return f"dim {p.unsqueeze_param.dim}"
+
+
+def emit_unsqueeze(ctx: EmitContext, call: EmitCall) -> list[str]:
+    """x.unsqueeze(dim)."""
+    return [f"{call.one} = {call.x}.unsqueeze({call.sub.dim})"]
+
+
+@register("Unsqueeze", family=_FAMILY, origin=_BROCOLLI, cost=FREE, detail=unsqueeze_detail,
+          emit=emit_unsqueeze, onnx=MOVES, view=True)
+def unsqueeze(spec: LayerSpec) -> Built:
+    """Insert an axis of length 1 at unsqueeze_param.dim (negative counts from the end + 1)."""
+    spec.expect_bottoms(1)
+    _one_top(spec)
+    shape = tuple(spec.bottom_shapes[0])
+    p = fork_param(spec, "unsqueeze_param", "brocolli")
+    if not has_field(p, "dim"):
+        raise spec.error("unsqueeze_param.dim must be set (the fork's schema requires it)")
+    n = len(shape)
+    dim = int(p.dim) + n + 1 if p.dim < 0 else int(p.dim)
+    if not 0 <= dim <= n:
+        raise spec.error(f"unsqueeze_param.dim {p.dim} is outside [{-n - 1}, {n}] for the "
+                         f"{n}-D bottom {shape}", shape=True)
+    if n + 1 > 32:
+        raise spec.error(f"the top would have {n + 1} axes; Caffe blobs hold at most 32",
+                         shape=True)
+    return Built(Unsqueeze(dim))
 
 
 class Axpy(nn.Module):

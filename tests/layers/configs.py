@@ -114,6 +114,10 @@ CONFIGS: dict[str, LayerConfig] = {
                    "eltwise_param { operation: SUM coeff: 0.5 coeff: -2 }"),
     "Flatten": one("Flatten", X),
     "Interp": one("Interp", X, "interp_param { zoom_factor: 2 }"),
+    "Resize": one("Resize", X, "resize_param { height: 8 width: 11 }"),
+    "BilinearInterpolate": one("BilinearInterpolate", X,
+                               "bilinear_interpolate_param { dst_h: 8 dst_w: 4 }"),
+    "Unsqueeze": one("Unsqueeze", X, "unsqueeze_param { dim: -2 }"),
     "MaxUnPool": custom(_inputs(X) + POOL_MASK
                         + 'layer { name: "x" type: "MaxUnPool" bottom: "pool" bottom: "mask" '
                           'top: "x" max_unpool_param { dst_h: 5 dst_w: 6 } }\n'),
@@ -261,6 +265,10 @@ CONFIGS: dict[str, LayerConfig] = {
                     "resample_param { width: 4 height: 3 type: LINEAR antialias: true }"),
     "DataAugmentation": one("DataAugmentation", {"data": (2, 3, 5, 6)},
                             "augmentation_param { recompute_mean: 1000 mean_per_pixel: false }"),
+    # brocolli's SSD Caffe: SmoothL1Loss (loss) and BatchNormKyle with its alpha/beta (norm)
+    "SmoothL1Loss": one("SmoothL1Loss", {"data": (4, 3, 2, 2), "t": (4, 3, 2, 2)}),
+    "BatchNormKyle": one("BatchNormKyle", X, "batch_norm_param { use_alpha_beta: true "
+                                             "eps: 0.001 moving_average_fraction: 0.9 }"),
 }
 
 

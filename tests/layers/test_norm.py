@@ -309,3 +309,13 @@ BAD = [
 @pytest.mark.parametrize("type_,text,shapes,word", BAD, ids=[f"{b[0]}-{b[3]}" for b in BAD])
 def test_bad_parameters_raise_layer_error(type_, text, shapes, word):
     assert_bad_parameters_name_the_layer(type_, text, shapes, word)
+
+
+def test_batch_norm_warns_about_batch_norm_kyle_fields() -> None:
+    # brocolli's schema shares BatchNormParameter between BatchNorm and BatchNormKyle; only
+    # the latter reads use_alpha_beta and the rest, so on BatchNorm they change nothing.
+    from layers.checker import layer_spec
+    from landmarknet.layers.registry import converter_for
+    spec = layer_spec("BatchNorm", "batch_norm_param { use_alpha_beta: true }", [(2, 3, 4, 5)])
+    with pytest.warns(UserWarning, match="use_alpha_beta ignored: only BatchNormKyle"):
+        converter_for(spec)(spec)
