@@ -32,6 +32,7 @@ from torch import nn
 from landmarknet.caffe import caffe_pb2
 from landmarknet.layers.costs import AFFINE
 from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module
+from landmarknet.layers.norm import CaffeBatchNorm
 from landmarknet.layers.random_weights import per_blob, uniform
 from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, register
 
@@ -210,68 +211,36 @@ def set_bn_statistic(net: nn.Module, statistic: str) -> int:
 # read) and do_all_reduce (multi-GPU statistics; one process computes the same numbers).
 # ---------------------------------------------------------------------------------------------
 
-class KyleBatchNorm(nn.Module):
-    """``(x - mean) / sqrt(var + eps) [* alpha + beta]`` per channel (axis 1).
-
-    Buffers ``mean``, ``variance`` (C,) and ``scale_factor`` (1,) are Caffe's blobs 0-2 (the
-    statistics are blob / s, 0 when s == 0); parameters ``alpha``, ``beta`` (C,) blobs 3-4.
-    ``use_global_stats`` None follows the module's mode (batch statistics in ``train()``).
-    With batch statistics the blobs are updated as in BatchNorm: ``s = f s + 1``,
-    ``mean = f mean + batch mean``, ``variance = f variance + m/(m-1) batch variance``. With
-    stored statistics Caffe's backward returns before computing alpha's and beta's diffs, so
-    they get no gradient then.
+class KyleBatchNorm(CaffeBatchNorm):
+    """BVLC's BatchNorm (``norm.CaffeBatchNorm``: blobs 0-2, the same statistics and updates)
+    followed by ``* alpha + beta`` per channel (axis 1) when ``use_alpha_beta`` (blobs 3-4).
+    With stored statistics Caffe's backward returns before computing alpha's and beta's diffs,
+    so they get no gradient then.
     """
 
     def __init__(self, channels: int, eps: float, moving_average_fraction: float,
                  use_global_stats: bool | None, alpha_beta: bool) -> None:
-        super().__init__()
-        self.channels, self.eps = channels, eps
-        self.moving_average_fraction = moving_average_fraction
-        self.use_global_stats, self.alpha_beta = use_global_stats, alpha_beta
-        self.register_buffer("mean", torch.empty(channels))
-        self.register_buffer("variance", torch.empty(channels))
-        self.register_buffer("scale_factor", torch.empty(1))
+        super().__init__(channels, eps, moving_average_fraction, use_global_stats)
+        self.alpha_beta = alpha_beta
         if alpha_beta:
             self.alpha = nn.Parameter(torch.empty(channels))
             self.beta = nn.Parameter(torch.empty(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if not self.alpha_beta:
+            return y
         view = (1, -1) + (1,) * (x.dim() - 2)
         use_global = self.use_global_stats
         if use_global is None:
             use_global = not self.training
+        alpha, beta = self.alpha, self.beta
         if use_global:
-            s = self.scale_factor.to(x.dtype)
-            factor = torch.where(s == 0, torch.zeros_like(s), 1.0 / s)
-            mean = self.mean.to(x.dtype) * factor
-            var = self.variance.to(x.dtype) * factor
-        else:
-            dims = [0] + list(range(2, x.dim()))
-            mean = x.mean(dim=dims)
-            var = ((x - mean.view(view)) ** 2).mean(dim=dims)
-            if x.device.type != "meta" and not torch.jit.is_tracing():
-                self._accumulate(mean, var, x.numel() // max(self.channels, 1))
-        y = (x - mean.view(view)) / torch.sqrt(var.view(view) + self.eps)
-        if self.alpha_beta:
-            alpha, beta = self.alpha, self.beta
-            if use_global:
-                alpha, beta = alpha.detach(), beta.detach()
-            y = y * alpha.view(view) + beta.view(view)
-        return y
-
-    @torch.no_grad()
-    def _accumulate(self, mean: torch.Tensor, var: torch.Tensor, m: int) -> None:
-        f = self.moving_average_fraction
-        correction = m / (m - 1) if m > 1 else 1.0  # unbiased variance into the blob
-        self.scale_factor.mul_(f).add_(1.0)
-        self.mean.mul_(f).add_(mean.detach().to(self.mean.dtype))
-        self.variance.mul_(f).add_((correction * var.detach()).to(self.variance.dtype))
+            alpha, beta = alpha.detach(), beta.detach()
+        return y * alpha.view(view) + beta.view(view)
 
     def extra_repr(self) -> str:
-        g = {None: "by mode", True: "yes", False: "no"}[self.use_global_stats]
-        return (f"{self.channels}, eps={self.eps}, moving_average_fraction="
-                f"{self.moving_average_fraction}, global_stats={g}, "
-                f"use_alpha_beta={self.alpha_beta}")
+        return super().extra_repr() + f", use_alpha_beta={self.alpha_beta}"
 
 
 def _solver_touches(param: caffe_pb2.LayerParameter, i: int) -> bool:
@@ -297,7 +266,8 @@ def _random_kyle(shapes, gen: torch.Generator) -> list:
     return values
 
 
-@register("BatchNormKyle", family="norm", cost=AFFINE, emit=copy_module(), random=_random_kyle,
+@register("BatchNormKyle", family="norm", cost=AFFINE, emit=copy_module(CaffeBatchNorm),
+          random=_random_kyle,
           origin="brocolli's SSD Caffe (batch_norm_kyle_layer.cpp)")
 def batch_norm_kyle(spec: LayerSpec) -> Built:
     """BatchNorm (3 statistics blobs) with an optional per-channel alpha, beta (blobs 3, 4)."""
