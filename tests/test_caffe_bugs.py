@@ -20,9 +20,10 @@ from landmarknet.caffe.prototxt import parse_net, read_net
 from landmarknet.cli.main import main as cli_main
 from landmarknet.errors import GraphError, LayerError, ShapeError
 from landmarknet.graph import module_name
-from landmarknet.params import load_weights, randomize, save_weights
+from landmarknet.params import randomize, save_weights
 from opencv_ref import OpenCVUnavailable, run_opencv
 from reference.compare import rel_err
+from reference.ours import run_backward
 from reference.real_caffe import run_caffe
 
 FWD_TOL = 1e-5  # forward, relative to the blob's largest magnitude
@@ -54,18 +55,11 @@ def caffe_backward(tmp_path: Path, text: str, arrays: dict[str, np.ndarray], pha
 def ours_backward(proto: Path, weights: Path, arrays: dict[str, np.ndarray], phase: str,
                   blobs: list[str]):
     """(net, {blob: data}, loss, {input: grad}) from landmarknet with Caffe's weights."""
-    net = build_net(proto, phase=phase, input_shapes={k: v.shape for k, v in arrays.items()})
-    load_weights(net, weights, strict=True)
-    inputs = {k: torch.tensor(v, requires_grad=True) for k, v in arrays.items()}
-    weighted = [net.caffe_graph.blob_of[t] for info in net.layers.values()
-                for t, w in zip(info.node.tops, info.loss_weights) if w]
-    out = net.run(inputs, blobs=list(dict.fromkeys(blobs + weighted)))
-    loss = net.loss({k: out[k] for k in weighted})
-    loss.backward()
+    net, out, inputs, loss = run_backward(proto, weights, arrays, phase, blobs)
     data = {k: v.detach().numpy() for k, v in out.items()}
     grads = {k: (v.grad.numpy() if v.grad is not None else np.zeros_like(arrays[k]))
              for k, v in inputs.items()}
-    return net, data, float(loss.detach()), grads
+    return net, data, loss, grads
 
 
 def compare_with_caffe(tmp_path: Path, text: str, arrays: dict[str, np.ndarray], phase: str,

@@ -17,6 +17,7 @@ import torch
 from landmarknet.layers import converter_for
 from layers.checker import Layer, assert_refused, layer_spec, make_spec, seeded
 from reference.compare import rel_err
+from reference.ours import run_backward
 
 TOL = 1e-5  # relative to the reference's largest magnitude
 
@@ -239,21 +240,10 @@ def _inputs(tops: dict[str, tuple[int, ...]]) -> str:
 
 def _ours(proto: Path, weights: Path, arrays: dict, phase: str, blobs: list[str]):
     """landmarknet's net with the given weights: ({blob: tensor}, loss); grads retained."""
-    from landmarknet.build import build_net
-    from landmarknet.params import load_weights
-    net = build_net(proto, phase=phase, input_shapes={k: v.shape for k, v in arrays.items()})
-    load_weights(net, weights, strict=True)
-    inputs = {k: torch.tensor(v, requires_grad=True) for k, v in arrays.items()}
-    weighted = [net.caffe_graph.blob_of[t] for info in net.layers.values()
-                for t, w in zip(info.node.tops, info.loss_weights) if w]
-    out = net.run(inputs, blobs=list(dict.fromkeys(blobs + weighted)))
-    for name, t in out.items():
-        if t.requires_grad and name not in inputs:
-            t.retain_grad()
-    loss = net.loss({k: out[k] for k in weighted})
-    loss.backward()
+    net, out, inputs, loss = run_backward(proto, weights, arrays, phase, blobs,
+                                          retain_grads=True)
     out.update(inputs)
-    return net, out, float(loss.detach())
+    return net, out, loss
 
 
 def _grad(t: torch.Tensor) -> np.ndarray:
