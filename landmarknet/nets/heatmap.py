@@ -359,7 +359,7 @@ LIGHT_NETS: dict[str, tuple[HeatmapConfig, str]] = {
                          "five units) at stride 4, 3 stages of depthwise 7x7 + pointwise units, "
                          "BatchNorm throughout: ~0.095 GMACs"),
     "light4_68": (replace(LIGHT, name="light4_68", stages=4), "light3_68 with a 4th stage"),
-    "light3w_68": (replace(LIGHT_WIDE, name="light3w_68", base_lr=3e-3, max_iter=10500),
+    "light3w_68": (replace(LIGHT_WIDE, name="light3w_68", base_lr=3e-3, max_iter=23500),
                    "light3_68 1.5x wider (trunk units, 96 features, 64-wide stages, 96-wide "
                    "heads): ~0.17 GMACs"),
     "light4w_68": (replace(LIGHT_WIDE, name="light4w_68", stages=4, max_iter=4700),
