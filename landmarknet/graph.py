@@ -31,7 +31,7 @@ Shape = tuple[int, ...]
 #: Layer types that read data from outside the net: in the graph they are inputs.
 DATA_LAYER_TYPES = frozenset({"Input", "Data", "ImageData", "HDF5Data", "MemoryData",
                               "WindowData", "AnnotatedData", "VideoData", "ImageLabelmapData",
-                              "DenseImageData", "ImageSegData"})
+                              "DenseImageData", "ImageSegData", "CPMData", "OPData"})
 
 #: Caffe's LossLayer subclasses (BVLC and the SSD fork). Their AutoTopBlobs() is true: a layer
 #: written without a top gets an anonymous one (net.cpp, Net::Init), which carries the loss
@@ -316,7 +316,7 @@ def build_graph(parsed: ParsedNet | str | Path, state: NetState | None = None, *
         if layer.type in DATA_LAYER_TYPES:
             if layer.bottom:
                 raise GraphError(f"{source}: data layer '{layer.name}' cannot have bottoms")
-            shapes = data_top_shapes(layer, parsed.path)
+            shapes = data_top_shapes(layer, parsed.path, state.phase)
             inputs += [GraphInput(t, shape, layer.name, layer.type, source)
                        for t, shape in zip(layer.top, shapes)]
             data_nodes.append(node)

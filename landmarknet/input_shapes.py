@@ -16,8 +16,10 @@ from landmarknet.errors import LayerError
 Shape = tuple[int, ...]
 
 
-def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> list[Shape | None]:
-    """Shapes of a data layer's tops as far as the prototxt determines them (None: unknown)."""
+def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None,
+                    phase: str = "test") -> list[Shape | None]:
+    """Shapes of a data layer's tops as far as the prototxt determines them (None: unknown);
+    ``phase`` ("train" or "test") is the net's, for layers whose size depends on it."""
     n_tops = len(layer.top)
     t = layer.type
     crop = layer.transform_param.crop_size if layer.HasField("transform_param") else 0
@@ -49,7 +51,60 @@ def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None) -> li
         return _dense_image_shapes(layer, crop)
     if t == "ImageSegData":
         return _image_seg_shapes(layer, crop)
+    if t == "AnnotatedData":
+        return _annotated_shapes(layer)
+    if t in ("CPMData", "OPData"):
+        return _openpose_shapes(layer, phase)
     return [None] * n_tops
+
+
+def _openpose_shapes(layer: caffe_pb2.LayerParameter, phase: str) -> list[Shape | None]:
+    """OpenPose's training data layers: images and the heatmap/PAF targets with their masks.
+
+    cpm_data_layer.cpp (CPMData) and oPDataLayer.cpp (OPData) size both tops in the TRAIN phase
+    from the crop (crop_size_y x crop_size_x) and the batch size, the label at 1/stride of it; in
+    TEST from the record (unknown here). CPMData's images keep the record's channel count
+    (ZheC's COCO records hold the image and its masks; unknown here), its label holds
+    2 * (num_parts + 1) maps. OPData's images have 3 channels; its label count depends on the
+    OpenPose model named in ``models`` (unknown here).
+    """
+    if phase != "train":
+        return [None] * len(layer.top)
+    n = layer.data_param.batch_size
+    if layer.type == "CPMData":
+        p = layer.cpm_transform_param
+        h, w, stride = p.crop_size_y, p.crop_size_x, p.stride
+        image = None
+        label = (n, 2 * (p.num_parts + 1), h // stride, w // stride) if n and stride else None
+    else:
+        p = layer.op_transform_param
+        h, w = p.crop_size_y, p.crop_size_x
+        image = (n, 3, h, w) if n else None
+        label = None
+    return [image, label][:len(layer.top)]
+
+
+def _annotated_shapes(layer: caffe_pb2.LayerParameter) -> list[Shape | None]:
+    """SSD's AnnotatedData: images of the transformer's output size and the box list.
+
+    annotated_data_layer.cpp sizes the image top from one record through the data
+    transformer: the crop (crop_size, or crop_h x crop_w) when given, else resize_param's height
+    x width, else the record's own size (unknown here). Channels are the record's: the encoded
+    JPEGs of SSD's databases decode to 3 unless force_gray. The label top holds one row of 8
+    numbers per box of the batch (item, class, instance, xmin, ymin, xmax, ymax, difficult), so
+    its third axis changes from batch to batch: (1, 1, 1, 8) stands for it, as the layer's own
+    setup does.
+    """
+    tp = layer.transform_param
+    if tp.crop_size:
+        h, w = tp.crop_size, tp.crop_size
+    elif tp.crop_h or tp.crop_w:
+        h, w = tp.crop_h, tp.crop_w
+    else:
+        h, w = tp.resize_param.height, tp.resize_param.width
+    n, c = layer.data_param.batch_size, (1 if tp.force_gray else 3)
+    image = (n, c, h, w) if (n and h and w) else None
+    return [image, (1, 1, 1, 8)][:len(layer.top)]
 
 
 def _image_seg_shapes(layer: caffe_pb2.LayerParameter, crop: int) -> list[Shape | None]:

@@ -269,6 +269,24 @@ CONFIGS: dict[str, LayerConfig] = {
     "SmoothL1Loss": one("SmoothL1Loss", {"data": (4, 3, 2, 2), "t": (4, 3, 2, 2)}),
     "BatchNormKyle": one("BatchNormKyle", X, "batch_norm_param { use_alpha_beta: true "
                                              "eps: 0.001 moving_average_fraction: 0.9 }"),
+    # SSD's DetectionEvaluate (detection): detection rows (1, 1, D, 7) and ground truth rows
+    # (1, 1, G, 8) of zeros and ones, so image ids and labels are 0 or 1, never background 2
+    "DetectionEvaluate": one("DetectionEvaluate", {"det": (1, 1, 6, 7), "gt": (1, 1, 4, 8)},
+                             "detection_evaluate_param { num_classes: 3 "
+                             "background_label_id: 2 }",
+                             feeds={"det": "label:2", "gt": "label:2"}),
+    # SSD's MultiBoxLoss (detection): ground-truth rows of zeros and ones (images 0/1, classes
+    # 0/1 with background 2, corner offsets: CORNER coding accepts degenerate boxes)
+    "MultiBoxLoss": custom(
+        _inputs({"feat": (1, 2, 3, 3), "img": (1, 3, 30, 30), "loc": (2, 36), "conf": (2, 27),
+                 "gt": (1, 1, 4, 8)})
+        + 'layer { name: "prior" type: "PriorBox" bottom: "feat" bottom: "img" top: "prior" '
+          'prior_box_param { min_size: 10 variance: 0.1 variance: 0.1 variance: 0.2 '
+          'variance: 0.2 } }\n'
+        + 'layer { name: "x" type: "MultiBoxLoss" bottom: "loc" bottom: "conf" '
+          'bottom: "prior" bottom: "gt" top: "x" multibox_loss_param { num_classes: 3 '
+          'background_label_id: 2 overlap_threshold: 0.3 } }\n',
+        feeds={"gt": "label:2"}),
 }
 
 

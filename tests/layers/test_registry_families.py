@@ -14,7 +14,8 @@ FAMILIES = {
               "ShuffleChannel", "Upsample", "Interp", "Axpy"},
     "loss": {"EuclideanLoss", "SoftmaxWithLoss", "SigmoidCrossEntropyLoss", "Accuracy",
              "HingeLoss", "MultinomialLogisticLoss"},
-    "detection": {"PriorBox", "DetectionOutput", "YoloDetectionOutput", "Yolov3DetectionOutput"},
+    "detection": {"PriorBox", "DetectionOutput", "YoloDetectionOutput", "Yolov3DetectionOutput",
+                  "MultiBoxLoss", "DetectionEvaluate"},
     "roi": {"ROIPooling", "PSROIPooling", "Proposal", "Python:rpn.proposal_layer.ProposalLayer"},
 }
 
