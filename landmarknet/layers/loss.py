@@ -24,6 +24,7 @@ from landmarknet.layers.common import canonical_axis
 from landmarknet.layers.costs import PER_BOTTOM
 from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module
 from landmarknet.layers.registry import Built, LayerSpec, OnnxRule, register
+from landmarknet.layers.shape import fork_param
 
 _FAMILY = "loss"
 _FLT_MIN = float(torch.finfo(torch.float32).tiny)  # softmax_loss_layer.cpp: max(p, FLT_MIN)
@@ -561,52 +562,85 @@ def infogain_loss(spec: LayerSpec) -> Built:
 
 
 # ---------------------------------------------------------------------------------------------
-# SmoothL1Loss, as SSD's smooth_L1_loss_layer.cpp (Wei Liu's version of Ross Girshick's) has it
-# in the reference Caffe: no sigma and no inside/outside weights (that is the Fast R-CNN fork's
-# layer, another schema), always divided by the batch size N (loss_param is not read). The .cpp
-# reads an optional third bottom of per-element weights, but the header keeps LossLayer's
-# ExactNumBottomBlobs() of 2, which Layer::CheckBlobCounts tests before Min/MaxBottomBlobs: a
-# third bottom aborts the net (in weiliu89/caffe too), so it is refused here. AllowForceBackward
-# is true for both bottoms: the targets get the negated diff.
+# SmoothL1Loss: one type name, three forks, told apart by their bottoms
+# - 2 bottoms: SSD's smooth_L1_loss_layer.cpp (Wei Liu's version of Ross Girshick's; brocolli's,
+#   the reference Caffe) and py-faster-rcnn's with no weights: sum f(a - b) / N.
+# - 4 bottoms: py-faster-rcnn (rbgirshick/caffe-fast-rcnn, branch faster-rcnn): inside and
+#   outside weights, sum w_out f(w_in (a - b)) / N, and its gradient the exact derivative
+#   (w_in w_out f'(.) / N); the weights get none.
+# - 3 bottoms: Fast R-CNN (the fork's fast-rcnn branch, rbgirshick/fast-rcnn's train nets):
+#   sum f(w (a - b)) / N, but the backward hands back f'(w (a - b)) / N without the factor w
+#   (exact for its 0/1 weights; kept as it is for others). SSD's and py-faster-rcnn's Caffe abort
+#   on 3 bottoms.
+# f(x) = 0.5 sigma^2 x^2 where |x| < 1 / sigma^2, else |x| - 0.5 / sigma^2, with sigma from
+# py-faster-rcnn's smooth_l1_loss_param (default 1: SSD's f). N = bottom 0's first axis; loss_param
+# is not read. AllowForceBackward is true for predictions and targets: the targets get the
+# negated diff.
 
 class SmoothL1Loss(nn.Module):
-    """``sum smoothL1(a - b) / N``: 0.5 d^2 where |d| < 1, else |d| - 0.5."""
+    """``sum w_out f(w_in (a - b)) / N`` with the smooth L1 ``f`` of width ``1 / sigma^2``."""
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def __init__(self, sigma: float = 1.0, weights: int = 0) -> None:
+        super().__init__()
+        self.sigma2 = float(np.float32(sigma) * np.float32(sigma))  # a float in the C++
+        self.weights = weights  # 0, 1 (inside, Fast R-CNN) or 2 (inside and outside)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, *w: torch.Tensor) -> torch.Tensor:
         n = a.shape[0]
         d = a.reshape(n, -1) - b.reshape(n, -1)
-        absd = d.abs()
-        # at |d| == 1 both branches and their slopes (d, sign d) agree: plain autograd is
-        # Caffe's Backward_cpu
-        return torch.where(absd < 1.0, 0.5 * d * d, absd - 0.5).sum() / n
+        if self.weights:
+            d_in = w[0].detach().reshape(n, -1) * d
+        else:
+            d_in = d
+        absd = d_in.abs()
+        s2 = self.sigma2
+        # at |x| == 1 / sigma^2 both branches and their slopes agree: autograd is the backward
+        err = torch.where(absd < 1.0 / s2, 0.5 * d_in * d_in * s2, absd - 0.5 / s2)
+        if self.weights == 1:
+            # Fast R-CNN's backward: f'(w d) for a and b, not w f'(w d)
+            slope = torch.where(absd < 1.0 / s2, s2 * d_in, torch.sign(d_in)).detach()
+            surrogate = slope * d
+            err = err.detach() + (surrogate - surrogate.detach())
+        elif self.weights == 2:
+            err = w[1].detach().reshape(n, -1) * err
+        return err.sum() / n
+
+    def extra_repr(self) -> str:
+        return f"sigma2={self.sigma2}, weights={['none', 'inside', 'inside+outside'][self.weights]}"
 
 
 @register("SmoothL1Loss", family=_FAMILY, cost=PER_BOTTOM, emit=_emit_loss,
-          origin="SSD (weiliu89/caffe), brocolli's SSD Caffe")
+          origin="SSD (weiliu89/caffe), brocolli's SSD Caffe; py-faster-rcnn and Fast R-CNN "
+                 "(rbgirshick/caffe-fast-rcnn)")
 def smooth_l1_loss(spec: LayerSpec) -> Built:
-    """SSD's smooth L1 loss over (a - b), summed and divided by the batch size N."""
-    if len(spec.bottom_shapes) == 3:
-        raise spec.error("has 3 bottoms, but this Caffe's SmoothL1Loss takes exactly 2 "
-                         "(predictions, targets): smooth_L1_loss_layer.cpp reads a third "
-                         "(per-element weights) yet the layer keeps LossLayer's exact bottom "
-                         "count of 2, so Caffe aborts the net. Multiply the difference by the "
-                         "weights before the layer instead (e.g. with Eltwise PROD on both "
-                         "bottoms)")
-    spec.expect_bottoms(2)
+    """Smooth L1 over (a - b), optionally weighted inside and outside, summed, divided by N."""
+    spec.expect_bottoms(2, 4)
     _loss_tops(spec)
     shapes = [tuple(s) for s in spec.bottom_shapes]
-    names = ("bottom 0 (the predictions)", "bottom 1 (the targets)")
+    names = ("bottom 0 (the predictions)", "bottom 1 (the targets)",
+             "bottom 2 (the inside weights)", "bottom 3 (the outside weights)")
     legacy = [_legacy4(s, spec, what) for s, what in zip(shapes, names)]
     if not shapes[0] or not shapes[1] or shapes[0][0] != shapes[1][0]:
         raise spec.error(f"bottoms 0 and 1 must have the same first axis (N), got {shapes[0]} "
                          f"and {shapes[1]}", shape=True)
-    if legacy[1] != legacy[0]:
-        raise spec.error(f"{names[1]} must match bottom 0 element for element (N, C, H, W as "
-                         f"Caffe reads them): {legacy[0]}, got {shapes[1]}", shape=True)
+    for shape, got, what in zip(shapes[1:], legacy[1:], names[1:]):
+        if got != legacy[0]:
+            raise spec.error(f"{what} must match bottom 0 element for element (N, C, H, W as "
+                             f"Caffe reads them): {legacy[0]}, got {shape}", shape=True)
+    sigma = fork_param(spec, "smooth_l1_loss_param", "py-faster-rcnn").sigma
+    if not sigma > 0:
+        raise spec.error(f"smooth_l1_loss_param.sigma must be > 0, got {sigma} (the loss "
+                         "divides by sigma^2)")
     ignored = [f for f in ("normalization", "normalize", "ignore_label")
                if spec.param.loss_param.HasField(f)]
     if ignored:
         warnings.warn(f"layer '{spec.name}' (SmoothL1Loss): loss_param {', '.join(ignored)} "
                       "ignored, as smooth_L1_loss_layer.cpp ignores them (the loss is always "
                       "divided by the batch size N)", stacklevel=3)
-    return Built(SmoothL1Loss(), default_loss_weight=1.0)
+    if len(shapes) == 3:
+        warnings.warn(f"layer '{spec.name}' (SmoothL1Loss): 3 bottoms are Fast R-CNN's layer "
+                      "(rbgirshick/fast-rcnn): predictions, targets and inside weights, whose "
+                      "backward leaves the weights out of the gradient (exact for 0/1 "
+                      "weights); SSD's and py-faster-rcnn's Caffe abort on 3 bottoms",
+                      stacklevel=3)
+    return Built(SmoothL1Loss(sigma, len(shapes) - 2), default_loss_weight=1.0)

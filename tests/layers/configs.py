@@ -335,6 +335,12 @@ VARIANTS: dict[str, tuple[str, LayerConfig]] = {
         + 'layer { name: "x" type: "Upsample" bottom: "pool" bottom: "mask" top: "x" '
           'upsample_param { scale: 2 } }\n')),
     "BN/SegNet": ("BN", one("BN", X, "bn_param { bn_mode: INFERENCE }")),
+    "SmoothL1Loss/faster-rcnn": ("SmoothL1Loss", one(
+        "SmoothL1Loss", {"data": (4, 3, 2, 2), "t": (4, 3, 2, 2), "w_in": (4, 3, 2, 2),
+                         "w_out": (4, 3, 2, 2)}, "smooth_l1_loss_param { sigma: 3 }",
+        feeds={"w_in": "label:2", "w_out": "positive"})),
+    "SmoothL1Loss/fast-rcnn": ("SmoothL1Loss", one(
+        "SmoothL1Loss", {"data": (4, 6), "t": (4, 6), "w": (4, 6)}, feeds={"w": "label:2"})),
     "DummyData/uniform": ("DummyData", custom(
         'layer { name: "x" type: "DummyData" top: "x" dummy_data_param { shape { dim: 2 '
         'dim: 3 } data_filler { type: "uniform" min: -1 max: 2 } } }\n')),

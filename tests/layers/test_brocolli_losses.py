@@ -118,13 +118,77 @@ def test_smooth_l1_hand_values() -> None:
 
 def test_smooth_l1_bad_inputs_name_layer_and_field() -> None:
     assert_refused("SmoothL1Loss", "", [(2, 3)], match="bottom")
-    assert_refused("SmoothL1Loss", "", [(2, 3)] * 4, match="bottom")
+    assert_refused("SmoothL1Loss", "", [(2, 3)] * 5, match="bottom")
     assert_refused("SmoothL1Loss", "", [(2, 3), (2, 4)], match="bottom 1 (the targets)")
     assert_refused("SmoothL1Loss", "", [(2, 3), (3, 3)], match="first axis")
-    # the .cpp reads a weights bottom, but the layer keeps LossLayer's exact count of 2
-    assert_refused("SmoothL1Loss", "", [(2, 3)] * 3, match="exactly 2")
+    assert_refused("SmoothL1Loss", "", [(2, 3), (2, 3), (2, 3), (2, 4)],
+                   match="bottom 3 (the outside weights)")
+    assert_refused("SmoothL1Loss", "smooth_l1_loss_param { sigma: 0 }", [(2, 3)] * 2,
+                   match="sigma")
     assert_refused("SmoothL1Loss", "", [(2, 3, 1, 1, 2)] * 2, match="4-axis")
     assert_refused("SmoothL1Loss", "", [(2, 3), (2, 3)], n_tops=2, match="1 top")
+
+
+def faster_rcnn_smooth_l1_ref(a, b, w_in=None, w_out=None, sigma=1.0, top_diff=1.0,
+                              weights_in_gradient=True):
+    """smooth_L1_loss_layer.cu of rbgirshick/caffe-fast-rcnn, restated in float64.
+
+    faster-rcnn branch (4 bottoms): x = w_in (a - b); loss = sum w_out f(x) / N with
+    f = 0.5 sigma^2 x^2 where |x| < 1 / sigma^2, else |x| - 0.5 / sigma^2; diff of a =
+    f'(x) w_in w_out top_diff / N (f' = sigma^2 x or sign x), of b its negative.
+    fast-rcnn branch (3 bottoms, ``weights_in_gradient=False``): no outside weights, and the
+    diff of a is f'(x) top_diff / N, without w_in."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    n = a.shape[0]
+    s2 = float(np.float32(sigma) * np.float32(sigma))
+    x = a - b if w_in is None else w_in * (a - b)
+    err = np.where(np.abs(x) < 1 / s2, 0.5 * x * x * s2, np.abs(x) - 0.5 / s2)
+    slope = np.where(np.abs(x) < 1 / s2, s2 * x, np.sign(x))
+    if w_out is not None:
+        err = err * w_out
+    if weights_in_gradient and w_in is not None:
+        slope = slope * w_in * (1.0 if w_out is None else w_out)
+    return err.sum() / n, slope * top_diff / n, -slope * top_diff / n
+
+
+@pytest.mark.parametrize("sigma", [1.0, 3.0])
+def test_py_faster_rcnn_smooth_l1_with_weights_and_sigma(sigma) -> None:
+    """4 bottoms and smooth_l1_loss_param, as py-faster-rcnn's rpn_loss_bbox (sigma 3) and
+    loss_bbox (sigma 1) use them: inside weights 0/1, outside weights 1/Nanchors."""
+    rng = seeded(71)
+    shape = (2, 36, 3, 4)
+    a, b = (rng.standard_normal(shape) * 0.4).astype(np.float32), \
+        (rng.standard_normal(shape) * 0.4).astype(np.float32)
+    w_in = (rng.random(shape) < 0.3).astype(np.float32)
+    w_out = np.full(shape, 1 / 256, np.float32) * (rng.random(shape) < 0.8)
+    spec = layer_spec("SmoothL1Loss", f"smooth_l1_loss_param {{ sigma: {sigma} }}", [shape] * 4)
+    built = converter_for(spec)(spec)
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    loss = built.module(ta, tb, torch.tensor(w_in), torch.tensor(w_out))
+    (2.0 * loss).backward()
+    value, ga, gb = faster_rcnn_smooth_l1_ref(a, b, w_in, w_out, sigma, top_diff=2.0)
+    assert abs(float(loss.detach()) - value) <= TOL * abs(value)
+    assert rel_err(ta.grad.numpy(), ga) <= TOL
+    assert rel_err(tb.grad.numpy(), gb) <= TOL
+
+
+def test_fast_rcnn_smooth_l1_three_bottoms_keeps_its_gradient() -> None:
+    """3 bottoms: rbgirshick/fast-rcnn's loss_bbox (bbox_pred, bbox_targets, bbox_loss_weights).
+    With weights other than 0/1 its backward leaves them out of the gradient; that is kept."""
+    rng = seeded(72)
+    shape = (4, 84)
+    a, b = _smooth_inputs(rng, shape)
+    w = rng.uniform(0.0, 2.0, shape).astype(np.float32)
+    spec = layer_spec("SmoothL1Loss", "", [shape] * 3)
+    with pytest.warns(UserWarning, match="Fast R-CNN"):
+        built = converter_for(spec)(spec)
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(b, requires_grad=True)
+    loss = built.module(ta, tb, torch.tensor(w))
+    loss.backward()
+    value, ga, gb = faster_rcnn_smooth_l1_ref(a, b, w, None, 1.0, weights_in_gradient=False)
+    assert abs(float(loss.detach()) - value) <= TOL * abs(value)
+    assert rel_err(ta.grad.numpy(), ga) <= TOL
+    assert rel_err(tb.grad.numpy(), gb) <= TOL
 
 
 def test_smooth_l1_warns_that_loss_param_is_not_read() -> None:
