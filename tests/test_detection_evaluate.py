@@ -30,7 +30,7 @@ import torch
 import landmarknet.layers.detection_eval as detection_eval
 from landmarknet.build import build_net
 from landmarknet.errors import LayerError
-from landmarknet.params import load_weights
+from reference.ours import forward_blobs as ours
 from reference.real_caffe import CaffeFailed, caffe_forward, caffe_load
 
 F32 = np.float32
@@ -61,19 +61,6 @@ def inputs_of(cases: dict[str, tuple[np.ndarray, np.ndarray, str]]) -> dict[str,
     for name, (det, gt, _) in cases.items():
         out[f"d_{name}"], out[f"g_{name}"] = det, gt
     return out
-
-
-def ours(prototxt: Path, inputs: dict[str, np.ndarray], blobs: list[str],
-         weights: Path | None = None) -> dict[str, np.ndarray]:
-    """Run landmarknet on ``prototxt``; the named blobs as numpy arrays."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = build_net(prototxt, input_shapes={k: v.shape for k, v in inputs.items()})
-    if weights is not None:
-        load_weights(net, weights, strict=True)
-    with torch.no_grad():
-        got = net.run(inputs, blobs=blobs)
-    return {k: v.numpy() for k, v in got.items()}
 
 
 def random_box(rng: np.random.Generator) -> list[float]:

@@ -32,6 +32,7 @@ from landmarknet.build import build_net
 from landmarknet.errors import LayerError
 from landmarknet.layers.detection import caffe_score_order, libstdcxx_sort
 from landmarknet.params import load_weights, save_weights
+from reference.ours import forward_blobs as ours
 from reference.real_caffe import caffe_forward
 
 F32 = np.float32
@@ -62,19 +63,6 @@ def drop_layer(text: str, name: str) -> str:
                 i = m.end()
     out.append(text[i:])
     return "".join(out)
-
-
-def ours(prototxt: Path, inputs: dict[str, np.ndarray], blobs: list[str],
-         weights: Path | None = None) -> dict[str, np.ndarray]:
-    """Run landmarknet on ``prototxt``; the named blobs as numpy arrays."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = build_net(prototxt, input_shapes={k: v.shape for k, v in inputs.items()})
-    if weights is not None:
-        load_weights(net, weights, strict=True)
-    with torch.no_grad():
-        got = net.run(inputs, blobs=blobs)
-    return {k: v.numpy() for k, v in got.items()}
 
 
 def detection_module(prototxt: Path, inputs: dict[str, np.ndarray]):

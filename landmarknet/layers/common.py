@@ -1,7 +1,8 @@
-"""Small helpers shared by layer converters: Caffe's axis rules and kernel geometry."""
+"""Small helpers shared by layer converters: Caffe's axis rules, kernel geometry, side files."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from landmarknet.layers.registry import LayerSpec
 
@@ -11,6 +12,25 @@ def canonical_axis(axis: int, ndim: int, spec: LayerSpec, what: str = "axis") ->
     if not -ndim <= axis < ndim:
         raise spec.error(f"{what} {axis} is out of range for a {ndim}-D bottom", shape=True)
     return axis % ndim
+
+
+def side_file(spec: LayerSpec, name: str) -> Path:
+    """A file a layer's parameter names (InfogainLoss' H, DetectionEvaluate's sizes): Caffe
+    opens it from its working folder; a file beside the prototxt is the other place a user
+    means, taken when the first does not exist. The path may not exist: the caller says so."""
+    path = Path(name)
+    if not path.is_absolute() and not path.exists() and spec.graph is not None \
+            and spec.graph.path:
+        beside = Path(spec.graph.path).parent / path
+        if beside.exists():
+            path = beside
+    return path
+
+
+def where_looked(name: str) -> str:
+    """The words that say where :func:`side_file` looked, for a 'no such file' error."""
+    return "" if Path(name).is_absolute() else \
+        " (looked in the working folder and beside the prototxt)"
 
 
 @dataclass(frozen=True)

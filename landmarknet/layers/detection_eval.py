@@ -27,7 +27,9 @@ from torch import nn
 from landmarknet.caffe import caffe_pb2
 from landmarknet.errors import LayerError
 from landmarknet.layers.costs import PER_ALL_BOTTOMS
-from landmarknet.layers.detection import _FAMILY, _ORIGIN, _is_exporting, libstdcxx_sort
+from landmarknet.layers.common import side_file, where_looked
+from landmarknet.layers.detection import (_FAMILY, _ORIGIN, _is_exporting, _score_greater,
+                                          box_sizes, libstdcxx_sort, pixel_box_sizes)
 from landmarknet.layers.registry import Built, LayerSpec, OnnxRule, register
 from landmarknet.layers.shape import fork_param, has_field
 
@@ -52,12 +54,7 @@ _NO_EMIT = ("DetectionEvaluate matches detections to the ground truth in numpy w
 def _sizes(boxes: np.ndarray, normalized: bool) -> np.ndarray:
     """BBoxSize of (n, 4) float32 corner boxes: 0 for an inverted box; pixel boxes count the
     end pixels, (w + 1) * (h + 1)."""
-    w = boxes[:, 2] - boxes[:, 0]
-    h = boxes[:, 3] - boxes[:, 1]
-    if not normalized:
-        w, h = w + _F32(1), h + _F32(1)
-    inverted = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
-    return np.where(inverted, _F32(0), w * h).astype(_F32)
+    return box_sizes(boxes) if normalized else pixel_box_sizes(boxes)
 
 
 def _overlaps(box: np.ndarray, size: np.float32, gts: np.ndarray, gt_sizes: np.ndarray,
@@ -81,10 +78,6 @@ def _overlaps(box: np.ndarray, size: np.float32, gts: np.ndarray, gt_sizes: np.n
     with np.errstate(all="ignore"):
         ratio = inter / (size + gt_sizes - inter)
     return np.where((iw > 0) & (ih > 0), ratio, _F32(0)).astype(_F32)
-
-
-def _score_greater(a: tuple, b: tuple) -> bool:
-    return a[0] > b[0]
 
 
 class DetectionEvaluate(nn.Module):
@@ -261,18 +254,11 @@ _INT = re.compile(r"[+-]?\d+")
 
 
 def _name_size_path(spec: LayerSpec, name: str) -> Path:
-    """Where the file is: Caffe opens it from its working folder; a file beside the prototxt
-    is the other place a user means."""
-    path = Path(name)
-    if not path.is_absolute() and not path.exists() and spec.graph is not None \
-            and spec.graph.path:
-        beside = Path(spec.graph.path).parent / path
-        if beside.exists():
-            path = beside
+    """Where the file is (working folder, else beside the prototxt), or a LayerError."""
+    path = side_file(spec, name)
     if not path.is_file():
-        where = "" if Path(name).is_absolute() else \
-            " (looked in the working folder and beside the prototxt)"
-        raise spec.error(f"detection_evaluate_param.name_size_file {name!r}: no such file{where}; "
+        raise spec.error(f"detection_evaluate_param.name_size_file {name!r}: no such file"
+                         f"{where_looked(name)}; "
                          "SSD's Caffe refuses the net then too (\"Failed to open name size "
                          "file\"). Give the file of 'name height width' lines of the test set, or "
                          "remove the field to evaluate normalised boxes")

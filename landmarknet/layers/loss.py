@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landmarknet.errors import LayerError
-from landmarknet.layers.common import canonical_axis
+from landmarknet.layers.common import canonical_axis, side_file, where_looked
 from landmarknet.layers.costs import PER_BOTTOM
 from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module
 from landmarknet.layers.registry import Built, LayerSpec, OnnxRule, register
@@ -388,23 +388,13 @@ def accuracy(spec: LayerSpec) -> Built:
 
 def _read_infogain(spec: LayerSpec, source: str) -> torch.Tensor:
     """The H blob of ``infogain_loss_param.source`` (a serialised BlobProto), as float32."""
-    from pathlib import Path
-
     from landmarknet.caffe.caffemodel import _Bad, _scan_blob  # Caffe's BlobProto decoding
-    path = Path(source)
-    if not path.is_absolute() and not path.exists() and spec.graph is not None \
-            and spec.graph.path:
-        # Caffe opens it from its working folder; a file beside the prototxt is the other
-        # place a user means.
-        beside = Path(spec.graph.path).parent / path
-        if beside.exists():
-            path = beside
+    path = side_file(spec, source)
     if path.exists() and not path.is_file():
         raise spec.error(f"infogain_loss_param.source {source!r} is not a regular file")
     if not path.exists():
         raise spec.error(f"infogain_loss_param.source {source!r}: no such file"
-                         + (" (looked in the working folder and beside the prototxt)"
-                            if not Path(source).is_absolute() else ""))
+                         + where_looked(source))
     try:
         buf = path.read_bytes()
     except OSError as exc:

@@ -1,9 +1,10 @@
-"""landmarknet's side of a forward + backward against the reference Caffe's ``backward`` job.
+"""landmarknet's side of a run against the reference Caffe's ``forward`` and ``backward`` jobs.
 
 Not imported by the Caffe worker (it needs torch and landmarknet).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +32,17 @@ def run_backward(proto: Path, weights: Path, arrays: dict[str, np.ndarray], phas
     loss = net.loss({k: out[k] for k in weighted})
     loss.backward()
     return net, out, inputs, float(loss.detach())
+
+
+def forward_blobs(prototxt: Path, inputs: dict[str, np.ndarray], blobs: list[str],
+                  weights: Path | None = None) -> dict[str, np.ndarray]:
+    """Run landmarknet on ``prototxt`` (warnings silenced, ``weights`` loaded strictly when
+    given); the named blobs as numpy arrays."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = build_net(prototxt, input_shapes={k: v.shape for k, v in inputs.items()})
+    if weights is not None:
+        load_weights(net, weights, strict=True)
+    with torch.no_grad():
+        got = net.run(inputs, blobs=blobs)
+    return {k: v.numpy() for k, v in got.items()}
