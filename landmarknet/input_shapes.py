@@ -53,6 +53,8 @@ def data_top_shapes(layer: caffe_pb2.LayerParameter, net_path: str | None,
         return _image_seg_shapes(layer, crop)
     if t == "AnnotatedData":
         return _annotated_shapes(layer)
+    if t == "VideoData":  # SSD's camera/video source: frames through the same transformer
+        return (_annotated_shapes(layer)[:1] + [None] * n_tops)[:n_tops]
     if t in ("CPMData", "OPData"):
         return _openpose_shapes(layer, phase)
     return [None] * n_tops

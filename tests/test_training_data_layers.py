@@ -194,3 +194,16 @@ def test_readme_training_loop_lowers_the_ssd_loss(tmp_path):
         solver.apply_update()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.8 * losses[0], losses  # 6.40 -> 4.49 here
+
+
+def test_ssd_video_data_layer_takes_the_resize_size(tmp_path):
+    """SSD's VideoData (webcam demo nets): frames through the data transformer, so the
+    resize_param size and data_param's batch size, 3 channels."""
+    text = ('layer { name: "data" type: "VideoData" top: "data" transform_param { '
+            'mean_value: 104 mean_value: 117 mean_value: 123 resize_param { prob: 1 '
+            'resize_mode: WARP height: 300 width: 300 interp_mode: LINEAR } } '
+            'data_param { batch_size: 1 } video_data_param { video_type: WEBCAM device_id: 0 } }\n'
+            'layer { name: "conv" type: "Convolution" bottom: "data" top: "conv" '
+            'convolution_param { num_output: 2 kernel_size: 3 } }\n')
+    net = build_net(write(tmp_path, text))
+    assert {i.name: i.shape for i in net.caffe_graph.inputs} == {"data": (1, 3, 300, 300)}
