@@ -310,3 +310,20 @@ def test_ssdlite_training_net_matches_caffe(tmp_path, zoo):
         ours = data[blob].grad.numpy()
         assert np.array_equal(ours == 0, ref == 0), f"{blob}: other priors matched or mined"
         assert rel_err(ours, ref) <= 1e-4, blob
+
+
+@pytest.mark.caffe_ref
+@pytest.mark.parametrize("match", ["PER_PREDICTION", "BIPARTITE"])
+def test_tied_overlaps_match_as_caffe(tmp_path, match):
+    """Duplicated priors and duplicated ground-truth boxes: every overlap ties with another,
+    so only the C++'s iteration order (lowest prior, then lowest box) decides the matches."""
+    arrays = case(13, n_priors=40, per_image=[4, 2, 3])
+    prior = arrays["prior"].reshape(2, 40, 4)
+    prior[:, 20:] = prior[:, :20]  # priors 20-39 repeat 0-19
+    arrays["prior"] = prior.reshape(1, 2, 160)
+    label = arrays["label"]
+    label[0, 0, 1, 3:7] = label[0, 0, 0, 3:7]  # image 0: box 1 repeats box 0
+    label[0, 0, 5, 3:7] = label[0, 0, 4, 3:7]  # image 1: box 1 repeats box 0
+    text = net_text(3, 40, 4, label.shape[2], SSD.replace("PER_PREDICTION", match)
+                    .replace("overlap_threshold: 0.5", "overlap_threshold: 0.3"))
+    compare(tmp_path, text, arrays)

@@ -60,6 +60,12 @@ _NONE, _MAX_NEGATIVE, _HARD_EXAMPLE = 0, 1, 2
 _CORNER, _CENTER_SIZE, _CORNER_SIZE = 1, 2, 3
 _FULL, _VALID, _BATCH_SIZE = 0, 1, 2
 _SHARED = -1  # bbox_util's label key for shared location predictions
+#: MatchBBox keeps overlaps ``> 1e-6`` (a float against a double literal): for a float32 that is
+#: the same as ``> float32(1e-6)``, which lies just below 1e-6 with no float32 between them.
+_MIN_OVERLAP = np.float32(1e-6)
+#: The batch's prior-to-box overlaps are computed at once when the (images, priors, boxes)
+#: arrays stay below this many elements; else image by image.
+_BATCH_MATCH_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ def match_boxes(truth: _Truth, preds: np.ndarray, label: int, match_type: int,
     ov = jaccard(preds[:, None, :], box_sizes(preds)[:, None], truth.boxes[gt_index][None],
                  truth.sizes[gt_index][None])
     # only overlaps above 1e-6 (a float against a double literal) are kept at all
-    present = (ov.astype(np.float64) > 1e-6) & ~cross[:, None]
+    present = (ov > _MIN_OVERLAP) & ~cross[:, None]
     overlaps[:] = np.where(present, ov, _F32(0)).max(axis=1)
     # bipartite: the largest overlap left among free predictions and unused boxes; ties go to
     # the lowest prediction, then the lowest box (the C++'s iteration order, strict '>')
@@ -172,9 +178,61 @@ def match_boxes(truth: _Truth, preds: np.ndarray, label: int, match_type: int,
     return indices, overlaps
 
 
+def match_priors_batch(cfg: MultiBoxConfig, truths: dict[int, _Truth], n: int,
+                       priors: np.ndarray) -> list[tuple[np.ndarray, np.ndarray] | None] | None:
+    """:func:`match_boxes` of the priors against every box of each image, for all images at
+    once (the same float32 overlaps, the same greedy order per image); None when the arrays
+    would be too large, and None for an image without boxes."""
+    images = [i for i in range(n) if i in truths]
+    if not images:
+        return [None] * n
+    g = max(len(truths[i].labels) for i in images)
+    k, n_pred = len(images), priors.shape[0]
+    if k * n_pred * g > _BATCH_MATCH_ELEMENTS:
+        return None
+    boxes = np.zeros((k, g, 4), _F32)
+    sizes = np.zeros((k, g), _F32)
+    valid = np.zeros((k, g), bool)
+    for row, i in enumerate(images):
+        t = truths[i]
+        boxes[row, :len(t.labels)], sizes[row, :len(t.labels)] = t.boxes, t.sizes
+        valid[row, :len(t.labels)] = True
+    cross = _cross_boundary(priors) if cfg.ignore_cross_boundary else np.zeros(n_pred, bool)
+    ov = jaccard(priors[None, :, None, :], box_sizes(priors)[None, :, None],
+                 boxes[:, None, :, :], sizes[:, None, :])
+    present = (ov > _MIN_OVERLAP) & ~cross[None, :, None] & valid[:, None, :]
+    overlaps = np.where(present, ov, _F32(0)).max(axis=2)
+    indices = np.where(cross[None, :], -2, -1).repeat(k, axis=0)
+    masked = np.where(present, ov, -np.inf)
+    free = valid.copy()
+    rows = np.arange(k)
+    for _ in range(g):  # bipartite: one box per image and round, as match_boxes does
+        cand = np.where((indices == -1)[:, :, None] & free[:, None, :], masked, -np.inf)
+        i, j = np.divmod(cand.reshape(k, -1).argmax(axis=1), g)
+        ok = np.isfinite(cand[rows, i, j])
+        if not ok.any():
+            break
+        indices[rows[ok], i[ok]] = j[ok]
+        overlaps[rows[ok], i[ok]] = ov[rows[ok], i[ok], j[ok]]
+        free[rows[ok], j[ok]] = False
+    if cfg.match_type == _PER_PREDICTION:
+        good = np.where(present & (ov >= _F32(cfg.overlap_threshold)), masked, -np.inf)
+        best = good.argmax(axis=2)
+        take = (indices == -1) & np.isfinite(good).any(axis=2)
+        r, c = np.nonzero(take)
+        indices[r, c] = best[r, c]
+        overlaps[r, c] = ov[r, c, best[r, c]]
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
+    for row, i in enumerate(images):
+        out[i] = (indices[row].astype(np.int64), overlaps[row])
+    return out
+
+
 def find_matches(cfg: MultiBoxConfig, truth: _Truth | None, priors: np.ndarray,
-                 variances: np.ndarray, loc: np.ndarray) -> dict[int, tuple]:
-    """FindMatches for one image: {label key: (indices, overlaps)}; loc is (P, loc classes, 4).
+                 variances: np.ndarray, loc: np.ndarray,
+                 prior_match: tuple[np.ndarray, np.ndarray] | None = None) -> dict[int, tuple]:
+    """FindMatches for one image: {label key: (indices, overlaps)}; loc is (P, loc classes, 4),
+    ``prior_match`` this image's :func:`match_priors_batch` result when there is one.
 
     An image without ground truth has no entry at all (so no positives and no negatives)."""
     if truth is None:
@@ -190,7 +248,8 @@ def find_matches(cfg: MultiBoxConfig, truth: _Truth | None, priors: np.ndarray,
                                    cfg.variance_in_target)
             out[label] = match_boxes(truth, decoded, label, *args)
         return out
-    indices, overlaps = match_boxes(truth, priors, _SHARED, *args)
+    indices, overlaps = prior_match if prior_match is not None else \
+        match_boxes(truth, priors, _SHARED, *args)
     if cfg.share_location:
         return {_SHARED: (indices, overlaps)}
     out = {}
@@ -204,21 +263,27 @@ def find_matches(cfg: MultiBoxConfig, truth: _Truth | None, priors: np.ndarray,
 
 def _background_losses(conf: np.ndarray, labels: np.ndarray, cfg: MultiBoxConfig) -> np.ndarray:
     """ComputeConfLoss (CPU): each prior's loss against its matched class or the background,
-    float32 with the C++'s order of operations (max, then the sum of exps from class 0)."""
-    rows = np.arange(conf.shape[0])
+    float32 with the C++'s order of operations (max, then the sum of exps from class 0);
+    ``conf`` is (..., C), ``labels`` the matching (...)."""
     if cfg.conf_loss == _SOFTMAX:
-        top = conf[:, 0].copy()
-        for c in range(1, conf.shape[1]):
-            top = np.where(conf[:, c] < top, top, conf[:, c])
-        total = np.zeros(conf.shape[0], _F32)
-        for c in range(conf.shape[1]):
-            total = (total + np.exp(conf[:, c] - top)).astype(_F32)
-        prob = (np.exp(conf[rows, labels] - top) / total).astype(_F32)
+        if np.isnan(conf).any():  # std::max's operand order decides where NaNs go
+            top = conf[..., 0].copy()
+            for c in range(1, conf.shape[-1]):
+                top = np.where(conf[..., c] < top, top, conf[..., c])
+        else:
+            top = conf.max(axis=-1)
+        # float32 sums from class 0 on, in that order (numpy's sum would pair them up)
+        e = np.exp(conf - top[..., None])
+        total = e[..., 0].copy()
+        for c in range(1, conf.shape[-1]):
+            total += e[..., c]
+        picked = np.take_along_axis(conf, labels[..., None], axis=-1)[..., 0]
+        prob = (np.exp(picked - top) / total).astype(_F32)
         # -log(max(p, FLT_MIN)): the C library's double log, stored as a float
         return (-np.log(np.maximum(prob, _F32(_FLT_MIN)).astype(np.float64))).astype(_F32)
-    loss = np.zeros(conf.shape[0], _F32)
-    for c in range(conf.shape[1]):
-        x = conf[:, c]
+    loss = np.zeros(conf.shape[:-1], _F32)
+    for c in range(conf.shape[-1]):
+        x = conf[..., c]
         pos = (x >= 0).astype(_F32)
         target = (labels == c).astype(_F32)
         term = x * (target - pos) - np.log1p(np.exp(x - 2 * x * pos))
@@ -226,22 +291,34 @@ def _background_losses(conf: np.ndarray, labels: np.ndarray, cfg: MultiBoxConfig
     return loss
 
 
-def mine_negatives(cfg: MultiBoxConfig, matches: dict[int, tuple], conf: np.ndarray,
-                   truth: _Truth | None) -> np.ndarray:
-    """MineHardExamples (MAX_NEGATIVE) for one image: the mined priors, ascending."""
+def _caffe_top(values: np.ndarray, k: int) -> np.ndarray:
+    """The positions of the ``k`` largest values, as the first k of std::sort descending.
+
+    Only the set matters to the caller. It is the first k of any descending order unless equal
+    values straddle the cut; only then (or with NaNs) does the order of libstdc++'s sort decide,
+    and it is replayed (:func:`caffe_score_order`)."""
+    if k <= 0:
+        return np.zeros(0, np.int64)
+    if k >= values.size:
+        return np.arange(values.size)
+    part = np.argpartition(-values.astype(np.float64), k - 1)
+    kth = values[part[k - 1]]
+    if not (values[part[k:]] == kth).any() and not np.isnan(values).any():
+        return part[:k]
+    return caffe_score_order(values)[:k]
+
+
+def mine_negatives(cfg: MultiBoxConfig, matches: dict[int, tuple],
+                   loss: np.ndarray) -> np.ndarray:
+    """MineHardExamples (MAX_NEGATIVE) for one image, given each prior's background loss
+    (:func:`_background_losses`): the mined priors, ascending."""
     if not cfg.mining or not matches:
         return np.zeros(0, np.int64)
-    labels = np.full(conf.shape[0], cfg.background, np.int64)
-    for indices, _ in reversed(list(matches.values())):  # the first matching label key wins
-        hit = indices > -1
-        labels[hit] = truth.labels[indices[hit]]
-    loss = _background_losses(conf, labels, cfg)
     (indices, overlaps), = matches.values()  # mining needs share_location: one key
     eligible = np.nonzero((indices == -1) & (overlaps < _F32(cfg.neg_overlap)))[0]
     n_pos = int((indices > -1).sum())
     n_sel = min(int(_F32(n_pos) * _F32(cfg.neg_pos_ratio)), eligible.size)
-    order = caffe_score_order(loss[eligible])
-    return np.sort(eligible[order[:n_sel]])
+    return np.sort(eligible[_caffe_top(loss[eligible], n_sel)])
 
 
 def encode_boxes(priors: np.ndarray, variances: np.ndarray, boxes: np.ndarray, code_type: int,
@@ -312,23 +389,46 @@ def plan_batch(cfg: MultiBoxConfig, loc: np.ndarray, conf: np.ndarray, prior: np
             raise LayerError(f"ground truth of image {image} has class {int(bad[0])}, outside "
                              f"[0, num_classes={cfg.num_classes})", layer=layer,
                              type="MultiBoxLoss")
-    pos: list[tuple[int, int, int, int]] = []
-    negs: list[tuple[int, int]] = []
-    dense = None if cfg.mining else np.full((n, n_priors), cfg.background, np.int64)
-    for i in range(n):
-        truth = truths.get(i)
-        matches = find_matches(cfg, truth, priors, variances, loc[i])
+    batch = match_priors_batch(cfg, truths, n, priors) if cfg.use_prior_for_matching \
+        else None
+    all_matches = [find_matches(cfg, truths.get(i), priors, variances, loc[i],
+                                batch[i] if batch else None) for i in range(n)]
+    # matched priors in the C++'s order: image, label key, prior
+    parts: list[tuple[np.ndarray, ...]] = []
+    matched_class = np.full((n, n_priors), cfg.background, np.int64)  # mining and NONE's rows
+    for i, matches in enumerate(all_matches):
         for key, (indices, _) in matches.items():
-            for j in np.nonzero(indices > -1)[0]:
-                pos.append((i, int(j), 0 if cfg.share_location else key, int(indices[j])))
-                if dense is not None:
-                    dense[i, j] = _object_class(cfg, truth, indices[j])
-        negs.extend((i, int(j)) for j in mine_negatives(cfg, matches, conf[i], truth))
-    m = len(pos)
-    pi = np.array([p[0] for p in pos], np.int64)
-    pj = np.array([p[1] for p in pos], np.int64)
-    pc = np.array([p[2] for p in pos], np.int64)
-    gt_boxes = np.array([truths[p[0]].boxes[p[3]] for p in pos], _F32).reshape(m, 4)
+            js = np.nonzero(indices > -1)[0]
+            if js.size == 0:
+                continue
+            boxes_of = indices[js]
+            truth = truths[i]
+            taught = np.full(js.size, cfg.background + 1) if cfg.agnostic \
+                else truth.labels[boxes_of]
+            parts.append((np.full(js.size, i), js, np.full(js.size, 0 if cfg.share_location
+                                                           else key),
+                          truth.boxes[boxes_of], taught))
+            if not cfg.mining:
+                matched_class[i, js] = taught
+    if parts:
+        pi, pj, pc, gt_boxes, taught = (np.concatenate(col) for col in zip(*parts))
+    else:
+        pi = pj = pc = taught = np.zeros(0, np.int64)
+        gt_boxes = np.zeros((0, 4), _F32)
+    m = pi.size
+    negs_i, negs_j = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if cfg.mining and m:
+        # each prior's loss against the class it is matched to (the true class, also when
+        # agnostic), else the background: all images at once
+        label_of = np.full((n, n_priors), cfg.background, np.int64)
+        for i, matches in enumerate(all_matches):
+            for indices, _ in reversed(list(matches.values())):  # the first key wins
+                hit = indices > -1
+                label_of[i, hit] = truths[i].labels[indices[hit]]
+        losses = _background_losses(conf, label_of, cfg)
+        mined = [mine_negatives(cfg, matches, losses[i]) for i, matches in enumerate(all_matches)]
+        negs_i = np.concatenate([np.full(js.size, i) for i, js in enumerate(mined)])
+        negs_j = np.concatenate(mined)
     target = encode_boxes(priors[pj], variances[pj], gt_boxes, cfg.code_type,
                           cfg.variance_in_target, layer).reshape(m, 4)
     keep = np.zeros((m, 4), bool)
@@ -344,18 +444,14 @@ def plan_batch(cfg: MultiBoxConfig, loc: np.ndarray, conf: np.ndarray, prior: np
                              type="MultiBoxLoss")
         scale = variances[pj]
         target = (target / scale).astype(_F32)
-    labels = [_object_class(cfg, truths[i], idx) for i, _, _, idx in pos] if cfg.mining else []
-    conf_image = np.array([p[0] for p in pos] + [q[0] for q in negs], np.int64) \
-        if cfg.mining else np.zeros(0, np.int64)
-    conf_prior = np.array([p[1] for p in pos] + [q[1] for q in negs], np.int64) \
-        if cfg.mining else np.zeros(0, np.int64)
-    conf_label = np.array(labels + [cfg.background] * len(negs), np.int64)
-    return _Plan(pi, pj, pc, target, keep, scale, conf_image, conf_prior, conf_label, dense, m)
-
-
-def _object_class(cfg: MultiBoxConfig, truth: _Truth, index: int) -> int:
-    """The class a matched prior is taught: its box's, or background + 1 (agnostic)."""
-    return cfg.background + 1 if cfg.agnostic else int(truth.labels[index])
+    if cfg.mining:
+        conf_image = np.concatenate([pi, negs_i]).astype(np.int64)
+        conf_prior = np.concatenate([pj, negs_j]).astype(np.int64)
+        conf_label = np.concatenate([taught, np.full(negs_j.size, cfg.background)])
+    else:
+        conf_image = conf_prior = conf_label = np.zeros(0, np.int64)
+    return _Plan(pi, pj, pc, target, keep, scale, conf_image, conf_prior,
+                 conf_label.astype(np.int64), None if cfg.mining else matched_class, m)
 
 
 # ----------------------------------------------------------------------------------------------
