@@ -368,6 +368,8 @@ def _missing_bottom_message(parsed: ParsedNet, index: int, layer: caffe_pb2.Laye
         return (base + f"; layer '{later[0]}' produces it later. Caffe needs layers in "
                 "topological order, so this is a cycle or a misordered file")
     if blob in excluded:
+        other = "test" if state.phase == "train" else "train"
         return (base + f" in phase {state.phase.upper()}: layer '{excluded[blob]}', which "
-                "produces it, is excluded by its include/exclude rules (try --phase train?)")
+                "produces it, is excluded by its include/exclude rules (a net of the other "
+                f"phase? try --phase {other}; or its level/stage rules)")
     return base + " (a typo in the blob name?)"

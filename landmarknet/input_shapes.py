@@ -143,7 +143,8 @@ def _dense_image_shapes(layer: caffe_pb2.LayerParameter, crop: int) -> list[Shap
 
     dense_image_data_layer.cpp sizes both tops from transform_param.crop_size, else from
     crop_height/crop_width, else from new_height/new_width (the first image of the list decides
-    when none is given: unknown here). Channels: 3 when is_color, else 1.
+    when none is given: unknown here). Channels: 3 when is_color, else 1. ENet's fork divides
+    the label's height and width by label_divide_factor in the last case.
     """
     if "dense_image_data_param" not in layer.DESCRIPTOR.fields_by_name:
         raise LayerError("the legacy V1 format has no DenseImageData layer", layer=layer.name,
@@ -164,6 +165,14 @@ def _dense_image_shapes(layer: caffe_pb2.LayerParameter, crop: int) -> list[Shap
     known = bool(h and w and n)
     image = (n, c, h, w) if known else None
     label = (n, 1, h, w) if known else None
+    factor = p.label_divide_factor if "label_divide_factor" in p.DESCRIPTOR.fields_by_name \
+        else 1
+    if factor != 1 and not crop and not p.crop_height:
+        # ENet's encoder: the label map at 1/factor, integer division, without a crop only
+        if factor == 0:
+            raise LayerError("dense_image_data_param.label_divide_factor must be at least 1",
+                             layer=layer.name, type=layer.type)
+        label = (n, 1, h // factor, w // factor) if known else None
     return [image, label][:len(layer.top)]
 
 

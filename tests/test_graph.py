@@ -157,3 +157,14 @@ def test_weight_sharing_loss_weights_and_lr_mult():
 def test_missing_input_shape_names_the_input_and_how_to_give_it(zoo):
     with pytest.raises(GraphError, match=r"input 'data'.*--input-shape data="):
         build_net(zoo / "mnist_lenet/lenet_train_test.prototxt", phase="train")
+
+
+@pytest.mark.parametrize("phase, other", [("train", "test"), ("test", "train")])
+def test_a_bottom_of_the_other_phase_suggests_that_phase(phase, other):
+    """A blob made only by a layer of the other phase: the error names the phase to try."""
+    text = ('input: "data" input_shape { dim: 1 dim: 2 }\n'
+            f'layer {{ name: "p" type: "ReLU" bottom: "data" top: "x" '
+            f'include {{ phase: {other.upper()} }} }}\n'
+            'layer { name: "q" type: "ReLU" bottom: "x" top: "y" }\n')
+    with pytest.raises(GraphError, match=f"try --phase {other}"):
+        build_graph(parse_net(text), NetState(phase=phase))

@@ -110,11 +110,16 @@ def euclidean_loss(spec: LayerSpec) -> Built:
 
 
 class SoftmaxWithLoss(nn.Module):
-    """Softmax along ``axis`` then ``-sum log(max(p[label], FLT_MIN)) / normalizer``."""
+    """Softmax along ``axis`` then ``-sum w[label] log(max(p[label], FLT_MIN)) / normalizer``
+    (``w`` = 1 unless SegNet's/ENet's ``class_weighting`` is on)."""
 
-    def __init__(self, axis: int, ignore_label: int | None, mode: int, n_tops: int) -> None:
+    def __init__(self, axis: int, ignore_label: int | None, mode: int, n_tops: int,
+                 class_weights: list[float] | None = None) -> None:
         super().__init__()
         self.axis, self.ignore_label, self.mode, self.n_tops = axis, ignore_label, mode, n_tops
+        weights = None if class_weights is None else torch.tensor(class_weights,
+                                                                  dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor):
         outer = math.prod(x.shape[:self.axis])
@@ -132,6 +137,8 @@ class SoftmaxWithLoss(nn.Module):
         # Caffe's (p - onehot), which stays right where p underflows and the clamp bites.
         lp_caffe = torch.log(torch.clamp(p_true.detach(), min=_FLT_MIN))
         lp = lp_true + (lp_caffe - lp_true).detach()
+        if self.class_weights is not None:  # the forks multiply value and gradient by w[label]
+            lp = lp * self.class_weights.to(lp.dtype)[index.squeeze(1)]
         total = -torch.where(valid, lp, torch.zeros_like(lp)).sum()
         loss = total / _normalizer(self.mode, outer, inner, valid, total.dtype)
         return (loss, prob) if self.n_tops == 2 else loss
@@ -160,8 +167,29 @@ def softmax_with_loss(spec: LayerSpec) -> Built:
     axis = canonical_axis(spec.param.softmax_param.axis, len(spec.bottom_shapes[0]), spec)
     _label_count(spec, axis)
     module = SoftmaxWithLoss(axis, _ignore_label(spec), _normalization(spec, _VALID),
-                             spec.n_tops)
+                             spec.n_tops, _class_weights(spec, axis))
     return Built(module, default_loss_weight=1.0)
+
+
+def _class_weights(spec: LayerSpec, axis: int) -> list[float] | None:
+    """SegNet's and ENet's loss_param weight_by_label_freqs + class_weighting: one weight per
+    class, multiplying each pixel's loss (and gradient) by its label's weight; the count that
+    normalises stays the number of valid labels (softmax_loss_layer.cpp of both forks)."""
+    lp = spec.param.loss_param
+    weights = list(lp.class_weighting)
+    if not lp.weight_by_label_freqs:
+        if weights:
+            warnings.warn(f"layer '{spec.name}' (SoftmaxWithLoss): loss_param.class_weighting "
+                          "is ignored without weight_by_label_freqs: true, as SegNet's and "
+                          "ENet's Caffe ignore it", stacklevel=3)
+        return None
+    classes = tuple(spec.bottom_shapes[0])[axis]
+    if len(weights) != classes:
+        raise spec.error(f"loss_param.weight_by_label_freqs needs one class_weighting value per "
+                         f"class: {classes} classes on axis {axis}, got {len(weights)} "
+                         "(Caffe: 'Number of class weight values does not match the number of "
+                         "classes')")
+    return weights
 
 
 class SigmoidCrossEntropyLoss(nn.Module):

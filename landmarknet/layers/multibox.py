@@ -369,7 +369,7 @@ class _Plan:
     pos_class: np.ndarray
     loc_target: np.ndarray  # (M, 4) encoded ground truth
     keep_target: np.ndarray  # (M, 4) bool: bp_inside swaps the prediction for the target
-    loc_scale: np.ndarray | None  # (M, 4) 1 / variance with encode_variance_in_target
+    loc_scale: np.ndarray | None  # (M, 4) the variances divided by (encode_variance_in_target)
     conf_image: np.ndarray  # mined rows (image, prior) and their class (mining)
     conf_prior: np.ndarray
     conf_label: np.ndarray
@@ -395,7 +395,7 @@ def plan_batch(cfg: MultiBoxConfig, loc: np.ndarray, conf: np.ndarray, prior: np
                                 batch[i] if batch else None) for i in range(n)]
     # matched priors in the C++'s order: image, label key, prior
     parts: list[tuple[np.ndarray, ...]] = []
-    matched_class = np.full((n, n_priors), cfg.background, np.int64)  # mining and NONE's rows
+    matched_class = np.full((n, n_priors), cfg.background, np.int64)  # NONE: every row's class
     for i, matches in enumerate(all_matches):
         for key, (indices, _) in matches.items():
             js = np.nonzero(indices > -1)[0]
