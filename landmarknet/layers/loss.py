@@ -408,6 +408,81 @@ def accuracy(spec: LayerSpec) -> Built:
 
 
 # ---------------------------------------------------------------------------------------------
+# SegAccuracy, DeepLab v2's (deeplab-public-ver2 seg_accuracy_layer.cpp, util/confusion_matrix.cpp)
+# Per pixel the top-1 class (std::partial_sort with greater<pair<score, class>>: on equal scores
+# the higher class), counted into a C x C confusion matrix (true row, predicted column) that is
+# cleared at each forward (``reset``, default) or kept across forwards. Top (1, 1, 1, 3):
+# pixel accuracy (diagonal / total, 0 when empty), mean recall over the classes that occur, and
+# mean Jaccard over all C classes where a class absent from both truth and prediction counts
+# as 1 (its intersection equals its union, 0 = 0). Sums in double, stored as float.
+
+class SegAccuracy(nn.Module):
+    """DeepLab v2's [pixel accuracy, mean class recall, mean IoU] of the top-1 class."""
+
+    def __init__(self, channels: int, ignore: tuple[int, ...], reset: bool, name: str) -> None:
+        super().__init__()
+        self.channels, self.ignore, self.reset, self.name = channels, ignore, reset, name
+        self.register_buffer("confusion", torch.zeros(channels, channels, dtype=torch.float64),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "meta":
+            return x.new_zeros((1, 1, 1, 3))
+        c = self.channels
+        scores = x.detach().reshape(x.shape[0], c, -1)
+        pred = (c - 1) - scores.flip(1).argmax(dim=1)  # the highest class among equal maxima
+        lab = label.detach().reshape(x.shape[0], -1).to(torch.int64)  # static_cast<int>
+        keep = torch.ones_like(lab, dtype=torch.bool)
+        for value in self.ignore:
+            keep &= lab != value
+        bad = keep & ((lab < 0) | (lab >= c))
+        if bool(bad.any()):
+            raise LayerError(f"label {int(lab[bad][0])} is outside the {c} classes and not an "
+                             "ignore_label (DeepLab's Caffe aborts: 'Unexpected label')",
+                             layer=self.name, type="SegAccuracy")
+        counts = torch.bincount((lab[keep] * c + pred[keep]).cpu(), minlength=c * c)
+        counts = counts.reshape(c, c).to(torch.float64)
+        if self.reset:
+            self.confusion.copy_(counts)
+        else:
+            self.confusion += counts
+        m = self.confusion
+        total, diag = m.sum(), m.diagonal()
+        rows, cols = m.sum(dim=1), m.sum(dim=0)
+        accuracy = diag.sum() / total if total > 0 else total.new_zeros(())
+        seen = rows > 0
+        recall = (diag[seen] / rows[seen]).mean() if bool(seen.any()) else total.new_zeros(())
+        union = rows + cols - diag
+        jaccard = torch.where(diag == union, torch.ones_like(diag), diag / union).mean()
+        out = torch.stack([accuracy, recall, jaccard]).to(torch.float32)
+        return out.reshape(1, 1, 1, 3).to(x.device)
+
+    def extra_repr(self) -> str:
+        return f"classes={self.channels}, ignore={self.ignore}, reset={self.reset}"
+
+
+@register("SegAccuracy", family=_FAMILY, cost=PER_BOTTOM,
+          origin="DeepLab v2 (deeplab-public-ver2)",
+          emit_reason="a metric over a confusion matrix kept between forwards; emit the net "
+                      "without it",
+          onnx=OnnxRule(not_exportable="a training/evaluation metric (a confusion matrix); "
+                                       "export the net up to its scores"))
+def seg_accuracy(spec: LayerSpec) -> Built:
+    """DeepLab's segmentation metric: [pixel accuracy, mean recall, mean IoU] (1, 1, 1, 3)."""
+    spec.expect_bottoms(2)
+    _loss_tops(spec)
+    scores, label = (_legacy4(tuple(s), spec, what) for s, what in
+                     zip(spec.bottom_shapes, ("bottom 0 (the scores)", "bottom 1 (the labels)")))
+    if scores[0] != label[0] or label[1] != 1 or scores[2:] != label[2:]:
+        raise spec.error(f"needs the labels (N, 1, H, W) of the scores (N, C, H, W): scores "
+                         f"{tuple(spec.bottom_shapes[0])}, labels "
+                         f"{tuple(spec.bottom_shapes[1])}", shape=True)
+    p = fork_param(spec, "seg_accuracy_param", "DeepLab v2")
+    return Built(SegAccuracy(scores[1], tuple(p.ignore_label), p.reset, spec.name),
+                 top_shapes=[(1, 1, 1, 3)])
+
+
+# ---------------------------------------------------------------------------------------------
 # InfogainLoss, as infogain_loss_layer.cpp of the reference Caffe (BVLC before mid-2017) has it:
 # bottom 0 holds PROBABILITIES (no softmax inside), the loss is divided by N, one top only.
 # Later BVLC Caffe rewrote the layer around an internal softmax over `infogain_loss_param.axis`

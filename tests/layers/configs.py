@@ -287,6 +287,9 @@ CONFIGS: dict[str, LayerConfig] = {
           'bottom: "prior" bottom: "gt" top: "x" multibox_loss_param { num_classes: 3 '
           'background_label_id: 2 overlap_threshold: 0.3 } }\n',
         feeds={"gt": "label:2"}),
+    # DeepLab v2's SegAccuracy (loss family): scores and labels 0..3 of 4 classes
+    "SegAccuracy": one("SegAccuracy", {"data": (2, 4, 3, 5), "label": (2, 1, 3, 5)},
+                       "seg_accuracy_param { ignore_label: 255 }", feeds={"label": "label:4"}),
 }
 
 

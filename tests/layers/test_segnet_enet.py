@@ -97,3 +97,68 @@ def test_enet_encoder_label_is_divided(tmp_path) -> None:
     net = build_net(path, phase="train")
     assert {i.name: i.shape for i in net.caffe_graph.inputs} == \
         {"data": (2, 3, 64, 96), "label": (2, 1, 8, 12)}
+
+
+# ----------------------------------------------------------------------------------------------
+# DeepLab v2's SegAccuracy (seg_accuracy_layer.cpp, util/confusion_matrix.cpp)
+# ----------------------------------------------------------------------------------------------
+
+def seg_accuracy_ref(batches, ignore: set[int], reset: bool, c: int) -> list[np.ndarray]:
+    """The fork's loops: per pixel the top-1 pair (score, class) under std::greater, the
+    confusion matrix (cleared per forward when reset), then accuracy(), avgRecall(false) and
+    avgJaccard() in double."""
+    m = np.zeros((c, c))
+    outs = []
+    for x, label in batches:
+        if reset:
+            m[:] = 0
+        n, _, h, w = x.shape
+        for i in range(n):
+            for y in range(h):
+                for z in range(w):
+                    best = max((float(x[i, k, y, z]), k) for k in range(c))
+                    gt = int(label[i, 0, y, z])
+                    if gt in ignore:
+                        continue
+                    m[gt, best[1]] += 1
+        total, diag = m.sum(), np.trace(m)
+        acc = 0.0 if total == 0 else diag / total
+        recalls = [m[k, k] / m[k].sum() for k in range(c) if m[k].sum() > 0]
+        recall = 0.0 if not recalls else sum(recalls) / len(recalls)
+        jac = 0.0
+        for k in range(c):
+            inter, union = m[k, k], m[k].sum() + m[:, k].sum() - m[k, k]
+            jac += 1.0 if inter == union else inter / union
+        outs.append(np.array([acc, recall, jac / c], np.float32))
+    return outs
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_seg_accuracy_matches_deeplab(reset) -> None:
+    """Scores rounded to a coarse grid so that many pixels tie (the higher class wins), labels
+    with the ignore value 255, a class that never occurs, and two forwards (kept or cleared)."""
+    rng = seeded(91)
+    c = 5
+    batches = []
+    for _ in range(2):
+        x = np.round(rng.standard_normal((2, c, 4, 6)) * 2) / 2  # ties
+        x[:, 4] = -10.0  # class 4: never predicted
+        label = rng.integers(0, 4, (2, 1, 4, 6)).astype(np.float32)
+        label[0, 0, :2] = 255
+        batches.append((x.astype(np.float32), label))
+    spec = layer_spec("SegAccuracy", f"seg_accuracy_param {{ ignore_label: 255 "
+                      f"reset: {str(reset).lower()} }}", [(2, c, 4, 6), (2, 1, 4, 6)])
+    built = converter_for(spec)(spec)
+    assert built.top_shapes == [(1, 1, 1, 3)]
+    want = seg_accuracy_ref(batches, {255}, reset, c)
+    for (x, label), ref in zip(batches, want):
+        got = built.module(torch.tensor(x), torch.tensor(label)).numpy()
+        np.testing.assert_allclose(got.reshape(3), ref, rtol=1e-6)
+
+
+def test_seg_accuracy_refusals() -> None:
+    assert_refused("SegAccuracy", "", [(2, 3, 4, 4), (2, 2, 4, 4)], match="labels (N, 1, H, W)")
+    spec = layer_spec("SegAccuracy", "", [(1, 3, 2, 2), (1, 1, 2, 2)])
+    module = converter_for(spec)(spec).module
+    with pytest.raises(Exception, match="label 7 is outside the 3 classes"):
+        module(torch.zeros(1, 3, 2, 2), torch.full((1, 1, 2, 2), 7.0))
