@@ -102,8 +102,12 @@ def _annotated_shapes(layer: caffe_pb2.LayerParameter) -> list[Shape | None]:
         h, w = tp.crop_size, tp.crop_size
     elif tp.crop_h or tp.crop_w:
         h, w = tp.crop_h, tp.crop_w
+    elif tp.resize_param:
+        # eric612's multi-scale nets list several sizes, one drawn per batch: the first
+        # stands for them (give --input-shape for another)
+        h, w = tp.resize_param[0].height, tp.resize_param[0].width
     else:
-        h, w = tp.resize_param.height, tp.resize_param.width
+        h, w = 0, 0
     n, c = layer.data_param.batch_size, (1 if tp.force_gray else 3)
     image = (n, c, h, w) if (n and h and w) else None
     return [image, (1, 1, 1, 8)][:len(layer.top)]

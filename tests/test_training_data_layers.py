@@ -207,3 +207,19 @@ def test_ssd_video_data_layer_takes_the_resize_size(tmp_path):
             'convolution_param { num_output: 2 kernel_size: 3 } }\n')
     net = build_net(write(tmp_path, text))
     assert {i.name: i.shape for i in net.caffe_graph.inputs} == {"data": (1, 3, 300, 300)}
+
+
+def test_eric612_multiscale_data_layer(tmp_path):
+    """eric612/MobileNet-YOLO's AnnotatedData: several resize_param (one drawn per batch) and
+    its YOLO sampling fields. The first size stands for the input; the fields change no shape."""
+    text = ('layer { name: "data" type: "AnnotatedData" top: "data" top: "label" '
+            'include { phase: TRAIN } transform_param { scale: 0.007843 '
+            'resize_param { prob: 0.5 resize_mode: WARP height: 320 width: 320 '
+            'interp_mode: LINEAR } resize_param { prob: 0.5 resize_mode: WARP height: 416 '
+            'width: 416 interp_mode: LINEAR } } data_param { source: "lmdb" batch_size: 2 } '
+            'annotated_data_param { yolo_data_type: 1 yolo_data_jitter: 0.3 '
+            'label_map_file: "labelmap.prototxt" } }\n'
+            'layer { name: "s" type: "Silence" bottom: "data" bottom: "label" }\n')
+    net = build_net(write(tmp_path, text), phase="train")
+    assert {i.name: i.shape for i in net.caffe_graph.inputs} == \
+        {"data": (2, 3, 320, 320), "label": (1, 1, 1, 8)}
