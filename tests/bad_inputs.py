@@ -137,8 +137,8 @@ CASES = [
          lambda d: ["build", str(_net(d, GOOD.replace(
              'type: "InnerProduct" bottom: "conv1" top: "fc1"',
              'type: "Pooling" bottom: "conv1" top: "fc1" pooling_param { pool: MEDIAN }')))],
-         'net.prototxt:5:86: Enum type "caffe.PoolingParameter.PoolMethod" has no value named '
-         'MEDIAN'),
+         "net.prototxt:5:80 (layer 'fc1'): value 'MEDIAN' of field 'pool' in PoolingParameter "
+         "is not one Caffe knows (MAX, AVE, STOCHASTIC)"),
     Case("unterminated-string", "a string without its closing quote",
          lambda d: ["build", str(_net(d, 'name: "oops\nlayer { }'))],
          "net.prototxt:1:7: unterminated string"),

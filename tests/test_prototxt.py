@@ -138,3 +138,19 @@ def test_every_zoo_prototxt_parses(zoo):
         else:
             net = read_net(f, strict="slim-320" not in f.name).net
             assert len(net.layer) > 0, f
+
+
+def test_a_forks_enum_value_is_named_and_skipped_with_lenient():
+    """R-FCN's 'normalization: PRE_FIXED': strict names value, field and the values Caffe
+    knows; lenient skips the field with a warning and keeps the rest of the block."""
+    text = ('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "a" bottom: "b" '
+            'loss_param { normalization: PRE_FIXED ignore_label: 255 } }\n')
+    with pytest.raises(PrototxtError, match=r"value 'PRE_FIXED' of field 'normalization' in "
+                                            r"LossParameter .*FULL, VALID, BATCH_SIZE, NONE"):
+        parse_net(text)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        net = parse_net(text, strict=False).net
+    assert any("skipped field 'normalization'" in str(w.message) for w in caught)
+    lp = net.layer[0].loss_param
+    assert not lp.HasField("normalization") and lp.ignore_label == 255

@@ -81,6 +81,8 @@ class _Issue:
     name: str
     message_type: str
     layer_index: int | None
+    #: For an enum field given a value its enum lacks: that value and the enum's known names.
+    bad_value: tuple[str, tuple[str, ...]] | None = None
 
 
 @dataclass
@@ -177,6 +179,9 @@ class _Walker:
                 last = self.toks[self.i - 1]
                 self.found.unknown_spans.append((name_tok.start, last.start + len(last.text)))
                 continue
+            if fdesc.type == _descriptor.FieldDescriptor.TYPE_ENUM and self.bad_enum(
+                    name_tok, fdesc, desc, where):
+                continue
             if fdesc.type != _descriptor.FieldDescriptor.TYPE_MESSAGE:
                 if where and fdesc.name == "name" and desc.full_name in (
                         "caffe.LayerParameter", "caffe.V1LayerParameter"):
@@ -198,6 +203,25 @@ class _Walker:
                 self.found.layer_lines[fdesc.name].append(name_tok.line)
                 child_where = (fdesc.name, idx)
             self.walk(fdesc.message_type, "}" if opener.text == "{" else ">", child_where)
+
+    def bad_enum(self, name_tok: _Tok, fdesc, desc: _descriptor.Descriptor,
+                 where: tuple[str, int] | None) -> bool:
+        """An enum field whose (single, named) value its enum lacks: noted like an unknown
+        field (a fork's value, e.g. R-FCN's ``normalization: PRE_FIXED``) and skipped."""
+        j = self.i + (1 if self.peek() is not None and self.peek().text == ":" else 0)
+        if j >= len(self.toks):
+            return False
+        value = self.toks[j]
+        names = fdesc.enum_type.values_by_name
+        if not re.fullmatch(r"[A-Za-z_]\w*", value.text) or value.text in names:
+            return False
+        self.found.unknown.append(_Issue(name_tok.line, name_tok.col, name_tok.text,
+                                         desc.full_name, where[1] if where else None,
+                                         (value.text, tuple(names))))
+        self.skip_value()
+        last = self.toks[self.i - 1]
+        self.found.unknown_spans.append((name_tok.start, last.start + len(last.text)))
+        return True
 
     def peek_scalar(self) -> str | None:
         """The string value after 'name' (without consuming), for naming layers in errors."""
@@ -282,6 +306,18 @@ def _parse_text(text: str, msg: _message.Message, path: str | None, strict: bool
         short = issue.message_type.split(".")[-1]
         layer = shorten(layer) if layer is not None else None
         name = shorten(issue.name)
+        if issue.bad_value is not None:
+            value, known = issue.bad_value
+            what = (f"value '{shorten(value)}' of field '{name}' in {short} is not one Caffe "
+                    f"knows ({', '.join(known)})")
+            if strict:
+                raise PrototxtError(what + "; if a Caffe fork added it, pass --lenient "
+                                    "(strict=False) to skip the field with a warning",
+                                    path=path, line=issue.line, column=issue.col, layer=layer)
+            warnings.warn(f"{path or '<text>'}:{issue.line}:{issue.col}: skipped field '{name}':"
+                          f" {what}" + (f" (layer '{layer}')" if layer else ""),
+                          PrototxtWarning, stacklevel=3)
+            continue
         if strict:
             raise PrototxtError(
                 f"unknown field '{name}' in {short}. Check its spelling against Caffe's "
