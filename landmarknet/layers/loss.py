@@ -23,7 +23,7 @@ from landmarknet.errors import LayerError
 from landmarknet.layers.common import canonical_axis, side_file, where_looked
 from landmarknet.layers.costs import PER_BOTTOM
 from landmarknet.layers.emitting import EmitCall, EmitContext, copy_module
-from landmarknet.layers.registry import Built, LayerSpec, OnnxRule, register
+from landmarknet.layers.registry import BlobSlot, Built, LayerSpec, OnnxRule, register
 from landmarknet.layers.shape import fork_param
 
 _FAMILY = "loss"
@@ -405,6 +405,82 @@ def accuracy(spec: LayerSpec) -> Built:
         raise spec.error(f"top_k must be between 1 and the {shape[axis]} classes, got {ap.top_k}")
     ignore = int(ap.ignore_label) if ap.HasField("ignore_label") else None
     return Built(Accuracy(axis, ap.top_k, ignore, spec.n_tops))
+
+
+# ---------------------------------------------------------------------------------------------
+# CenterLoss, ydwen/caffe-face's center_loss_layer.cpp: loss = sum_i |x_i - c_(y_i)|^2 / (2 M)
+# over the M samples, with one learned centre per class (blob (num_output, K)). The gradient of
+# x is the true one, (x - c_y) / M times the top's diff; the centres' diff is the fork's own
+# update rule, not the derivative: sum over the samples of class n of (c_n - x_m), divided by
+# (1 + their count) and independent of the loss weight, so that the solver moves each centre
+# towards the mean of its class (lr_mult on the blob sets the pace, the paper's alpha).
+
+class _CenterLossFunction(torch.autograd.Function):
+    """Forward: the loss; backward: Caffe's diffs for x and the centres (none for labels)."""
+
+    @staticmethod
+    def forward(ctx, x, centers, labels):  # noqa: D102
+        distance = x - centers[labels]
+        ctx.save_for_backward(distance, labels)
+        ctx.num_classes = centers.shape[0]
+        return (distance * distance).sum() / x.shape[0] / 2.0
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        distance, labels = ctx.saved_tensors
+        m = distance.shape[0]
+        grad_x = distance * (grad / m)
+        sums = torch.zeros(ctx.num_classes, distance.shape[1], dtype=distance.dtype,
+                           device=distance.device).index_add_(0, labels, -distance)
+        counts = torch.bincount(labels, minlength=ctx.num_classes).to(distance.dtype)
+        grad_c = sums / (counts + 1.0).unsqueeze(1)
+        return grad_x, grad_c, None
+
+
+class CenterLoss(nn.Module):
+    """Center loss with its learned class centres (``centers``, Caffe blob 0)."""
+
+    def __init__(self, num_classes: int, dim: int, axis: int, name: str) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(torch.zeros(num_classes, dim))
+        self.axis, self.name = axis, name
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        m = math.prod(x.shape[:self.axis])
+        flat = x.reshape(m, -1)
+        labels = label.detach().reshape(-1).to(torch.int64)  # static_cast<int>
+        if x.device.type != "meta" and bool(((labels < 0) | (labels >= self.centers.shape[0]))
+                                            .any()):
+            bad = int(labels[(labels < 0) | (labels >= self.centers.shape[0])][0])
+            raise LayerError(f"label {bad} has no centre (num_output {self.centers.shape[0]}); "
+                             "Caffe reads past its centres there", layer=self.name,
+                             type="CenterLoss")
+        return _CenterLossFunction.apply(flat, self.centers.to(flat.dtype), labels)
+
+    def extra_repr(self) -> str:
+        return f"classes={self.centers.shape[0]}, dim={self.centers.shape[1]}, axis={self.axis}"
+
+
+@register("CenterLoss", family=_FAMILY, cost=PER_BOTTOM, origin="ydwen/caffe-face",
+          emit_reason="its centres' update is the fork's rule, not a derivative; emit the "
+                      "deploy net")
+def center_loss(spec: LayerSpec) -> Built:
+    """Center loss (face recognition): distance of each feature to its class centre."""
+    spec.expect_bottoms(2)
+    _loss_tops(spec)
+    p = fork_param(spec, "center_loss_param", "ydwen/caffe-face")
+    if p.num_output < 1:
+        raise spec.error("center_loss_param.num_output (the number of classes) is required")
+    shape = tuple(spec.bottom_shapes[0])
+    axis = canonical_axis(p.axis, len(shape), spec, "center_loss_param.axis")
+    m, dim = math.prod(shape[:axis]), math.prod(shape[axis:])
+    label = _legacy4(tuple(spec.bottom_shapes[1]), spec, "bottom 1 (the labels)")
+    if label[1:] != (1, 1, 1) or label[0] != m:
+        raise spec.error(f"needs one label per sample, (N, 1, 1, 1) with N = {m}: got "
+                         f"{tuple(spec.bottom_shapes[1])}", shape=True)
+    filler = p.center_filler if p.HasField("center_filler") else None
+    return Built(CenterLoss(p.num_output, dim, axis, spec.name),
+                 [BlobSlot("centers", (p.num_output, dim), filler)], default_loss_weight=1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -290,6 +290,10 @@ CONFIGS: dict[str, LayerConfig] = {
     # DeepLab v2's SegAccuracy (loss family): scores and labels 0..3 of 4 classes
     "SegAccuracy": one("SegAccuracy", {"data": (2, 4, 3, 5), "label": (2, 1, 3, 5)},
                        "seg_accuracy_param { ignore_label: 255 }", feeds={"label": "label:4"}),
+    # ydwen/caffe-face's CenterLoss (loss): features and labels 0..2 of 3 classes
+    "CenterLoss": one("CenterLoss", {"data": (4, 6), "label": (4, 1, 1, 1)},
+                      "center_loss_param { num_output: 3 center_filler { type: 'gaussian' } }",
+                      feeds={"label": "label:3"}),
 }
 
 
