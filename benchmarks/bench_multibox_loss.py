@@ -40,7 +40,8 @@ def _priors() -> np.ndarray:
     return out["mbox_priorbox"].numpy()
 
 
-def _truth(rng: np.random.Generator, n: int, per_image: int) -> np.ndarray:
+def random_truth(rng: np.random.Generator, n: int, per_image: int) -> np.ndarray:
+    """(1, 1, n * per_image, 8) ground-truth rows of random boxes and classes 1-20."""
     rows = []
     for i in range(n):
         for _ in range(per_image):
@@ -69,7 +70,7 @@ def main() -> None:
     for n in (int(b) for b in args.batches.split(",")):
         loc = torch.randn(n, n_priors * 4, requires_grad=True)
         conf = torch.randn(n, n_priors * 21, requires_grad=True)
-        label = _truth(rng, n, args.boxes)
+        label = random_truth(rng, n, args.boxes)
         spec = LayerSpec("mbox_loss", "MultiBoxLoss", _layer_param(),
                          [tuple(loc.shape), tuple(conf.shape), prior.shape,
                           label.shape], 1, "train")

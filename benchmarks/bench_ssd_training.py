@@ -14,59 +14,46 @@ two warm-up steps. ``--shared`` points at the folder holding zoo/ (default: ../s
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from google.protobuf import text_format
 
+from bench_multibox_loss import random_truth
 from landmarknet.build import build_net
+from landmarknet.caffe.prototxt import parse_net, to_text
 from landmarknet.layers import multibox
 from landmarknet.paths import shared_dir
 
 HEAD_ONLY = ("mbox_conf_reshape", "mbox_conf_sigmoid", "mbox_conf_flatten", "detection_out")
-LOSS = ('layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 1 dim: 1 '
-        'dim: 1 dim: 8 } } }\n'
-        'layer { name: "mbox_loss" type: "MultiBoxLoss" bottom: "mbox_loc" bottom: "mbox_conf" '
-        'bottom: "mbox_priorbox" bottom: "label" top: "mbox_loss" propagate_down: true '
-        'propagate_down: true propagate_down: false propagate_down: false '
-        'multibox_loss_param { num_classes: 21 share_location: true match_type: PER_PREDICTION '
-        'overlap_threshold: 0.5 use_prior_for_matching: true background_label_id: 0 '
-        'neg_pos_ratio: 3.0 neg_overlap: 0.5 code_type: CENTER_SIZE mining_type: MAX_NEGATIVE } '
-        '}\n')
+LOSS_LAYERS = (
+    'name: "label" type: "Input" top: "label" input_param { shape { dim: 1 dim: 1 dim: 1 '
+    'dim: 8 } }',
+    'name: "mbox_loss" type: "MultiBoxLoss" bottom: "mbox_loc" bottom: "mbox_conf" '
+    'bottom: "mbox_priorbox" bottom: "label" top: "mbox_loss" propagate_down: true '
+    'propagate_down: true propagate_down: false propagate_down: false '
+    'multibox_loss_param { num_classes: 21 share_location: true match_type: PER_PREDICTION '
+    'overlap_threshold: 0.5 use_prior_for_matching: true background_label_id: 0 '
+    'neg_pos_ratio: 3.0 neg_overlap: 0.5 code_type: CENTER_SIZE mining_type: MAX_NEGATIVE }')
 
 
-def _without_layers(text: str, names: tuple[str, ...]) -> str:
-    """Drop the top-level ``layer { }`` blocks whose name is one of ``names``."""
-    out, i, depth, start = [], 0, 0, None
-    for m in re.finditer(r"[{}]", text):
-        if m.group() == "{":
-            if depth == 0:
-                start = text.rfind("layer", 0, m.start())
-            depth += 1
-        else:
-            depth -= 1
-            if depth == 0 and start is not None:
-                block = text[start:m.end()]
-                name = re.search(r'^\s*layer\s*\{\s*name:\s*"([^"]+)"', block)
-                if name and name.group(1) in names:
-                    out.append(text[i:start])
-                    i = m.end()
-    out.append(text[i:])
-    return "".join(out)
-
-
-def _boxes(rng: np.random.Generator, n: int, per_image: int = 3) -> torch.Tensor:
-    rows = []
-    for i in range(n):
-        for _ in range(per_image):
-            cx, cy = rng.uniform(0.2, 0.8, 2)
-            w, h = rng.uniform(0.1, 0.6, 2)
-            rows.append([i, rng.integers(1, 21), 0, cx - w / 2, cy - h / 2, cx + w / 2,
-                         cy + h / 2, 0])
-    return torch.tensor(rows, dtype=torch.float32)[None, None]
+def training_net_text(deploy: str, batch: int) -> str:
+    """The deploy net without its post-processing, MultiBoxLoss after the heads, ``batch``
+    images (the net-level input becomes an Input layer when parsed, as in Caffe)."""
+    net = parse_net(deploy).net
+    keep = [layer for layer in net.layer if layer.name not in HEAD_ONLY]
+    del net.layer[:]
+    net.layer.extend(keep)
+    for layer in net.layer:
+        if layer.type == "Input" and "data" in layer.top:
+            layer.input_param.shape[0].dim[0] = batch
+    for text in LOSS_LAYERS:
+        text_format.Parse(text, net.layer.add())
+    return to_text(net)
 
 
 def main() -> None:
@@ -81,16 +68,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     zoo = (args.shared or shared_dir()) / "zoo"
     deploy = (zoo / "mobilenetv2_ssdlite_voc" / "deploy.prototxt").read_text()
-    text = _without_layers(deploy, HEAD_ONLY) + LOSS
-    text = text.replace("dim: 1\n  dim: 3\n  dim: 300", f"dim: {args.batch}\n  dim: 3\n  dim: 300",
-                        1)
-    path = Path("/tmp/bench_ssdlite_train.prototxt")
-    path.write_text(text)
+    path = Path(tempfile.gettempdir()) / "bench_ssdlite_train.prototxt"
+    path.write_text(training_net_text(deploy, args.batch))
     net = build_net(path, phase="train", seed=0).to(args.device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
     rng = np.random.default_rng(0)
     images = torch.randn(args.batch, 3, 300, 300, device=args.device)
-    label = _boxes(rng, args.batch).to(args.device)
+    label = torch.from_numpy(random_truth(rng, args.batch, 3)).to(args.device)
     plan_seconds: list[float] = []
     original = multibox.plan_batch
 
