@@ -336,8 +336,35 @@ def _given_shapes(inputs: list[GraphInput], shapes: dict[str, Shape], state: Net
         known = ", ".join(i.name for i in inputs) or "none"
         raise GraphError(f"--input-shape names {', '.join(unknown)}, which is not an input "
                          f"of this net in phase {state.phase} (inputs: {known})")
-    return [replace(i, shape=tuple(shapes[i.name])) if shapes.get(i.name) else i
-            for i in inputs]
+    given = [replace(i, shape=tuple(shapes[i.name])) if shapes.get(i.name) else i
+             for i in inputs]
+    return _follow_given_batch(given, shapes)
+
+
+#: Data layers whose every top has the batch on its first axis (AnnotatedData's box list and
+#: VideoData do not), so a batch size given for one top is the batch of all of them.
+_BATCH_FIRST = frozenset({"Data", "ImageData", "HDF5Data", "MemoryData", "WindowData",
+                          "DenseImageData", "ImageSegData", "ImageLabelmapData", "CPMData",
+                          "OPData"})
+
+
+def _follow_given_batch(inputs: list[GraphInput], shapes: dict[str, Shape]) -> list[GraphInput]:
+    """A batch size given for some tops of a data layer (``--input-shape data=8,...``) is the
+    batch of its other tops too, whose shapes came from the layer's batch_size: the label of a
+    Data layer follows its images."""
+    out = list(inputs)
+    for layer in {i.layer for i in inputs if i.layer_type in _BATCH_FIRST}:
+        tops = [k for k, i in enumerate(out) if i.layer == layer]
+        batches = {tuple(shapes[out[k].name])[0] for k in tops
+                   if shapes.get(out[k].name) and len(shapes[out[k].name])}
+        if len(batches) != 1:
+            continue
+        (batch,) = batches
+        for k in tops:
+            i = out[k]
+            if not shapes.get(i.name) and i.shape:
+                out[k] = replace(i, shape=(batch,) + tuple(i.shape[1:]))
+    return out
 
 
 def _with_auto_top(layer: caffe_pb2.LayerParameter, taken: set[str],

@@ -223,3 +223,23 @@ def test_eric612_multiscale_data_layer(tmp_path):
     net = build_net(write(tmp_path, text), phase="train")
     assert {i.name: i.shape for i in net.caffe_graph.inputs} == \
         {"data": (2, 3, 320, 320), "label": (1, 1, 1, 8)}
+
+
+def test_a_given_batch_is_the_batch_of_the_data_layers_other_tops(tmp_path):
+    """--input-shape data=2,... on a layer whose label came from its batch_size: the label
+    follows (Caffe feeds one batch through both tops); AnnotatedData's box list does not."""
+    path = write(tmp_path, CPM_DATA)
+    net = build_net(path, phase="train", input_shapes={"data": (2, 6, 368, 368)})
+    assert {i.name: i.shape for i in net.caffe_graph.inputs}["label"] == (2, 114, 46, 46)
+    text = ('layer { name: "mnist" type: "Data" top: "data" top: "label" '
+            'data_param { source: "lmdb" batch_size: 128 } }\n'
+            'layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip" '
+            'inner_product_param { num_output: 10 } }\n'
+            'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" '
+            'top: "loss" }\n')
+    net = build_net(write(tmp_path, text), phase="train", input_shapes={"data": (8, 1, 28, 28)})
+    assert {i.name: i.shape for i in net.caffe_graph.inputs} == \
+        {"data": (8, 1, 28, 28), "label": (8,)}
+    net = build_net(write(tmp_path, SSD_DATA + SSD_HEAD), phase="train",
+                    input_shapes={"data": (2, 3, 96, 128)})
+    assert {i.name: i.shape for i in net.caffe_graph.inputs}["label"] == (1, 1, 1, 8)

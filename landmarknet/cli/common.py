@@ -36,9 +36,11 @@ def add_net_arguments(p: argparse.ArgumentParser, *, phase_default: str = "test"
                    help="a NetState stage (repeatable)")
     p.add_argument("--level", type=int, default=0, help="NetState level (default 0)")
     p.add_argument("--input-shape", action="append", default=[], type=parse_shape_arg,
-                   metavar="NAME=N,C,H,W", help="set or override an input's shape (repeatable)")
+                   metavar="NAME=N,C,H,W", help="set or override an input's shape "
+                   "(repeatable; a data layer's other tops take the batch given)")
     p.add_argument("--lenient", action="store_true",
-                   help="skip unknown prototxt fields with one warning each instead of failing")
+                   help="skip unknown prototxt fields (and enum values a fork added) with one "
+                        "warning each instead of failing")
     p.add_argument("--python-path", action="append", default=[], type=Path, metavar="DIR",
                    help="a folder holding the modules of the net's own Python layers "
                    "(caffe.Layer classes), imported from there as Caffe's PYTHONPATH would "
