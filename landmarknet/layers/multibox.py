@@ -139,42 +139,58 @@ def _cross_boundary(boxes: np.ndarray) -> np.ndarray:
     return ((boxes < 0) | (boxes > 1)).any(axis=-1)
 
 
+def _greedy_match(ov: np.ndarray, present: np.ndarray, cross: np.ndarray, match_type: int,
+                  threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """MatchBBox's choice for k images at once: ``ov`` (k, P, G) float32 overlaps, ``present``
+    where they count (above 1e-6, a real box, not a cross-boundary prediction), ``cross`` (P,)
+    the predictions marked -2. Returns (indices into G or -1/-2, best overlaps), (k, P) each.
+
+    Bipartite: per image, the largest overlap left among free predictions and unused boxes; ties
+    go to the lowest prediction, then the lowest box (the C++'s iteration order, strict '>').
+    PER_PREDICTION then gives every free prediction its best box at >= ``threshold`` (the first
+    of equal overlaps)."""
+    k, _, g = ov.shape
+    overlaps = np.where(present, ov, _F32(0)).max(axis=2)
+    indices = np.where(cross[None, :], -2, -1).repeat(k, axis=0)
+    masked = np.where(present, ov, -np.inf)
+    free = present.any(axis=1)  # boxes that overlap something; the others can never be taken
+    rows = np.arange(k)
+    for _ in range(g):  # one box per image and round
+        cand = np.where((indices == -1)[:, :, None] & free[:, None, :], masked, -np.inf)
+        i, j = np.divmod(cand.reshape(k, -1).argmax(axis=1), g)
+        ok = np.isfinite(cand[rows, i, j])
+        if not ok.any():
+            break
+        indices[rows[ok], i[ok]] = j[ok]
+        overlaps[rows[ok], i[ok]] = ov[rows[ok], i[ok], j[ok]]
+        free[rows[ok], j[ok]] = False
+    if match_type == _PER_PREDICTION:
+        good = np.where(present & (ov >= _F32(threshold)), masked, -np.inf)
+        best = good.argmax(axis=2)
+        r, c = np.nonzero((indices == -1) & np.isfinite(good).any(axis=2))
+        indices[r, c] = best[r, c]
+        overlaps[r, c] = ov[r, c, best[r, c]]
+    return indices.astype(np.int64), overlaps
+
+
 def match_boxes(truth: _Truth, preds: np.ndarray, label: int, match_type: int,
                 threshold: float, ignore_cross_boundary: bool) -> tuple[np.ndarray, np.ndarray]:
-    """MatchBBox: (indices into the truth or -1 / -2 for a cross-boundary prediction, and each
-    prediction's best overlap) for ``preds`` (P, 4) against the boxes of class ``label``
-    (-1: all)."""
+    """MatchBBox for one image: (indices into the truth or -1 / -2 for a cross-boundary
+    prediction, and each prediction's best overlap) for ``preds`` (P, 4) against the boxes of
+    class ``label`` (-1: all)."""
     n_pred = preds.shape[0]
-    indices = np.full(n_pred, -1, np.int64)
-    overlaps = np.zeros(n_pred, _F32)
     gt_index = np.arange(len(truth.labels)) if label == -1 else \
         np.nonzero(truth.labels == label)[0]
     if gt_index.size == 0:
-        return indices, overlaps
+        return np.full(n_pred, -1, np.int64), np.zeros(n_pred, _F32)
     cross = _cross_boundary(preds) if ignore_cross_boundary else np.zeros(n_pred, bool)
-    indices[cross] = -2
     ov = jaccard(preds[:, None, :], box_sizes(preds)[:, None], truth.boxes[gt_index][None],
-                 truth.sizes[gt_index][None])
-    # only overlaps above 1e-6 (a float against a double literal) are kept at all
-    present = (ov > _MIN_OVERLAP) & ~cross[:, None]
-    overlaps[:] = np.where(present, ov, _F32(0)).max(axis=1)
-    # bipartite: the largest overlap left among free predictions and unused boxes; ties go to
-    # the lowest prediction, then the lowest box (the C++'s iteration order, strict '>')
-    free_gt = np.ones(gt_index.size, bool)
-    masked = np.where(present, ov, -np.inf)
-    while free_gt.any():
-        cand = np.where((indices == -1)[:, None] & free_gt[None, :], masked, -np.inf)
-        flat = int(np.argmax(cand))
-        i, j = divmod(flat, gt_index.size)
-        if not np.isfinite(cand[i, j]):
-            break
-        indices[i], overlaps[i], free_gt[j] = gt_index[j], ov[i, j], False
-    if match_type == _PER_PREDICTION:
-        good = np.where(present & (ov >= _F32(threshold)), masked, -np.inf)
-        rows = np.nonzero((indices == -1) & np.isfinite(good).any(axis=1))[0]
-        best = np.argmax(good[rows], axis=1)  # the first of equal overlaps, as the C++'s '>'
-        indices[rows] = gt_index[best]
-        overlaps[rows] = ov[rows, best]
+                 truth.sizes[gt_index][None])[None]
+    present = (ov > _MIN_OVERLAP) & ~cross[None, :, None]
+    indices, overlaps = _greedy_match(ov, present, cross, match_type, threshold)
+    indices, overlaps = indices[0], overlaps[0]
+    hit = indices > -1
+    indices[hit] = gt_index[indices[hit]]
     return indices, overlaps
 
 
@@ -201,30 +217,10 @@ def match_priors_batch(cfg: MultiBoxConfig, truths: dict[int, _Truth], n: int,
     ov = jaccard(priors[None, :, None, :], box_sizes(priors)[None, :, None],
                  boxes[:, None, :, :], sizes[:, None, :])
     present = (ov > _MIN_OVERLAP) & ~cross[None, :, None] & valid[:, None, :]
-    overlaps = np.where(present, ov, _F32(0)).max(axis=2)
-    indices = np.where(cross[None, :], -2, -1).repeat(k, axis=0)
-    masked = np.where(present, ov, -np.inf)
-    free = valid.copy()
-    rows = np.arange(k)
-    for _ in range(g):  # bipartite: one box per image and round, as match_boxes does
-        cand = np.where((indices == -1)[:, :, None] & free[:, None, :], masked, -np.inf)
-        i, j = np.divmod(cand.reshape(k, -1).argmax(axis=1), g)
-        ok = np.isfinite(cand[rows, i, j])
-        if not ok.any():
-            break
-        indices[rows[ok], i[ok]] = j[ok]
-        overlaps[rows[ok], i[ok]] = ov[rows[ok], i[ok], j[ok]]
-        free[rows[ok], j[ok]] = False
-    if cfg.match_type == _PER_PREDICTION:
-        good = np.where(present & (ov >= _F32(cfg.overlap_threshold)), masked, -np.inf)
-        best = good.argmax(axis=2)
-        take = (indices == -1) & np.isfinite(good).any(axis=2)
-        r, c = np.nonzero(take)
-        indices[r, c] = best[r, c]
-        overlaps[r, c] = ov[r, c, best[r, c]]
+    indices, overlaps = _greedy_match(ov, present, cross, cfg.match_type, cfg.overlap_threshold)
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n
     for row, i in enumerate(images):
-        out[i] = (indices[row].astype(np.int64), overlaps[row])
+        out[i] = (indices[row], overlaps[row])
     return out
 
 
